@@ -1,0 +1,1 @@
+"""unravel orchestrator: Ray sweeps, Parquet storage, CLI and analysis."""

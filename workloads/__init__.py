@@ -1,0 +1,1 @@
+"""unravel workloads: pure PyTorch networks, data, training and test-time surgery (no Ray)."""

@@ -1,0 +1,136 @@
+"""Build a network by name from a config that serialises to JSON and back.
+
+Names (timm-style registry): ``resnet{20,32,44,56,110}`` (basic, unit a),
+``preact_resnet{20,...,110}`` (unit e), ``resnet{164,1001}`` / ``preact_resnet{164,1001}``
+(bottleneck), ``plain15``, and torchvision's ``tv_resnet{18,34,50,101,152}`` /
+``tv_wide_resnet50_2``. Every field of NetConfig can override a name's defaults, e.g.
+``network_config("resnet110", unit="c", shortcut="exclusive_gating", in_channels=1)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+import torchvision
+
+from .blocks import BlockNetwork
+from .plain import plain_net
+from .resnet import UNITS, blocks_per_stage, cifar_resnet
+from .shortcuts import SHORTCUT_VARIANTS
+from .torchvision_adapter import from_torchvision
+
+TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2")
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Everything needed to rebuild a network; stored beside every checkpoint and result."""
+
+    name: str = "resnet110"
+    arch: str = "resnet"                 # resnet | plain | torchvision
+    depth: int = 110
+    bottleneck: bool = False
+    unit: str = "a"                      # residual-unit variant (a)-(e), Identity Mappings Fig. 4
+    option: str = "A"                    # shortcut at shape changes: A (subsample+pad) | B (1x1 conv)
+    shortcut: str = "identity"           # Identity Mappings Fig. 2 variants
+    gate_bias: float = -6.0              # initial gate bias b for gating shortcuts
+    scale: float = 0.5                   # constant scaling of both branches
+    dropout_p: float = 0.5               # dropout on the shortcut
+    stochastic_depth: bool = False       # Huang et al. 2016: linear decay of survival
+    final_survival: float = 0.5          # p_L of the last block
+    widths: tuple[int, ...] = (16, 32, 64)
+    layers_per_stage: int = 5            # plain net only
+    torchvision_arch: str = ""           # torchvision only, e.g. resnet50
+    in_channels: int = 3
+    num_classes: int = 10
+    image_size: int = 32                 # informational: networks pool globally
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", tuple(self.widths))
+        self.validate()
+
+    def validate(self) -> None:
+        if self.arch not in ("resnet", "plain", "torchvision"):
+            raise ValueError(f"network arch must be resnet, plain or torchvision, got {self.arch!r}")
+        if self.unit not in UNITS:
+            raise ValueError(f"network unit must be one of {', '.join(UNITS)}, got {self.unit!r}")
+        if self.option not in ("A", "B"):
+            raise ValueError(f"network option must be 'A' or 'B', got {self.option!r}")
+        if self.shortcut not in SHORTCUT_VARIANTS:
+            raise ValueError(f"network shortcut must be one of {', '.join(SHORTCUT_VARIANTS)}, got {self.shortcut!r}")
+        if self.arch == "resnet":
+            blocks_per_stage(self.depth, self.bottleneck)
+        if self.arch == "torchvision" and self.torchvision_arch not in TORCHVISION_ARCHS:
+            raise ValueError(f"torchvision_arch must be one of {', '.join(TORCHVISION_ARCHS)}, got {self.torchvision_arch!r}")
+        for name in ("in_channels", "num_classes", "image_size", "layers_per_stage"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"network {name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 < self.final_survival <= 1.0:
+            raise ValueError(f"network final_survival must be in (0, 1], got {self.final_survival}")
+        if not 0.0 <= self.dropout_p < 1.0:
+            raise ValueError(f"network dropout_p must be in [0, 1), got {self.dropout_p}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["widths"] = list(self.widths)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NetConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown network field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "NetConfig":
+        return cls.from_dict(json.loads(text))
+
+
+def _registry() -> dict[str, dict]:
+    reg: dict[str, dict] = {}
+    for depth in (20, 32, 44, 56, 110):
+        reg[f"resnet{depth}"] = dict(arch="resnet", depth=depth)
+        reg[f"preact_resnet{depth}"] = dict(arch="resnet", depth=depth, unit="e")
+    for depth in (164, 1001):
+        reg[f"resnet{depth}"] = dict(arch="resnet", depth=depth, bottleneck=True)
+        reg[f"preact_resnet{depth}"] = dict(arch="resnet", depth=depth, bottleneck=True, unit="e")
+    reg["plain15"] = dict(arch="plain", depth=15, widths=(64, 128, 256), layers_per_stage=5)
+    for tv in TORCHVISION_ARCHS:
+        reg[f"tv_{tv}"] = dict(arch="torchvision", torchvision_arch=tv, image_size=224, num_classes=1000)
+    return reg
+
+
+NETWORKS: dict[str, dict] = _registry()
+
+
+def network_config(name: str, **overrides) -> NetConfig:
+    """The config for a registered name, with any field overridden."""
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}; known: {', '.join(sorted(NETWORKS))}")
+    fields = {**NETWORKS[name], **overrides}
+    fields.setdefault("name", name)
+    return NetConfig.from_dict(fields)
+
+
+def build_network(config: NetConfig | str, **overrides) -> BlockNetwork:
+    """A freshly initialised network for a config or a registered name."""
+    cfg = network_config(config, **overrides) if isinstance(config, str) else config
+    if cfg.arch == "plain":
+        return plain_net(widths=cfg.widths, layers_per_stage=cfg.layers_per_stage,
+                         in_channels=cfg.in_channels, num_classes=cfg.num_classes)
+    if cfg.arch == "torchvision":
+        model = getattr(torchvision.models, cfg.torchvision_arch)(weights=None, num_classes=cfg.num_classes)
+        if cfg.in_channels != 3:
+            model.conv1 = type(model.conv1)(cfg.in_channels, 64, 7, 2, 3, bias=False)
+        return from_torchvision(model)
+    return cifar_resnet(cfg.depth, bottleneck=cfg.bottleneck, unit=cfg.unit, option=cfg.option,
+                        shortcut=cfg.shortcut, widths=cfg.widths, in_channels=cfg.in_channels,
+                        num_classes=cfg.num_classes, gate_bias=cfg.gate_bias, scale=cfg.scale,
+                        dropout_p=cfg.dropout_p, stochastic_depth=cfg.stochastic_depth,
+                        final_survival=cfg.final_survival)

@@ -1,0 +1,165 @@
+"""CIFAR ResNets of depth 6n+2 (basic) and 9n+2 (bottleneck), widths 16/32/64.
+
+He et al. (2015) for the network, He et al. (2016, "Identity Mappings", Fig. 4) for the
+residual-unit variants (a)-(e), Huang et al. (2016) for stochastic depth's test-time
+scaling. Reference CIFAR-10 errors (PAPERS.md): ResNet-110 (a) 6.61%, (e) 6.37%;
+ResNet-164 (a) 5.93%, (e) 5.46%; ResNet-1001 (e) 4.92%.
+
+| unit | residual branch                 | after the addition |
+|------|---------------------------------|--------------------|
+| (a)  | conv-BN-ReLU-conv-BN            | ReLU               |
+| (b)  | conv-BN-ReLU-conv               | BN, ReLU           |
+| (c)  | conv-BN-ReLU-conv-BN-ReLU       | -                  |
+| (d)  | ReLU-conv-BN-ReLU-conv-BN       | -                  |
+| (e)  | BN-ReLU-conv-BN-ReLU-conv       | -                  |
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .blocks import Block, BlockNetwork
+from .shortcuts import Gate, projection
+
+UNITS = ("a", "b", "c", "d", "e")
+
+
+def _branch(channels: list[int], kernels: list[int], strides: list[int], unit: str) -> tuple[nn.Sequential, nn.Module]:
+    """Residual branch and post-addition op for a unit variant; channels has len(kernels)+1."""
+    layers: list[nn.Module] = []
+    last = len(kernels) - 1
+    for i, (k, s) in enumerate(zip(kernels, strides)):
+        cin, cout = channels[i], channels[i + 1]
+        conv = nn.Conv2d(cin, cout, k, s, padding=k // 2, bias=False)
+        if unit == "e":
+            layers += [nn.BatchNorm2d(cin), nn.ReLU(), conv]
+        elif unit == "d":
+            layers += [nn.ReLU(), conv, nn.BatchNorm2d(cout)]
+        else:
+            layers.append(conv)
+            if unit == "b" and i == last:
+                break
+            layers.append(nn.BatchNorm2d(cout))
+            if i < last or unit == "c":
+                layers.append(nn.ReLU())
+    if unit == "a":
+        post: nn.Module = nn.ReLU()
+    elif unit == "b":
+        post = nn.Sequential(nn.BatchNorm2d(channels[-1]), nn.ReLU())
+    else:
+        post = nn.Identity()
+    return nn.Sequential(*layers), post
+
+
+class ResidualUnit(Block):
+    """One residual unit: y = post(s(x) + r(x)), with the shortcut variant mixing s and r."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, *, stage: int,
+                 unit: str = "a", bottleneck: bool = False, option: str = "A",
+                 shortcut: str = "identity", gate_bias: float = -6.0, scale: float = 0.5,
+                 dropout_p: float = 0.5, survival: float = 1.0):
+        super().__init__()
+        if bottleneck:
+            mid = out_channels // 4
+            self.branch, self.post_op = _branch([in_channels, mid, mid, out_channels], [1, 3, 1], [1, stride, 1], unit)
+        else:
+            self.branch, self.post_op = _branch([in_channels, out_channels, out_channels], [3, 3], [stride, 1], unit)
+        if shortcut == "conv":
+            self.shortcut = nn.Conv2d(in_channels, out_channels, 1, stride, bias=False)
+        else:
+            self.shortcut = projection(in_channels, out_channels, stride, option)
+        self.gate = Gate(in_channels, out_channels, stride, gate_bias) if shortcut.endswith("gating") else None
+        self.dropout = nn.Dropout(dropout_p) if shortcut == "dropout" else None
+        self.variant = shortcut
+        self.scale = scale
+        self.stage = stage
+        self.changes_shape = in_channels != out_channels or stride != 1
+        self.identity_skip = isinstance(self.shortcut, nn.Identity) and shortcut == "identity"
+        # Stochastic depth: the branch survives training with this probability and is
+        # scaled by it at test time (Huang et al. 2016, Eq. 5).
+        self.survival = survival
+
+    def _shortcut(self, x: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
+        s = self.shortcut(x)
+        if self.variant == "scaling":
+            s = s * self.scale
+        elif g is not None:
+            s = s * (1 - g)
+        elif self.dropout is not None:
+            s = self.dropout(s)
+        return s
+
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g = self.gate(x) if self.gate is not None else None
+        r = self.branch(x)
+        if self.variant == "scaling":
+            r = r * self.scale
+        elif self.variant == "exclusive_gating":
+            r = r * g
+        if self.survival < 1.0 and not self.training:
+            r = r * self.survival
+        return self._shortcut(x, g), r
+
+    def post(self, z: torch.Tensor) -> torch.Tensor:
+        return self.post_op(z)
+
+    def shortcut_only(self, x: torch.Tensor) -> torch.Tensor:
+        return self._shortcut(x, self.gate(x) if self.gate is not None else None)
+
+
+def _init(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):  # leaves conv biases alone: a gate keeps its b init
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def blocks_per_stage(depth: int, bottleneck: bool) -> int:
+    per_block = 9 if bottleneck else 6
+    if depth < per_block + 2 or (depth - 2) % per_block:
+        kind = "9n+2 (bottleneck)" if bottleneck else "6n+2 (basic)"
+        raise ValueError(f"depth {depth} is not of the form {kind}")
+    return (depth - 2) // per_block
+
+
+def cifar_resnet(depth: int = 110, *, bottleneck: bool = False, unit: str = "a", option: str = "A",
+                 shortcut: str = "identity", widths: tuple[int, ...] = (16, 32, 64), in_channels: int = 3,
+                 num_classes: int = 10, gate_bias: float = -6.0, scale: float = 0.5, dropout_p: float = 0.5,
+                 stochastic_depth: bool = False, final_survival: float = 0.5) -> BlockNetwork:
+    """Build a CIFAR-style ResNet as a BlockNetwork (stem -> 3 stages of n units -> head)."""
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+    n = blocks_per_stage(depth, bottleneck)
+    expansion = 4 if bottleneck else 1
+    stem_width = widths[0]
+    if unit == "e":
+        stem: nn.Module = nn.Conv2d(in_channels, stem_width, 3, 1, 1, bias=False)
+    elif unit == "d":
+        stem = nn.Sequential(nn.Conv2d(in_channels, stem_width, 3, 1, 1, bias=False), nn.BatchNorm2d(stem_width))
+    else:
+        stem = nn.Sequential(nn.Conv2d(in_channels, stem_width, 3, 1, 1, bias=False),
+                             nn.BatchNorm2d(stem_width), nn.ReLU())
+    total = n * len(widths)
+    blocks: list[Block] = []
+    cin = stem_width
+    for stage, width in enumerate(widths):
+        cout = width * expansion
+        for j in range(n):
+            index = len(blocks) + 1  # 1-based, as in p_l = 1 - (l/L)(1 - p_L)
+            survival = 1.0 - index / total * (1.0 - final_survival) if stochastic_depth else 1.0
+            stride = 2 if (j == 0 and stage > 0) else 1
+            blocks.append(ResidualUnit(cin, cout, stride, stage=stage, unit=unit, bottleneck=bottleneck,
+                                       option=option, shortcut=shortcut, gate_bias=gate_bias, scale=scale,
+                                       dropout_p=dropout_p, survival=survival))
+            cin = cout
+    head_layers: list[nn.Module] = []
+    if unit == "e":  # full pre-activation ends with BN-ReLU before pooling
+        head_layers += [nn.BatchNorm2d(cin), nn.ReLU()]
+    elif unit == "d":
+        head_layers.append(nn.ReLU())
+    head_layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)]
+    net = BlockNetwork(stem, blocks, nn.Sequential(*head_layers))
+    _init(net)
+    return net
