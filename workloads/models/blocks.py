@@ -24,6 +24,7 @@ class BlockInfo:
     changes_shape: bool   # input and output shapes differ (downsampling / channel change)
     deletable: bool       # a deleted block still yields a tensor of the right shape
     residual: bool        # has a residual branch whose gradient path can be chosen (F6b)
+    identity_skip: bool = True  # deleting it is a no-op (its shortcut is the identity)
 
     @property
     def group(self) -> tuple[int, str] | None:
@@ -67,7 +68,8 @@ class Block(nn.Module):
 
     def info(self, index: int) -> BlockInfo:
         return BlockInfo(index=index, stage=self.stage, changes_shape=self.changes_shape,
-                          deletable=self.deletable, residual=self.residual)
+                          deletable=self.deletable, residual=self.residual,
+                          identity_skip=self.identity_skip)
 
 
 class BlockNetwork(nn.Module):

@@ -1,0 +1,178 @@
+"""Many plans, one pass over the data: a depth-first walk of the plan trie per chunk.
+
+For each chunk of test examples the stem runs once, then the trie is walked depth-first:
+an activation is kept only at nodes where plans diverge, so memory is bounded by the
+network's depth times one chunk, whatever the number of plans. At each leaf the head
+turns the activation into loss and correct counts for the plans that end there.
+"""
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.blocks import BlockNetwork
+from .plan import Plan, validate
+from .trie import Node, PlanTrie
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    error: float        # fraction misclassified
+    loss: float         # mean cross-entropy
+    correct: int
+    examples: int
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_chunk_size(device: torch.device, example_shape: Sequence[int]) -> int:
+    """Examples per chunk: CPU convolutions run fastest at 128-256; a GPU wants thousands."""
+    numel = 1
+    for d in example_shape:
+        numel *= int(d)
+    if device.type == "cuda":
+        return max(64, min(4096, (1 << 23) // max(numel, 1)))
+    return max(16, min(256, (1 << 20) // max(numel, 1) * 4))
+
+
+def default_precision(device: torch.device) -> str:
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
+def autocast_for(device: torch.device, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+
+
+def forward_plan(net: BlockNetwork, plan: Plan, x: torch.Tensor) -> torch.Tensor:
+    """The plan as one plain forward: the naive way, and the reference for the engine."""
+    x = net.stem(x)
+    for b, runs in plan.steps():
+        block = net.blocks[b]
+        x = block(x) if runs else block.skip(x)
+    return net.head(x)
+
+
+def _apply(net: BlockNetwork, op: tuple[str, int], x: torch.Tensor) -> torch.Tensor:
+    block = net.blocks[op[1]]
+    return block(x) if op[0] == "run" else block.skip(x)
+
+
+class _Walk:
+    """Accumulates per-leaf sums on the device; nothing syncs until the end."""
+
+    def __init__(self, net: BlockNetwork, num_plans: int, device: torch.device):
+        self.net = net
+        self.loss = torch.zeros(num_plans, dtype=torch.float64, device=device)
+        self.correct = torch.zeros(num_plans, dtype=torch.int64, device=device)
+
+    def leaf(self, node: Node, x: torch.Tensor, y: torch.Tensor) -> None:
+        logits = self.net.head(x).float()
+        loss = F.cross_entropy(logits, y, reduction="sum").double()
+        correct = (logits.argmax(1) == y).sum()
+        first = node.plans[0]  # duplicates are filled in from the first plan at the end
+        self.loss[first] += loss
+        self.correct[first] += correct
+
+    def walk(self, node: Node, x: torch.Tensor, y: torch.Tensor) -> None:
+        while True:
+            if node.plans:
+                self.leaf(node, x, y)
+            if len(node.children) != 1:
+                break
+            # A chain: no other plan needs x, so overwrite it (bounded memory).
+            (op, child), = node.children.items()
+            x = _apply(self.net, op, x)
+            node = child
+        for op, child in node.children.items():
+            self.walk(child, _apply(self.net, op, x), y)
+
+
+def evaluate_plans(net: BlockNetwork, plans: Sequence[Plan], images: torch.Tensor, labels: torch.Tensor, *,
+                   chunk_size: int | None = None, precision: str | None = None, channels_last: bool = True,
+                   device: torch.device | str | None = None,
+                   recalibrate: torch.Tensor | None = None) -> list[PlanResult]:
+    """Error, mean loss and example count of every plan on (images, labels).
+
+    ``recalibrate``: a batch of training images; when given, each plan's BatchNorm
+    statistics are re-estimated on it after the lesion (off by default, as in the paper),
+    which means each plan runs on its own copy of the network, without sharing.
+    """
+    infos = net.block_infos()
+    for plan in plans:
+        validate(plan, infos)
+    if not plans:
+        return []
+    device = torch.device(device) if device is not None else default_device()
+    precision = precision or default_precision(device)
+    net.eval().to(device)
+    if recalibrate is not None:
+        out: list[PlanResult] = []
+        for plan in plans:
+            calibrated = recalibrated_copy(net, plan, recalibrate.to(device), chunk_size=chunk_size)
+            out += evaluate_plans(calibrated, [plan], images, labels, chunk_size=chunk_size, precision=precision,
+                                  channels_last=channels_last, device=device)
+        return out
+    trie = PlanTrie.build(plans, infos)
+    if channels_last and images.dim() == 4:
+        net.to(memory_format=torch.channels_last)
+    chunk = chunk_size or default_chunk_size(device, images.shape[1:])
+    walker = _Walk(net, len(plans), device)
+    with torch.inference_mode(), autocast_for(device, precision):
+        for start in range(0, len(images), chunk):
+            x = images[start:start + chunk].to(device, non_blocking=True)
+            y = labels[start:start + chunk].to(device, non_blocking=True)
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            walker.walk(trie.root, net.stem(x), y)
+    loss, correct = walker.loss.cpu(), walker.correct.cpu()
+    n = len(images)
+    first_of: dict[int, int] = {}
+    _first_plan_index(trie.root, first_of)
+    results = []
+    for i in range(len(plans)):
+        f = first_of[i]
+        c = int(correct[f])
+        results.append(PlanResult(error=1.0 - c / n, loss=float(loss[f]) / n, correct=c, examples=n))
+    return results
+
+
+def _first_plan_index(root: Node, out: dict[int, int]) -> None:
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        for i in node.plans:
+            out[i] = node.plans[0]
+        stack.extend(node.children.values())
+
+
+def recalibrated_copy(net: BlockNetwork, plan: Plan, images: torch.Tensor, chunk_size: int | None = None) -> BlockNetwork:
+    """A copy of ``net`` whose BatchNorm statistics are re-estimated under ``plan``.
+
+    Running statistics are reset and re-accumulated as a cumulative average
+    (momentum=None) over ``images``; weights are untouched.
+    """
+    clone = copy.deepcopy(net).eval()
+    bns = [m for m in clone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    chunk = chunk_size or len(images)
+    with torch.no_grad():
+        for start in range(0, len(images), chunk):
+            forward_plan(clone, plan, images[start:start + chunk])
+    for bn in bns:
+        bn.eval()
+    return clone

@@ -1,0 +1,138 @@
+"""Execution plans: which block runs at each position, and which are deleted.
+
+A plan is the paper's lesion made explicit: ``order[p]`` is the block run at position p
+(a reordering permutes blocks of the same shape; shape-changing blocks stay put) and
+``deleted`` holds the blocks whose residual branch is removed, keeping the shortcut
+(Veit et al. 2016: y_i = y_{i-1}). Plans are validated against the network's block list
+before any compute, so an impossible lesion fails fast with a clear message.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+from scipy.stats import kendalltau
+
+from ..models.blocks import BlockInfo
+
+
+class PlanError(ValueError):
+    """A plan that cannot run on this network."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    order: tuple[int, ...]
+    deleted: frozenset[int] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "order", tuple(int(i) for i in self.order))
+        object.__setattr__(self, "deleted", frozenset(int(i) for i in self.deleted))
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.order)
+
+    @property
+    def active_blocks(self) -> int:
+        return len(self.order) - len(self.deleted)
+
+    @property
+    def num_paths(self) -> int:
+        """Paths through the unraveled network: 2^(active blocks)."""
+        return 2 ** self.active_blocks
+
+    @property
+    def kendall_tau(self) -> float:
+        """Kendall's tau between this order and the original, over all positions."""
+        if list(self.order) == sorted(self.order):
+            return 1.0
+        return float(kendalltau(range(len(self.order)), self.order).statistic)
+
+    @property
+    def is_reordered(self) -> bool:
+        return any(b != p for p, b in enumerate(self.order))
+
+    def steps(self) -> list[tuple[int, bool]]:
+        """(block index, runs its residual branch) for each position, in execution order."""
+        return [(b, b not in self.deleted) for b in self.order]
+
+    def to_dict(self) -> dict:
+        return {"order": list(self.order), "deleted": sorted(self.deleted)}
+
+
+def validate(plan: Plan, infos: Sequence[BlockInfo]) -> Plan:
+    """Raise PlanError unless ``plan`` can run on a network with these blocks."""
+    n = len(infos)
+    if len(plan.order) != n:
+        raise PlanError(f"plan has {len(plan.order)} positions but the network has {n} blocks")
+    if sorted(plan.order) != list(range(n)):
+        bad = sorted(set(plan.order) - set(range(n))) or sorted(i for i in set(plan.order) if plan.order.count(i) > 1)
+        raise PlanError(f"plan order must be a permutation of 0..{n - 1}; bad or repeated block(s): {bad}")
+    for b in sorted(plan.deleted):
+        if not 0 <= b < n:
+            raise PlanError(f"deleted block {b} is out of range 0..{n - 1}")
+        if not infos[b].deletable:
+            raise PlanError(f"block {b} changes shape and cannot be deleted")
+    for p, b in enumerate(plan.order):
+        if b == p:
+            continue
+        if infos[b].changes_shape or infos[p].changes_shape:
+            raise PlanError(f"block {b} cannot move to position {p}: shape-changing blocks stay in place")
+        if infos[b].group != infos[p].group:
+            raise PlanError(f"block {b} (stage {infos[b].stage}) cannot move to position {p} "
+                            f"(stage {infos[p].stage}): only blocks of the same shape may be reordered")
+    return plan
+
+
+def intact(infos: Sequence[BlockInfo]) -> Plan:
+    return Plan(tuple(range(len(infos))))
+
+
+def delete_blocks(infos: Sequence[BlockInfo], blocks: Iterable[int]) -> Plan:
+    """The original order with ``blocks`` deleted."""
+    return validate(Plan(tuple(range(len(infos))), frozenset(blocks)), infos)
+
+
+def deletion_pool(infos: Sequence[BlockInfo], exclude: Iterable[int] = ()) -> list[int]:
+    excluded = set(exclude)
+    return [i.index for i in infos if i.deletable and i.index not in excluded]
+
+
+def _rng(seed: int, *stream: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), *map(int, stream)])
+
+
+def random_deletion(infos: Sequence[BlockInfo], k: int, seed: int, exclude: Iterable[int] = ()) -> Plan:
+    """k distinct blocks drawn uniformly (seeded) from the deletable ones not in ``exclude``."""
+    pool = deletion_pool(infos, exclude)
+    if not 0 <= k <= len(pool):
+        raise PlanError(f"cannot delete k={k} blocks: {len(pool)} are deletable")
+    chosen = _rng(seed, 1, k).choice(pool, size=k, replace=False) if k else []
+    return delete_blocks(infos, chosen)
+
+
+def swap_pairs(infos: Sequence[BlockInfo], exclude: Iterable[int] = ()) -> list[tuple[int, int]]:
+    """Every pair of positions whose blocks have the same shape (and may swap)."""
+    excluded = set(exclude)
+    groups: dict = {}
+    for info in infos:
+        if info.group is not None and info.index not in excluded:
+            groups.setdefault(info.group, []).append(info.index)
+    return [(a, b) for members in groups.values() for i, a in enumerate(members) for b in members[i + 1:]]
+
+
+def random_swaps(infos: Sequence[BlockInfo], k: int, seed: int, exclude: Iterable[int] = ()) -> Plan:
+    """Apply k distinct random swaps of same-shape pairs (seeded) to the original order."""
+    pairs = swap_pairs(infos, exclude)
+    if not 0 <= k <= len(pairs):
+        raise PlanError(f"cannot make k={k} swaps: the network has {len(pairs)} same-shape pairs")
+    order = list(range(len(infos)))
+    if k:
+        for idx in _rng(seed, 2, k).choice(len(pairs), size=k, replace=False):
+            a, b = pairs[idx]
+            order[a], order[b] = order[b], order[a]
+    return validate(Plan(tuple(order)), infos)
+
