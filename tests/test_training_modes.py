@@ -1,0 +1,43 @@
+import pytest
+import torch
+
+from workloads.models import build_network
+from workloads.train.modes import BlockSampler, scaled_active_count
+
+
+def test_effective_paths_runs_exactly_m_blocks_per_batch():
+    net = build_network("resnet110")
+    sampler = BlockSampler(net, "effective_paths", torch.Generator().manual_seed(0))
+    assert sampler.active == 23 == scaled_active_count(54)
+    masks = [sampler() for _ in range(50)]
+    assert all(sum(m) == 23 for m in masks)
+    assert len({tuple(m) for m in masks}) == 50
+
+
+def test_stochastic_depth_keeps_blocks_at_their_survival_rate():
+    net = build_network("resnet110", stochastic_depth=True)
+    sampler = BlockSampler(net, "stochastic_depth", torch.Generator().manual_seed(0))
+    masks = torch.tensor([sampler() for _ in range(4000)], dtype=torch.float32)
+    rate = masks.mean(0)
+    assert rate[0] == pytest.approx(1 - 0.5 / 54, abs=0.02)
+    assert rate[-1] == pytest.approx(0.5, abs=0.03)
+
+
+def test_inactive_blocks_are_identity_in_forward_and_backward():
+    torch.manual_seed(0)
+    net = build_network("resnet20").train()
+    x = torch.randn(4, 3, 8, 8)
+    none_active = [False] * net.num_blocks
+    out = net(x, active=none_active)
+    out.sum().backward()
+    assert all(p.grad is None for b in net.blocks for p in b.parameters())
+
+
+def test_bad_modes_are_refused():
+    net = build_network("resnet20")
+    with pytest.raises(ValueError, match="training mode"):
+        BlockSampler(net, "dropout", torch.Generator())
+    with pytest.raises(ValueError, match="stochastic_depth=True"):
+        BlockSampler(net, "stochastic_depth", torch.Generator())
+    with pytest.raises(ValueError, match="active blocks"):
+        BlockSampler(net, "effective_paths", torch.Generator(), active=10)

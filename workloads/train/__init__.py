@@ -1,0 +1,1 @@
+"""Training: the papers recipe, the loop and its modes."""
