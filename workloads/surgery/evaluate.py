@@ -34,13 +34,14 @@ def default_device() -> torch.device:
 
 
 def default_chunk_size(device: torch.device, example_shape: Sequence[int]) -> int:
-    """Examples per chunk: CPU convolutions run fastest at 128-256; a GPU wants thousands."""
+    """Examples per chunk: a power of two; CPU convolutions run fastest at 64-128 CIFAR images,
+    a GPU wants thousands. Small inputs (8x8 digits) get larger chunks."""
     numel = 1
     for d in example_shape:
         numel *= int(d)
-    if device.type == "cuda":
-        return max(64, min(4096, (1 << 23) // max(numel, 1)))
-    return max(16, min(256, (1 << 20) // max(numel, 1) * 4))
+    budget, cap = ((1 << 23), 4096) if device.type == "cuda" else ((1 << 19), 1024)
+    n = max(16, min(cap, budget // max(numel, 1)))
+    return 1 << (n.bit_length() - 1)
 
 
 def default_precision(device: torch.device) -> str:

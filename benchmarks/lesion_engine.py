@@ -1,0 +1,150 @@
+"""Lesion engine vs the naive loop on ResNet-110, CIFAR-shaped inputs (PAPERS.md F3, F5a, F5b).
+
+In one run, on one device and precision:
+  (1) naive: one full forward per plan, fp32, batches of 128, no_grad, NCHW (as public code does);
+  (2) the engine: all plans in one trie walk per chunk;
+  (3) ceiling: the intact network's forward at its best settings.
+Checks that (1) and (2) agree within one example per plan, then prints
+``speedup=X ideal=Y efficiency=Z``: speedup = naive wall / engine wall; ideal = naive block
+evaluations / engine block evaluations; efficiency = engine block evaluations per second /
+the ceiling's. Targets on a 2-core CPU: speedup >= ideal, efficiency >= 0.9.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from workloads.runtime import reexec_with_tuned_allocator  # noqa: E402
+
+reexec_with_tuned_allocator()
+
+import torch  # noqa: E402
+
+from benchmarks.memory import PeakMemory  # noqa: E402
+from workloads.models import build_network  # noqa: E402
+from workloads.surgery import (PlanTrie, delete_blocks, deletion_pool, evaluate_plans, forward_plan, intact,  # noqa: E402
+                               random_deletion, random_swaps)
+from workloads.surgery.evaluate import autocast_for, default_chunk_size, default_precision  # noqa: E402
+from workloads.surgery.trie import naive_block_runs  # noqa: E402
+
+
+def sweep_plans(infos, draws: int, studies: str):
+    plans = [intact(infos)]
+    if "F3" in studies:
+        plans += [delete_blocks(infos, [i]) for i in deletion_pool(infos)]
+    if "F5a" in studies:
+        plans += [random_deletion(infos, k, d) for k in range(1, 21) for d in range(draws)]
+    if "F5b" in studies:
+        plans += [random_swaps(infos, k, d) for k in range(1, 28) for d in range(draws)]
+    return plans
+
+
+def trained_like(net):
+    """Random weights with non-trivial BatchNorm statistics, so errors vary across plans."""
+    g = torch.Generator().manual_seed(0)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) * 0.5 + 0.25)
+    return net.eval()
+
+
+def naive(net, plans, images, labels, device, batch=128):
+    correct = []
+    with torch.no_grad():
+        for plan in plans:
+            c = 0
+            for s in range(0, len(images), batch):
+                x = images[s:s + batch].to(device)
+                c += int((forward_plan(net, plan, x).argmax(1) == labels[s:s + batch].to(device)).sum())
+            correct.append(c)
+    return correct
+
+
+def ceiling(net, images, device, precision, chunk, repeats):
+    net = net.to(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast_for(device, precision):
+        for s in range(0, min(len(images), chunk * 2), chunk):  # warm-up
+            net(images[s:s + chunk].to(device).contiguous(memory_format=torch.channels_last))
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(repeats):
+            for s in range(0, len(images), chunk):
+                net(images[s:s + chunk].to(device).contiguous(memory_format=torch.channels_last))
+        _sync(device)
+    return repeats * len(images) / (time.perf_counter() - t)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a small sweep that runs in under two minutes on 2 CPU cores")
+    p.add_argument("--draws", type=int, default=None, help="random draws per k for F5a and F5b (paper: 100)")
+    p.add_argument("--examples", type=int, default=None, help="test examples (CIFAR-10 test set: 10000)")
+    p.add_argument("--studies", default="F3,F5a,F5b", help="comma-separated subset of F3,F5a,F5b")
+    p.add_argument("--network", default="resnet110")
+    p.add_argument("--chunk", type=int, default=None, help="engine chunk size (default: chosen for the device)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default=None)
+    p.add_argument("--device", default=None)
+    args = p.parse_args(argv)
+    draws = args.draws if args.draws is not None else (1 if args.quick else 100)
+    examples = args.examples if args.examples is not None else (128 if args.quick else 2000)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    precision = args.precision or default_precision(device)
+    torch.manual_seed(0)
+    net = trained_like(build_network(args.network)).to(device)
+    infos = net.block_infos()
+    images = torch.randn(examples, 3, 32, 32)
+    labels = torch.randint(0, 10, (examples,))
+    plans = sweep_plans(infos, draws, args.studies)
+    trie = PlanTrie.build(plans, infos)
+    chunk = args.chunk or default_chunk_size(device, images.shape[1:])
+    print(f"{args.network} on {device} ({torch.get_num_threads()} threads), {precision}, "
+          f"{examples} examples, {len(plans)} plans ({args.studies}, {draws} draws per k), engine chunk {chunk}")
+
+    with PeakMemory(device) as mem_naive:
+        t = time.perf_counter()
+        with autocast_for(device, precision):
+            naive_correct = naive(net, plans, images, labels, device)
+        _sync(device)
+        naive_wall = time.perf_counter() - t
+    with PeakMemory(device) as mem_engine:
+        t = time.perf_counter()
+        results = evaluate_plans(net, plans, images, labels, chunk_size=chunk, precision=precision, device=device)
+        _sync(device)
+        engine_wall = time.perf_counter() - t
+    ceiling_rate = ceiling(net, images, device, precision, chunk, repeats=2)
+
+    mismatches = [i for i, (a, r) in enumerate(zip(naive_correct, results)) if abs(a - r.correct) > 1]
+    naive_blocks = naive_block_runs(plans) * examples
+    engine_blocks = trie.block_runs * examples
+    speedup = naive_wall / engine_wall
+    ideal = naive_blocks / engine_blocks
+    efficiency = (engine_blocks / engine_wall) / (ceiling_rate * net.num_blocks)
+    print(f"naive : {naive_wall:8.2f} s  {naive_blocks:>12,d} block evaluations  "
+          f"{naive_blocks / naive_wall:12,.0f} blocks/s  peak +{mem_naive.peak_mb:,.0f} MiB")
+    print(f"engine: {engine_wall:8.2f} s  {engine_blocks:>12,d} block evaluations  "
+          f"{engine_blocks / engine_wall:12,.0f} blocks/s  peak +{mem_engine.peak_mb:,.0f} MiB  "
+          f"({trie.num_leaves} distinct plans)")
+    act_mb = max(chunk, 1) * 16 * 32 * 32 * 4 / 2**20 if args.network.startswith(("resnet", "preact")) else float("nan")
+    print(f"memory bound of the engine: depth {net.num_blocks} x one chunk's activation "
+          f"({act_mb:.0f} MiB at chunk {chunk}) = {net.num_blocks * act_mb:,.0f} MiB, whatever the number of plans")
+    print(f"ceiling: intact forward {ceiling_rate:,.0f} images/s = {ceiling_rate * net.num_blocks:,.0f} blocks/s")
+    errs = [r.error for r in results]
+    print(f"errors: intact {errs[0]:.4f}, min {min(errs):.4f}, max {max(errs):.4f}; "
+          f"naive and engine agree within one example on {len(plans) - len(mismatches)}/{len(plans)} plans")
+    print(f"speedup={speedup:.2f} ideal={ideal:.2f} efficiency={efficiency:.2f}")
+    return 1 if mismatches else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
