@@ -46,12 +46,20 @@ class Block(nn.Module):
     # True when skip(x) is x itself, so a deleted block costs nothing and plans that
     # differ only in such deletions share all later activations.
     identity_skip: bool = True
+    # True when post() is a plain ReLU: its VJP is a mask saved from the forward.
+    post_is_relu: bool = False
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def post(self, z: torch.Tensor) -> torch.Tensor:
         return z
+
+    def branch_chain(self) -> tuple[list, float] | None:
+        """The residual branch as a chain of Conv2d / BatchNorm2d / ReLU ops and a constant
+        factor, when it is one (None otherwise). In eval mode such a chain is linear given its
+        ReLU masks, so its VJP batches over many cotangents (gradient engine)."""
+        return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s, r = self.parts(x)

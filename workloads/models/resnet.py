@@ -75,6 +75,7 @@ class ResidualUnit(Block):
         self.stage = stage
         self.changes_shape = in_channels != out_channels or stride != 1
         self.identity_skip = isinstance(self.shortcut, nn.Identity) and shortcut == "identity"
+        self.post_is_relu = isinstance(self.post_op, nn.ReLU)
         # Stochastic depth: the branch survives training with this probability and is
         # scaled by it at test time (Huang et al. 2016, Eq. 5).
         self.survival = survival
@@ -102,6 +103,14 @@ class ResidualUnit(Block):
 
     def post(self, z: torch.Tensor) -> torch.Tensor:
         return self.post_op(z)
+
+    def branch_chain(self) -> tuple[list, float] | None:
+        if self.variant not in ("identity", "scaling", "conv", "dropout"):
+            return None  # gated branches depend on x through the gate too
+        factor = self.scale if self.variant == "scaling" else 1.0
+        if self.survival < 1.0 and not self.training:
+            factor *= self.survival
+        return list(self.branch), factor
 
     def shortcut_only(self, x: torch.Tensor) -> torch.Tensor:
         return self._shortcut(x, self.gate(x) if self.gate is not None else None)

@@ -22,6 +22,7 @@ class TorchvisionBlock(Block):
         self.stage = stage
         self.changes_shape = block.downsample is not None
         self.identity_skip = block.downsample is None
+        self.post_is_relu = True
         if isinstance(block, Bottleneck):
             self._branch = [block.conv1, block.bn1, F.relu, block.conv2, block.bn2, F.relu, block.conv3, block.bn3]
         else:
@@ -35,6 +36,9 @@ class TorchvisionBlock(Block):
 
     def post(self, z: torch.Tensor) -> torch.Tensor:
         return F.relu(z)
+
+    def branch_chain(self) -> tuple[list, float] | None:
+        return [nn.ReLU() if op is F.relu else op for op in self._branch], 1.0
 
     def shortcut_only(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.block.downsample is None else self.block.downsample(x)
