@@ -1,0 +1,46 @@
+"""A dataset as four tensors, meant to live on the training or evaluation device."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class DataNotFound(FileNotFoundError):
+    """A dataset is not on disk where the spec says, and downloading was not asked for."""
+
+
+@dataclass
+class TensorDataset:
+    name: str
+    train_images: torch.Tensor   # [N, C, H, W] float32, normalised per channel
+    train_labels: torch.Tensor   # [N] int64
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    num_classes: int
+    augmentation: str            # "cifar" (pad 4, crop, flip) | "shift1" (pad 1, crop) | "none"
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train_images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_images.shape[-1])
+
+    def to(self, device: torch.device | str) -> "TensorDataset":
+        return TensorDataset(self.name, self.train_images.to(device), self.train_labels.to(device),
+                             self.test_images.to(device), self.test_labels.to(device), self.num_classes,
+                             self.augmentation)
+
+    def subset(self, train: int | None = None, test: int | None = None) -> "TensorDataset":
+        """The first ``train`` / ``test`` examples (the splits are already shuffled)."""
+        return TensorDataset(self.name, self.train_images[:train], self.train_labels[:train],
+                             self.test_images[:test], self.test_labels[:test], self.num_classes, self.augmentation)
+
+
+def normalise(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean/std normalisation with statistics of the training set."""
+    mean = train.mean(dim=(0, 2, 3), keepdim=True)
+    std = train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    return (train - mean) / std, (test - mean) / std
