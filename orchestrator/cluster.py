@@ -1,0 +1,41 @@
+"""Connecting to Ray: a named cluster, or a private local one (never a stray cluster).
+
+With no ``--address`` and no ``RAY_ADDRESS``, a private local Ray starts
+(``address="local"``: a bare ``ray.init()`` would attach to, or hang on, any cluster
+started by ``ray start`` on this machine), its dashboard bound to 127.0.0.1.
+"""
+from __future__ import annotations
+
+import os
+
+import ray
+
+from workloads.runtime import allocator_env
+
+# Tune saves its experiment state at most every 10 s by default: after a SIGKILL a restore
+# then re-ran finished trials. Saving every second keeps a kill cheap.
+TUNE_STATE_PERIOD_S = "1"
+
+
+def worker_env() -> dict[str, str]:
+    return {**allocator_env(), "TUNE_GLOBAL_CHECKPOINT_S": os.environ.get("TUNE_GLOBAL_CHECKPOINT_S",
+                                                                          TUNE_STATE_PERIOD_S)}
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
+            dashboard: bool = True) -> str:
+    """Initialise Ray once per process; returns a description of where work runs."""
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", TUNE_STATE_PERIOD_S)
+    # Tune warns on every forced state snapshot, which our frequent checkpoints trigger by design
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if ray.is_initialized():
+        return "the Ray session already running in this process"
+    address = address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": worker_env()}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        return f"Ray cluster at {address}"
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard,
+             dashboard_host="127.0.0.1", runtime_env=runtime_env, log_to_driver=False)
+    return "a private local Ray (dashboard on 127.0.0.1)" if dashboard else "a private local Ray"

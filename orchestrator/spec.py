@@ -1,0 +1,249 @@
+"""Experiment specs: YAML in, a validated, frozen experiment out, before anything starts.
+
+Every mistake is reported as one line naming the field (``training.runs[1].network:
+unknown network 'resnet21'``) and nothing runs until the whole spec is valid.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from workloads.data import DATASETS
+from workloads.models import NETWORKS, NetConfig, network_config
+from workloads.train.modes import MODES
+from workloads.train.recipe import TrainConfig
+
+
+class SpecError(ValueError):
+    """A spec that cannot run; the message names the field and the problem."""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    dataset: str = "digits"
+    root: str = "data"
+    download: bool = False
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One training run: a network (with its variant), a mode and a seed."""
+
+    run_id: str
+    label: str
+    network: str
+    variant: str          # JSON of the overrides that make this variant
+    mode: str
+    seed: int
+    net_config: NetConfig
+    train_config: TrainConfig
+
+    def to_dict(self) -> dict:
+        return {"run_id": self.run_id, "label": self.label, "network": self.network, "variant": self.variant,
+                "mode": self.mode, "seed": self.seed, "net_config": self.net_config.to_json(),
+                "train_config": self.train_config.to_json()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Trial":
+        return cls(d["run_id"], d["label"], d["network"], d["variant"], d["mode"], int(d["seed"]),
+                   NetConfig.from_json(d["net_config"]), TrainConfig.from_dict(json.loads(d["train_config"])))
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    trials: tuple[Trial, ...]
+    cpu: float = 1.0
+    gpu: float = 0.0
+    max_failures: int = 2
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    name: str
+    data: DataSpec
+    training: TrainingSpec
+    raw: dict = field(default_factory=dict, compare=False)
+    path: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(self.raw, sort_keys=True)
+
+
+# -- validation helpers ------------------------------------------------------------
+
+def _fail(where: str, problem: str) -> None:
+    raise SpecError(f"{where}: {problem}")
+
+
+def _mapping(value: Any, where: str, allowed: set[str], required: set[str] = frozenset()) -> dict:
+    if not isinstance(value, dict):
+        _fail(where, f"must be a mapping, got {type(value).__name__}")
+    for key in value:
+        if key not in allowed:
+            _fail(f"{where}.{key}" if where else str(key), f"unknown key (allowed: {', '.join(sorted(allowed))})")
+    for key in required:
+        if key not in value:
+            _fail(f"{where}.{key}" if where else key, "is required")
+    return value
+
+
+def _typed(value: Any, kind: type | tuple, where: str) -> Any:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        _fail(where, f"must be {' or '.join(k.__name__ for k in kinds)}, got a boolean")
+    if not isinstance(value, kinds):
+        _fail(where, f"must be {' or '.join(k.__name__ for k in kinds)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _count(value: Any, where: str, low: int = 0, high: int = 10**9) -> int:
+    _typed(value, int, where)
+    if not low <= value <= high:
+        _fail(where, f"must be between {low} and {high:,}, got {value}")
+    return value
+
+
+def _short_hash(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:8]
+
+
+# -- sections ----------------------------------------------------------------------
+
+def _data(raw: Any) -> DataSpec:
+    d = _mapping(raw if raw is not None else {}, "data", {"dataset", "root", "download"})
+    dataset = _typed(d.get("dataset", "digits"), str, "data.dataset")
+    if dataset not in DATASETS:
+        _fail("data.dataset", f"unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")
+    root = _typed(d.get("root", "data"), str, "data.root")
+    download = _typed(d.get("download", False), bool, "data.download")
+    return DataSpec(dataset, root, download)
+
+
+_DATA_SHAPES = {"digits": (1, 10, 8), "cifar10": (3, 10, 32), "cifar100": (3, 100, 32)}
+_NET_FIELDS = {f.name for f in dataclasses.fields(NetConfig)} - {"name", "in_channels", "num_classes", "image_size"}
+_TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"mode", "seed", "iterations"}
+
+
+def _net_config(network: str, overrides: dict, mode: str, data: DataSpec, where: str) -> NetConfig:
+    in_channels, classes, size = _DATA_SHAPES[data.dataset]
+    fields = dict(overrides)
+    if mode == "stochastic_depth":
+        fields["stochastic_depth"] = True
+    for key in fields:
+        if key not in _NET_FIELDS:
+            _fail(f"{where}.{key}", f"unknown network field (allowed: {', '.join(sorted(_NET_FIELDS))})")
+    if "widths" in fields:
+        widths = fields["widths"]
+        if not isinstance(widths, list) or not widths or not all(isinstance(w, int) and not isinstance(w, bool)
+                                                               and w >= 1 for w in widths):
+            _fail(f"{where}.widths", f"must be a list of positive integers, got {widths!r}")
+    try:
+        return network_config(network, in_channels=in_channels, num_classes=classes, image_size=size, **fields)
+    except (ValueError, TypeError) as e:
+        _fail(where, str(e))
+    raise AssertionError
+
+
+def _training(raw: Any, data: DataSpec) -> TrainingSpec:
+    t = _mapping(raw, "training", {"iterations", "seeds", "resources", "max_failures", "recipe", "runs"},
+                 required={"runs", "iterations"})
+    iterations = _count(t["iterations"], "training.iterations", 1, 10**8)
+    seeds_raw = t.get("seeds", 1)
+    if isinstance(seeds_raw, list):
+        seeds = [_count(s, f"training.seeds[{i}]", 0, 2**31 - 1) for i, s in enumerate(seeds_raw)]
+        if len(set(seeds)) != len(seeds):
+            _fail("training.seeds", f"has repeated seeds {seeds}")
+    else:
+        seeds = list(range(_count(seeds_raw, "training.seeds", 1, 1000)))
+    resources = _mapping(t.get("resources", {}), "training.resources", {"cpu", "gpu"})
+    cpu = float(_typed(resources.get("cpu", 1), (int, float), "training.resources.cpu"))
+    gpu = float(_typed(resources.get("gpu", 0), (int, float), "training.resources.gpu"))
+    if cpu < 0 or gpu < 0 or cpu + gpu == 0:
+        _fail("training.resources", f"needs cpu >= 0 and gpu >= 0, not both 0; got cpu={cpu}, gpu={gpu}")
+    if gpu > 1 and gpu != int(gpu):
+        _fail("training.resources.gpu", f"above 1 must be a whole number, got {gpu}")
+    max_failures = _count(t.get("max_failures", 2), "training.max_failures", 0, 100)
+    recipe = _mapping(t.get("recipe", {}), "training.recipe", _TRAIN_FIELDS)
+    runs = _typed(t["runs"], list, "training.runs")
+    if not runs:
+        _fail("training.runs", "must list at least one run")
+    trials: list[Trial] = []
+    for i, entry in enumerate(runs):
+        where = f"training.runs[{i}]"
+        e = _mapping(entry, where, {"network", "label", "overrides", "variants", "modes", "active_blocks"},
+                     required={"network"})
+        network = _typed(e["network"], str, f"{where}.network")
+        if network not in NETWORKS:
+            _fail(f"{where}.network", f"unknown network {network!r} (known: {', '.join(sorted(NETWORKS))})")
+        label = _typed(e.get("label", network), str, f"{where}.label")
+        overrides = _mapping(e.get("overrides", {}), f"{where}.overrides", _NET_FIELDS)
+        variants = _typed(e.get("variants", [{}]), list, f"{where}.variants")
+        modes = _typed(e.get("modes", ["normal"]), list, f"{where}.modes")
+        for j, mode in enumerate(modes):
+            if mode not in MODES:
+                _fail(f"{where}.modes[{j}]", f"unknown mode {mode!r} (known: {', '.join(MODES)})")
+        for j, variant in enumerate(variants):
+            v = _mapping(variant, f"{where}.variants[{j}]", _NET_FIELDS)
+            for mode in modes:
+                net = _net_config(network, {**overrides, **v}, mode, data, f"{where}.variants[{j}]" if v else where)
+                for seed in seeds:
+                    try:
+                        train = TrainConfig.from_dict({**recipe, "iterations": iterations, "mode": mode, "seed": seed,
+                                                       **({"active_blocks": e["active_blocks"]} if "active_blocks" in e else {})})
+                    except (ValueError, TypeError) as err:
+                        _fail(f"{where}" if "active_blocks" in str(err) else "training.recipe", str(err))
+                    if mode == "effective_paths" and train.active_blocks is not None and not (
+                            1 <= train.active_blocks <= _num_blocks(net)):
+                        _fail(f"{where}.active_blocks", f"must be between 1 and {_num_blocks(net)} (the network's "
+                                                        f"blocks), got {train.active_blocks}")
+                    if mode != "normal" and net.arch == "plain":
+                        _fail(f"{where}.modes", f"mode {mode!r} needs a residual network, not {network}")
+                    variant_json = json.dumps(v, sort_keys=True)
+                    tag = "" if not v else "." + ".".join(f"{k}={v[k]}" for k in sorted(v))
+                    run_id = (f"{label}{tag}.{mode}.s{seed}." + _short_hash(net.to_json(), train.to_json(),
+                                                                             data.dataset)).replace(" ", "")
+                    trials.append(Trial(run_id, label, network, variant_json, mode, seed, net, train))
+    ids = [t.run_id for t in trials]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        _fail("training.runs", f"two runs are identical ({dupes[0]}); give them different labels or settings")
+    return TrainingSpec(tuple(trials), cpu, gpu, max_failures)
+
+
+def _num_blocks(cfg: NetConfig) -> int:
+    from workloads.models import build_network
+    return build_network(cfg).num_blocks
+
+
+def parse_spec(raw: Any, path: str = "") -> ExperimentSpec:
+    top = _mapping(raw, "", {"name", "data", "training", "studies"}, required={"name", "training"})
+    name = _typed(top["name"], str, "name")
+    if not name or not all(c.isalnum() or c in "-_." for c in name):
+        _fail("name", f"must be letters, digits, '-', '_' or '.', got {name!r}")
+    data = _data(top.get("data"))
+    training = _training(top["training"], data)
+    return ExperimentSpec(name, data, training, raw=raw, path=path)
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    """Read and validate a YAML spec (safe loader); raises SpecError with a one-line message."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read the spec ({e.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if raw is None:
+        raise SpecError(f"{path}: the spec is empty")
+    return parse_spec(raw, str(p))
