@@ -22,13 +22,19 @@ def worker_env() -> dict[str, str]:
                                                                           TUNE_STATE_PERIOD_S)}
 
 
-def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
-            dashboard: bool = True) -> str:
-    """Initialise Ray once per process; returns a description of where work runs."""
+def quiet_tune() -> None:
+    """Driver-side Tune settings: frequent state saves, no console tables (we draw our own bar)."""
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", TUNE_STATE_PERIOD_S)
     # Tune warns on every forced state snapshot, which our frequent checkpoints trigger by design
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
+            dashboard: bool = True) -> str:
+    """Initialise Ray once per process; returns a description of where work runs."""
+    quiet_tune()
     if ray.is_initialized():
         return "the Ray session already running in this process"
     address = address or os.environ.get("RAY_ADDRESS")

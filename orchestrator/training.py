@@ -23,6 +23,7 @@ from workloads.runtime import set_threads
 from workloads.train.loop import Trainer
 
 from . import store
+from .cluster import quiet_tune
 from .spec import ExperimentSpec, Trial
 
 STATE_FILE = "state.pt"     # the whole training state, to resume
@@ -106,6 +107,7 @@ def experiment_dir(spec: ExperimentSpec, out: Path) -> Path:
 
 def run_training(spec: ExperimentSpec, out: str | Path, resume: bool = False, progress: bool = True) -> TrainingOutcome:
     """Train every trial of the spec (or resume them) and write the runs and epochs tables."""
+    quiet_tune()
     out = Path(out)
     exp = experiment_dir(spec, out)
     trainable = tune.with_resources(train_trial, {"cpu": spec.training.cpu, "gpu": spec.training.gpu})

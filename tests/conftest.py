@@ -31,3 +31,61 @@ def tiny(name: str, seed: int = 0, **overrides):
 def images():
     g = torch.Generator().manual_seed(1)
     return torch.randn(40, 3, 16, 16, generator=g), torch.randint(0, 10, (40,), generator=g)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One private local Ray for the whole test session (never one per test)."""
+    import ray
+
+    from orchestrator.cluster import worker_env
+    import os
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": worker_env()},
+             log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def write_fake_cifar(root, n_train_per_batch: int = 6, n_test: int = 10, seed: int = 0, classes: int = 10):
+    """A few images in CIFAR-10's real on-disk format (pickled batches in cifar-10-batches-py).
+
+    Returns the md5 table the real loader checks, for tests to point torchvision at.
+    """
+    import hashlib
+    import pickle
+    from pathlib import Path
+
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def batch(name, n):
+        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        labels = [int(i % classes) for i in range(n)]
+        with open(folder / name, "wb") as f:
+            # str keys, as CIFAR's Python-2 pickles read with encoding="latin1"
+            pickle.dump({"batch_label": name, "labels": labels, "data": data,
+                         "filenames": [f"{name}_{i}.png" for i in range(n)]}, f, protocol=2)
+        return [name, hashlib.md5((folder / name).read_bytes()).hexdigest()]
+
+    train = [batch(f"data_batch_{i}", n_train_per_batch) for i in range(1, 6)]
+    test = [batch("test_batch", n_test)]
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch": 10,
+                     "num_vis": 3072}, f, protocol=2)
+    meta_md5 = hashlib.md5((folder / "batches.meta").read_bytes()).hexdigest()
+    return train, test, meta_md5
+
+
+@pytest.fixture
+def fake_cifar(tmp_path, monkeypatch):
+    """A CIFAR-10 folder torchvision's real CIFAR10 class reads (its checksums point at our files)."""
+    import torchvision
+    train, test, meta_md5 = write_fake_cifar(tmp_path)
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "train_list", train)
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "test_list", test)
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "meta", {**torchvision.datasets.CIFAR10.meta, "md5": meta_md5})
+    return tmp_path

@@ -1,0 +1,63 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from workloads.data import DataNotFound, augment, load_dataset
+from workloads.data.augment import random_crop
+
+
+def test_digits_split_is_fixed_and_normalised():
+    a, b = load_dataset("digits"), load_dataset("digits")
+    assert a.train_images.shape == (1347, 1, 8, 8) and a.test_images.shape == (450, 1, 8, 8)
+    assert torch.equal(a.test_labels, b.test_labels) and torch.equal(a.train_images, b.train_images)
+    assert a.train_images.mean().abs() < 1e-5 and (a.train_images.std() - 1).abs() < 1e-3
+    assert sorted(a.test_labels.unique().tolist()) == list(range(10))
+    assert a.augmentation == "shift1" and a.in_channels == 1 and a.num_classes == 10
+
+
+def test_cifar_through_torchvisions_real_loader(fake_cifar):
+    data = load_dataset("cifar10", fake_cifar)
+    assert data.train_images.shape == (30, 3, 32, 32) and data.test_images.shape == (10, 3, 32, 32)
+    assert data.augmentation == "cifar" and data.num_classes == 10
+    # the pixels are the ones written to disk, normalised per channel
+    with open(fake_cifar / "cifar-10-batches-py" / "test_batch", "rb") as f:
+        raw = pickle.load(f, encoding="latin1")
+    first = torch.from_numpy(raw["data"][0].reshape(3, 32, 32).astype(np.float32) / 255)
+    corr = np.corrcoef(first.flatten(), data.test_images[0].flatten())[0, 1]
+    assert corr > 0.99
+    assert data.test_labels.tolist() == raw["labels"]
+
+
+def test_missing_cifar_names_the_folder_and_the_flag(tmp_path):
+    with pytest.raises(DataNotFound, match=rf"CIFAR-10 not found in {tmp_path}.*download"):
+        load_dataset("cifar10", tmp_path)
+
+
+def test_unknown_dataset():
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
+        load_dataset("mnist")
+
+
+def test_random_crop_shifts_whole_images():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4) + 1
+    g = torch.Generator().manual_seed(0)
+    out = random_crop(x, 1, g)
+    assert out.shape == x.shape
+    for i in range(2):  # each output is a shifted window of the zero-padded input
+        padded = torch.nn.functional.pad(x[i, 0], (1, 1, 1, 1))
+        windows = [padded[r:r + 4, c:c + 4] for r in range(3) for c in range(3)]
+        assert any(torch.equal(out[i, 0], w) for w in windows)
+
+
+def test_augmentation_is_seeded_and_flips_only_for_cifar():
+    x = torch.randn(64, 3, 32, 32)
+    a = augment(x, "cifar", torch.Generator().manual_seed(1))
+    b = augment(x, "cifar", torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    flipped = sum(torch.equal(augment(x[:1], "cifar", torch.Generator().manual_seed(s))[0, :, 4:28, 4:28],
+                              x[0].flip(2)[:, 4:28, 4:28]) for s in range(0))
+    assert flipped == 0
+    with pytest.raises(ValueError, match="augmentation"):
+        augment(x, "mixup", torch.Generator())
