@@ -69,6 +69,83 @@ def train(spec: str, address: str | None, out: Path | None, resume: bool) -> Non
         sys.exit(1)
 
 
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@ADDRESS
+@OUT
+def lesion(spec: str, address: str | None, out: Path | None) -> None:
+    """Run SPEC's studies (deletions, reorderings, gradients) on the trained runs in OUT.
+
+    Resumable: units already written are skipped, so rerunning after a crash or Ctrl-C
+    computes only what is missing.
+    """
+    from .cluster import connect
+    experiment = _load(spec)
+    out = _out(experiment, out)
+    if not (out / "runs.parquet").exists():
+        raise BadInput(f"{out / 'runs.parquet'} does not exist: train first (unravel train {spec} --out {out})")
+    click.echo(f"studies of '{experiment.name}' on {connect(address)}; results in {out}")
+    _studies(experiment, out)
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@ADDRESS
+@OUT
+def run(spec: str, address: str | None, out: Path | None) -> None:
+    """Train SPEC's networks, then run its studies: the whole experiment, resumable."""
+    from .cluster import connect
+    from .training import run_training
+    experiment = _load(spec)
+    out = _out(experiment, out)
+    click.echo(f"experiment '{experiment.name}' on {connect(address)}; results in {out}")
+    outcome = run_training(experiment, out, resume=True)
+    _print_runs(outcome.runs)
+    if outcome.failed:
+        for run_id, error in outcome.failed.items():
+            click.echo(f"FAILED {run_id}: {error.splitlines()[-1] if error else 'unknown error'}", err=True)
+    code = _studies(experiment, out, exit_on_failure=False)
+    sys.exit(1 if outcome.failed or code else 0)
+
+
+def _studies(experiment, out: Path, exit_on_failure: bool = True) -> int:
+    from .store import CorruptResult
+    from .sweep import run_studies, save_spec
+    save_spec(experiment, out)
+    try:
+        outcome = run_studies(experiment, out)
+    except (FileNotFoundError, CorruptResult) as e:
+        raise BadInput(str(e)) from None
+    counts = ", ".join(f"{k} {v}" for k, v in outcome.per_study.items())
+    click.echo(f"units: {outcome.total} ({counts}); {outcome.skipped} already written, {outcome.computed} computed, "
+               f"{outcome.failed} failed, in {outcome.seconds:.0f} s")
+    for name in ("lesion", "gradients", "errors"):
+        if (out / name).exists():
+            click.echo(f"  {out / name}/")
+    if outcome.failed:
+        click.echo(f"{outcome.failed} units failed: see the errors table ({out / 'errors'})", err=True)
+        if exit_on_failure:
+            sys.exit(1)
+        return 1
+    return 0
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
+def status(out: Path) -> None:
+    """Units done, failed and left per study, for the experiment whose results are in OUT."""
+    import json
+    from .spec import parse_spec
+    from .sweep import status as study_status
+    saved = out / "spec.json"
+    if not saved.exists():
+        raise BadInput(f"{saved} does not exist: OUT must be the folder of an unravel experiment")
+    experiment = parse_spec(json.loads(saved.read_text())["spec"])
+    rows = study_status(experiment, out)
+    import pandas as pd
+    click.echo(pd.DataFrame(rows).to_string(index=False) if rows else "no studies in this experiment")
+
+
 def _print_runs(runs) -> None:
     if runs.empty:
         click.echo("no finished runs")

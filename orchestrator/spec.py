@@ -63,11 +63,45 @@ class TrainingSpec:
     max_failures: int = 2
 
 
+STUDIES = ("single_deletion", "random_deletion", "reorder", "gradients")
+# which paper figure each study reproduces
+FIGURES = {"intact": "baseline", "single_deletion": "F3/F8", "random_deletion": "F5a", "reorder": "F5b",
+           "gradients": "F6b"}
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    study: str
+    runs: tuple[str, ...] | None   # labels or run ids; None: every run the study applies to
+    k_max: int = 0                 # random_deletion, reorder: k = 1..k_max
+    draws: int = 0                 # draws per k (gradients: per k as well)
+    batch_size: int = 128          # gradients: training images per forward
+
+
+@dataclass(frozen=True)
+class StudiesSpec:
+    studies: tuple[StudySpec, ...] = ()
+    test_examples: int | None = None      # None: the whole test set
+    precision: str = "auto"               # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    recalibrate_bn: bool = False
+    calibration_examples: int = 512
+    exclude_blocks: tuple[int, ...] = ()  # kept out of the random pools (F5a, F5b)
+    evaluators: int = 2
+    cpu: float = 1.0
+    gpu: float = 0.0
+    plans_per_batch: int = 64
+    max_in_flight: int = 2                # batches queued per evaluator
+
+    def study(self, name: str) -> StudySpec | None:
+        return next((s for s in self.studies if s.study == name), None)
+
+
 @dataclass(frozen=True)
 class ExperimentSpec:
     name: str
     data: DataSpec
     training: TrainingSpec
+    studies: StudiesSpec = field(default_factory=StudiesSpec)
     raw: dict = field(default_factory=dict, compare=False)
     path: str = ""
 
@@ -205,9 +239,10 @@ def _training(raw: Any, data: DataSpec) -> TrainingSpec:
                     if mode != "normal" and net.arch == "plain":
                         _fail(f"{where}.modes", f"mode {mode!r} needs a residual network, not {network}")
                     variant_json = json.dumps(v, sort_keys=True)
-                    tag = "" if not v else "." + ".".join(f"{k}={v[k]}" for k in sorted(v))
+                    tag = "" if not v else "." + ".".join(f"{k}-{v[k]}" for k in sorted(v))
                     run_id = (f"{label}{tag}.{mode}.s{seed}." + _short_hash(net.to_json(), train.to_json(),
-                                                                             data.dataset)).replace(" ", "")
+                                                                             data.dataset))
+                    run_id = "".join(c if c.isalnum() or c in "-_." else "-" for c in run_id)  # a safe folder name
                     trials.append(Trial(run_id, label, network, variant_json, mode, seed, net, train))
     ids = [t.run_id for t in trials]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
@@ -221,6 +256,82 @@ def _num_blocks(cfg: NetConfig) -> int:
     return build_network(cfg).num_blocks
 
 
+def _select_trials(trials: tuple[Trial, ...], runs: tuple[str, ...] | None, where: str) -> list[Trial]:
+    if runs is None:
+        return list(trials)
+    known = {t.label for t in trials} | {t.run_id for t in trials}
+    for i, r in enumerate(runs):
+        if r not in known:
+            _fail(f"{where}.runs[{i}]", f"no training run is labelled {r!r} (labels: "
+                                        f"{', '.join(sorted({t.label for t in trials}))})")
+    return [t for t in trials if t.label in runs or t.run_id in runs]
+
+
+def _studies(raw: Any, training: TrainingSpec) -> StudiesSpec:
+    keys = set(STUDIES) | {"test_examples", "precision", "recalibrate_bn", "calibration_examples", "exclude_blocks",
+                           "evaluators", "plans_per_batch", "max_in_flight"}
+    s = _mapping(raw if raw is not None else {}, "studies", keys)
+    test_examples = s.get("test_examples")
+    if test_examples is not None:
+        _count(test_examples, "studies.test_examples", 1, 10**7)
+    precision = _typed(s.get("precision", "auto"), str, "studies.precision")
+    if precision not in ("auto", "fp32", "bf16"):
+        _fail("studies.precision", f"must be auto, fp32 or bf16, got {precision!r}")
+    exclude = _typed(s.get("exclude_blocks", []), list, "studies.exclude_blocks")
+    for i, b in enumerate(exclude):
+        _count(b, f"studies.exclude_blocks[{i}]", 0, 10**6)
+    ev = _mapping(s.get("evaluators", {}), "studies.evaluators", {"count", "cpu", "gpu"})
+    count = _count(ev.get("count", 2), "studies.evaluators.count", 1, 10_000)
+    gpu = float(_typed(ev.get("gpu", 0), (int, float), "studies.evaluators.gpu"))
+    # a GPU evaluator only drives its GPU: it needs no CPU of its own (Ray would reserve one)
+    cpu = float(_typed(ev.get("cpu", 0 if gpu > 0 else 1), (int, float), "studies.evaluators.cpu"))
+    if cpu < 0 or gpu < 0 or cpu + gpu == 0:
+        _fail("studies.evaluators", f"needs cpu >= 0 and gpu >= 0, not both 0; got cpu={cpu}, gpu={gpu}")
+    studies: list[StudySpec] = []
+    sizes = {t.run_id: _blocks(t.net_config) for t in training.trials}
+    for name in STUDIES:
+        if name not in s:
+            continue
+        where = f"studies.{name}"
+        allowed = {"runs"} | ({"k_max", "draws"} if name in ("random_deletion", "reorder") else set()) | (
+            {"draws", "batch_size"} if name == "gradients" else set())
+        st = _mapping(s[name] if s[name] is not None else {}, where, allowed)
+        runs_raw = st.get("runs")
+        runs = None if runs_raw in (None, "all") else tuple(_typed(runs_raw, list, f"{where}.runs"))
+        chosen = _select_trials(training.trials, runs, where)
+        if runs is None and name != "single_deletion":  # F5a, F5b, F6b are about residual networks
+            chosen = [t for t in chosen if t.net_config.arch != "plain"]
+        draws = _count(st.get("draws", 10), f"{where}.draws", 1, 10**6) if "draws" in allowed else 0
+        k_max = 0
+        if "k_max" in allowed:
+            k_max = _count(st.get("k_max", 10), f"{where}.k_max", 1, 10**6)
+            for t in chosen:
+                deletable, pairs = sizes[t.run_id]
+                limit = deletable - len([b for b in exclude if b < deletable]) if name == "random_deletion" else pairs
+                if k_max > limit:
+                    what = "deletable blocks" if name == "random_deletion" else "same-shape pairs to swap"
+                    _fail(f"{where}.k_max", f"k_max={k_max} is larger than the {limit} {what} of run {t.label!r}")
+        if name == "gradients":
+            for t in chosen:
+                if t.net_config.arch == "plain":
+                    _fail(f"{where}.runs", f"run {t.label!r} is a plain network: it has no paths to choose")
+        batch_size = _count(st.get("batch_size", 128), f"{where}.batch_size", 1, 10**6) if name == "gradients" else 128
+        studies.append(StudySpec(name, tuple(t.run_id for t in chosen), k_max, draws, batch_size))
+    return StudiesSpec(
+        tuple(studies), test_examples, precision, _typed(s.get("recalibrate_bn", False), bool, "studies.recalibrate_bn"),
+        _count(s.get("calibration_examples", 512), "studies.calibration_examples", 1, 10**7), tuple(exclude),
+        count, cpu, gpu, _count(s.get("plans_per_batch", 64), "studies.plans_per_batch", 1, 10**6),
+        _count(s.get("max_in_flight", 2), "studies.max_in_flight", 1, 1000))
+
+
+def _blocks(cfg: NetConfig) -> tuple[int, int]:
+    """(deletable blocks, same-shape pairs) of a network."""
+    from workloads.models import build_network
+    from workloads.surgery import deletion_pool, swap_pairs
+    infos = build_network(cfg).block_infos()
+    return len(deletion_pool(infos)), len(swap_pairs(infos))
+
+
 def parse_spec(raw: Any, path: str = "") -> ExperimentSpec:
     top = _mapping(raw, "", {"name", "data", "training", "studies"}, required={"name", "training"})
     name = _typed(top["name"], str, "name")
@@ -228,7 +339,8 @@ def parse_spec(raw: Any, path: str = "") -> ExperimentSpec:
         _fail("name", f"must be letters, digits, '-', '_' or '.', got {name!r}")
     data = _data(top.get("data"))
     training = _training(top["training"], data)
-    return ExperimentSpec(name, data, training, raw=raw, path=path)
+    studies = _studies(top.get("studies"), training)
+    return ExperimentSpec(name, data, training, studies, raw=raw, path=path)
 
 
 def load_spec(path: str | Path) -> ExperimentSpec:

@@ -35,6 +35,89 @@ SCHEMAS: dict[str, pa.Schema] = {
 }
 
 
+# Study results: one file per finished batch, hive-partitioned by study and run
+# (<out>/lesion/study=<study>/run_id=<run>/part-<batch>.parquet); the partition columns
+# live in the folder names, as pandas, pyarrow and DuckDB (hive_partitioning) expect.
+PART_SCHEMAS: dict[str, pa.Schema] = {
+    "lesion": pa.schema([
+        ("unit_key", pa.string()), ("k", pa.int64()), ("draw", pa.int64()), ("deleted", pa.list_(pa.int64())),
+        ("order", pa.list_(pa.int64())), ("kendall_tau", pa.float64()), ("active_blocks", pa.int64()),
+        ("error", pa.float64()), ("loss", pa.float64()), ("examples", pa.int64()), ("precision", pa.string()),
+        ("bn_recalibrated", pa.bool_()), ("seconds", pa.float64()),
+    ]),
+    "gradients": pa.schema([
+        ("unit_key", pa.string()), ("k", pa.int64()), ("draw", pa.int64()), ("chosen", pa.list_(pa.int64())),
+        ("log10_norm", pa.float64()), ("batch_size", pa.int64()), ("seconds", pa.float64()),
+    ]),
+    "errors": pa.schema([
+        ("unit_key", pa.string()), ("run_id", pa.string()), ("study", pa.string()), ("k", pa.int64()),
+        ("draw", pa.int64()), ("error", pa.string()), ("traceback", pa.string()), ("time", pa.float64()),
+    ]),
+}
+
+
+def _part_schema(table: str) -> pa.Schema:
+    return PART_SCHEMAS[table].with_metadata({"unravel.table": table, "unravel.schema_version": SCHEMA_VERSION})
+
+
+def part_path(out: str | Path, table: str, study: str, run_id: str, batch_key: str) -> Path:
+    return Path(out) / table / f"study={study}" / f"run_id={run_id}" / f"part-{batch_key}.parquet"
+
+
+def write_part(out: str | Path, table: str, study: str, run_id: str, batch_key: str, rows: list[dict]) -> Path:
+    """One finished batch, one file; a batch redone after a crash replaces its own file."""
+    schema = _part_schema(table)
+    data = pa.Table.from_pylist([{k: r[k] for k in schema.names} for r in rows], schema=schema)
+    path = part_path(out, table, study, run_id, batch_key)
+    write_atomic(data, path)
+    return path
+
+
+def write_errors(out: str | Path, batch_key: str, rows: list[dict]) -> Path:
+    """Error rows are history: each failed attempt adds a file."""
+    schema = _part_schema("errors")
+    data = pa.Table.from_pylist([{k: r[k] for k in schema.names} for r in rows], schema=schema)
+    path = Path(out) / "errors" / f"part-{batch_key}-{uuid.uuid4().hex[:8]}.parquet"
+    write_atomic(data, path)
+    return path
+
+
+def _parts(out: str | Path, table: str) -> list[Path]:
+    root = Path(out) / table
+    return sorted(p for p in root.rglob("part-*.parquet")) if root.exists() else []
+
+
+def read_parts(out: str | Path, table: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """A partitioned table as one DataFrame (study and run_id from the folder names)."""
+    import pyarrow.dataset as ds
+    parts = _parts(out, table)
+    if not parts:
+        schema = PART_SCHEMAS[table]
+        names = columns or ([*schema.names] + ([] if table == "errors" else ["study", "run_id"]))
+        return pd.DataFrame({n: pd.Series(dtype=object) for n in names})
+    if table == "errors":
+        return ds.dataset([str(p) for p in parts], format="parquet").to_table(columns=columns).to_pandas()
+    part = ds.partitioning(pa.schema([("study", pa.string()), ("run_id", pa.string())]), flavor="hive")
+    dataset = ds.dataset([str(p) for p in parts], format="parquet", partitioning=part,
+                         partition_base_dir=str(Path(out) / table))
+    return dataset.to_table(columns=columns).to_pandas()
+
+
+def done_keys(out: str | Path, table: str) -> set[str]:
+    """The resume index: unit keys already written (read from the parts themselves)."""
+    keys: set[str] = set()
+    for p in _parts(out, table):
+        try:
+            keys.update(pq.read_table(p, columns=["unit_key"]).column(0).to_pylist())
+        except Exception as e:  # a corrupt part is never read as data
+            raise CorruptResult(f"{p}: unreadable result file ({e}); delete it and rerun to recompute its units") from None
+    return keys
+
+
+class CorruptResult(RuntimeError):
+    """A file in the output folder that cannot be read as what it claims to be."""
+
+
 def table_path(out: str | Path, name: str) -> Path:
     return Path(out) / f"{name}.parquet"
 

@@ -42,8 +42,9 @@ def ray_session():
     import os
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": worker_env()},
-             log_to_driver=False)
+    # one declared GPU: GPU evaluators are scheduled as on a cluster, then run on the CPU
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False,
+             runtime_env={"env_vars": worker_env()}, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

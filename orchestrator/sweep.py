@@ -1,0 +1,140 @@
+"""The study driver: expand, skip what is written, fan batches out to evaluators, write.
+
+The driver is the single writer. It keeps at most ``max_in_flight`` batches queued per
+evaluator, takes results as they finish (``ray.wait``), and writes each finished batch
+as one Parquet file named after its units; the files themselves are the resume index,
+so a rerun after a crash or Ctrl-C computes only what is missing, and nothing twice.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from tqdm import tqdm
+
+from . import store
+from .evaluator import evaluator_actor
+from .spec import ExperimentSpec
+from .units import Batch, Unit, batches, expand
+
+
+@dataclass
+class SweepOutcome:
+    total: int          # units in the spec
+    skipped: int        # already written before this run
+    computed: int       # written by this run
+    failed: int         # units that raised (recorded in the errors table)
+    seconds: float
+    per_study: dict[str, int]
+
+
+def pending_units(spec: ExperimentSpec, out: Path) -> tuple[list[Unit], list[Unit]]:
+    """(all units, units not yet written)."""
+    units = expand(spec)
+    done = store.done_keys(out, "lesion") | store.done_keys(out, "gradients")
+    return units, [u for u in units if u.key not in done]
+
+
+def run_studies(spec: ExperimentSpec, out: str | Path, progress: bool = True) -> SweepOutcome:
+    out = Path(out)
+    started = time.perf_counter()
+    runs = store.read_table(out, "runs")
+    units, todo = pending_units(spec, out)
+    per_study: dict[str, int] = {}
+    for u in units:
+        per_study[u.study] = per_study.get(u.study, 0) + 1
+    missing = sorted({u.run_id for u in todo} - set(runs["run_id"]))
+    if missing:
+        raise FileNotFoundError(f"no trained run {missing[0]} in {out / 'runs.parquet'}: train first "
+                                f"(unravel train, or unravel run)")
+    if not todo:
+        return SweepOutcome(len(units), len(units), 0, 0, time.perf_counter() - started, per_study)
+    s = spec.studies
+    work = batches(todo, s.plans_per_batch)
+    # checkpoints travel once, through the object store; every batch of a run refers to the same object
+    checkpoints = {r: ray.put(Path(path).read_bytes())
+                   for r, path in zip(runs["run_id"], runs["checkpoint"]) if r in {b.run_id for b in work}}
+    grad = s.study("gradients")
+    actor = evaluator_actor(s.cpu, s.gpu)
+    threads = max(1, int(s.cpu)) if s.gpu == 0 else 1
+    count = min(s.evaluators, len(work))
+    evaluators = [actor.remote(spec.data.dataset, str(Path(spec.data.root).expanduser().resolve()),
+                               spec.data.download, s.test_examples, s.precision, s.recalibrate_bn,
+                               s.calibration_examples, s.exclude_blocks, threads,
+                               grad.batch_size if grad else 128) for _ in range(count)]
+    bar = tqdm(total=len(units), initial=len(units) - len(todo), desc="study units", unit="unit",
+               dynamic_ncols=True, disable=not progress)
+    computed = failed = 0
+    queue = list(reversed(work))
+    in_flight: dict[ray.ObjectRef, tuple[Batch, int]] = {}
+    load = [0] * count
+
+    def submit(i: int) -> None:
+        batch = queue.pop()
+        ref = evaluators[i].run.remote(batch, checkpoints[batch.run_id])
+        in_flight[ref] = (batch, i)
+        load[i] += 1
+
+    try:
+        for i in range(count):
+            while queue and load[i] < s.max_in_flight:
+                submit(i)
+        while in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            ref = ready[0]
+            batch, i = in_flight.pop(ref)
+            load[i] -= 1
+            try:
+                rows, errors = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
+                rows, errors = [], [{"unit_key": u.key, "run_id": u.run_id, "study": u.study, "k": u.k,
+                                     "draw": u.draw, "error": f"{type(e).__name__}: {str(e)[:2000]}",
+                                     "traceback": "", "time": time.time()} for u in batch.units]
+            if rows:
+                store.write_part(out, batch.table, batch.study, batch.run_id, batch.key, rows)
+            if errors:
+                store.write_errors(out, batch.key, errors)
+            computed += len(rows)
+            failed += len(errors)
+            bar.update(len(rows) + len(errors))
+            if failed:
+                bar.set_postfix_str(f"{failed} failed")
+            while queue and load[i] < s.max_in_flight:
+                submit(i)
+    finally:
+        bar.close()
+        for ev in evaluators:
+            ray.kill(ev)
+    return SweepOutcome(len(units), len(units) - len(todo), computed, failed, time.perf_counter() - started,
+                        per_study)
+
+
+def status(spec: ExperimentSpec, out: str | Path) -> list[dict]:
+    """Units done, failed and left, per study."""
+    out = Path(out)
+    units = expand(spec)
+    done = store.done_keys(out, "lesion") | store.done_keys(out, "gradients")
+    errors = store.read_parts(out, "errors", columns=["unit_key"])
+    failed_keys = set(errors["unit_key"]) - done if len(errors) else set()
+    rows: dict[str, dict] = {}
+    for u in units:
+        r = rows.setdefault(u.study, {"study": u.study, "units": 0, "done": 0, "failed": 0, "left": 0})
+        r["units"] += 1
+        if u.key in done:
+            r["done"] += 1
+        elif u.key in failed_keys:
+            r["failed"] += 1
+        else:
+            r["left"] += 1
+    return list(rows.values())
+
+
+def save_spec(spec: ExperimentSpec, out: Path) -> None:
+    """Keep the spec beside its results, so `unravel status OUT` and the report know what was asked."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".spec.json.tmp"
+    tmp.write_text(json.dumps({"path": spec.path, "spec": spec.raw}, indent=1, sort_keys=True))
+    tmp.replace(out / "spec.json")

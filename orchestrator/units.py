@@ -1,0 +1,122 @@
+"""Studies expanded into work units with deterministic keys, grouped into batches per run.
+
+A unit is one plan (a lesion or reordering, evaluated on the test set) or one gradient
+draw. Its key hashes the run, the study, k, the draw and the engine version, so the same
+spec always yields the same keys: the resume index is the set of keys already written,
+and a batch's file is named after its units, so a batch redone after a crash overwrites
+its own file instead of adding rows.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from workloads.models import build_network
+from workloads.surgery import deletion_pool, random_deletion, random_swaps
+
+from .spec import ExperimentSpec, StudySpec, Trial
+
+ENGINE_VERSION = "1"   # bump when a change to workloads.surgery changes results
+
+
+@dataclass(frozen=True)
+class Unit:
+    key: str
+    run_id: str
+    study: str     # intact | single_deletion | random_deletion | reorder | gradients
+    k: int         # blocks deleted / pairs swapped / path length
+    draw: int      # draw index (single deletion: the deleted block)
+
+
+@dataclass
+class Batch:
+    key: str
+    run_id: str
+    study: str
+    units: list[Unit] = field(default_factory=list)
+
+    @property
+    def table(self) -> str:
+        return "gradients" if self.study == "gradients" else "lesion"
+
+
+def unit_key(run_id: str, study: str, k: int, draw: int, settings: str = "") -> str:
+    text = f"{run_id}|{study}|{k}|{draw}|{settings}|engine{ENGINE_VERSION}"
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def settings_of(spec: ExperimentSpec, study: str) -> str:
+    """The spec settings that change a unit's result: part of its key, so changing them recomputes."""
+    s = spec.studies
+    if study == "gradients":
+        return f"batch={s.study('gradients').batch_size}"
+    text = f"test={s.test_examples}|precision={s.precision}|bn={s.recalibrate_bn}:{s.calibration_examples}"
+    if study in ("random_deletion", "reorder"):
+        text += f"|exclude={sorted(s.exclude_blocks)}"
+    return text
+
+
+_SETTINGS: dict[str, str] = {}
+
+
+def _unit(run_id: str, study: str, k: int, draw: int) -> Unit:
+    return Unit(unit_key(run_id, study, k, draw, _SETTINGS.get(study, "")), run_id, study, k, draw)
+
+
+def _lesion_units(trial: Trial, study: StudySpec) -> list[Unit]:
+    infos = build_network(trial.net_config).block_infos()
+    if study.study == "single_deletion":
+        return [_unit(trial.run_id, study.study, 1, b) for b in deletion_pool(infos)]
+    return [_unit(trial.run_id, study.study, k, d) for k in range(1, study.k_max + 1) for d in range(study.draws)]
+
+
+def expand(spec: ExperimentSpec) -> list[Unit]:
+    """Every unit of every study on every run it applies to, intact baselines first."""
+    trials = {t.run_id: t for t in spec.training.trials}
+    _SETTINGS.clear()
+    _SETTINGS.update({name: settings_of(spec, name) for name in ("intact", "single_deletion", "random_deletion",
+                                                                  "reorder") if spec.studies})
+    if spec.studies.study("gradients"):
+        _SETTINGS["gradients"] = settings_of(spec, "gradients")
+    lesioned = sorted({r for s in spec.studies.studies if s.study != "gradients" for r in s.runs})
+    units = [_unit(r, "intact", 0, 0) for r in lesioned]
+    for study in spec.studies.studies:
+        for run_id in study.runs:
+            trial = trials[run_id]
+            if study.study == "gradients":
+                n = build_network(trial.net_config).num_blocks
+                units += [_unit(run_id, "gradients", k, d) for d in range(study.draws) for k in range(1, n + 1)]
+            else:
+                units += _lesion_units(trial, study)
+    return units
+
+
+def batches(units: list[Unit], plans_per_batch: int) -> list[Batch]:
+    """Group units per (run, study): lesions in chunks of plans; gradients one draw per batch
+    (all k on one random training batch share one forward)."""
+    groups: dict[tuple[str, str, int], list[Unit]] = {}
+    for u in units:
+        sub = u.draw if u.study == "gradients" else 0
+        groups.setdefault((u.run_id, u.study, sub), []).append(u)
+    out: list[Batch] = []
+    for (run_id, study, _), members in groups.items():
+        size = len(members) if study == "gradients" else plans_per_batch
+        for i in range(0, len(members), size):
+            chunk = members[i:i + size]
+            key = hashlib.sha256("|".join(u.key for u in chunk).encode()).hexdigest()[:20]
+            out.append(Batch(key, run_id, study, chunk))
+    return out
+
+
+def plan_for(unit: Unit, infos, exclude: tuple[int, ...]):
+    """The execution plan of a lesion unit (seeded by its draw and k)."""
+    from workloads.surgery import delete_blocks, intact
+    if unit.study == "intact":
+        return intact(infos)
+    if unit.study == "single_deletion":
+        return delete_blocks(infos, [unit.draw])
+    if unit.study == "random_deletion":
+        return random_deletion(infos, unit.k, unit.draw, exclude=exclude)
+    if unit.study == "reorder":
+        return random_swaps(infos, unit.k, unit.draw, exclude=exclude)
+    raise ValueError(f"unit of study {unit.study!r} has no plan")
