@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python benchmarks/lesion_engine.py --quick
+	$(BIN)/unravel run experiments/digits.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

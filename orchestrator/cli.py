@@ -146,6 +146,31 @@ def status(out: Path) -> None:
     click.echo(pd.DataFrame(rows).to_string(index=False) if rows else "no studies in this experiment")
 
 
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("sql")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+def query(out: Path, sql: str, fmt: str) -> None:
+    """Run SQL (DuckDB) over the tables in OUT: runs, epochs, lesion, gradients, errors.
+
+    Example: unravel query results/digits "select run_id, k, avg(error) from lesion
+    where study = 'random_deletion' group by all order by all"
+    """
+    import duckdb
+    from .query import connect as duck
+    con = duck(out)
+    try:
+        frame = con.execute(sql).df()
+    except duckdb.Error as e:
+        raise BadInput(f"query failed: {str(e).splitlines()[0]}") from None
+    if fmt == "csv":
+        click.echo(frame.to_csv(index=False), nl=False)
+    elif fmt == "json":
+        click.echo(frame.to_json(orient="records", indent=1))
+    else:
+        click.echo(frame.to_string(index=False) if len(frame) else "(no rows)")
+
+
 def _print_runs(runs) -> None:
     if runs.empty:
         click.echo("no finished runs")

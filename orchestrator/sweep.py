@@ -20,6 +20,8 @@ from .evaluator import evaluator_actor
 from .spec import ExperimentSpec
 from .units import Batch, Unit, batches, expand
 
+MAX_BATCH_RETRIES = 3  # resubmissions of a batch whose evaluator died (on top of Ray's own task retries)
+
 
 @dataclass
 class SweepOutcome:
@@ -69,6 +71,7 @@ def run_studies(spec: ExperimentSpec, out: str | Path, progress: bool = True) ->
                dynamic_ncols=True, disable=not progress)
     computed = failed = 0
     queue = list(reversed(work))
+    attempts: dict[str, int] = {}
     in_flight: dict[ray.ObjectRef, tuple[Batch, int]] = {}
     load = [0] * count
 
@@ -89,10 +92,17 @@ def run_studies(spec: ExperimentSpec, out: str | Path, progress: bool = True) ->
             load[i] -= 1
             try:
                 rows, errors = ray.get(ref)
-            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
-                rows, errors = [], [{"unit_key": u.key, "run_id": u.run_id, "study": u.study, "k": u.k,
-                                     "draw": u.draw, "error": f"{type(e).__name__}: {str(e)[:2000]}",
-                                     "traceback": "", "time": time.time()} for u in batch.units]
+            except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as e:
+                # the evaluator (or its node) died: Ray restarts it; the batch goes back in the queue
+                attempts[batch.key] = attempts.get(batch.key, 0) + 1
+                if attempts[batch.key] <= MAX_BATCH_RETRIES:
+                    queue.append(batch)
+                    while queue and load[i] < s.max_in_flight:
+                        submit(i)
+                    continue
+                rows, errors = [], _failed(batch, e)
+            except ray.exceptions.RayTaskError as e:
+                rows, errors = [], _failed(batch, e)
             if rows:
                 store.write_part(out, batch.table, batch.study, batch.run_id, batch.key, rows)
             if errors:
@@ -110,6 +120,12 @@ def run_studies(spec: ExperimentSpec, out: str | Path, progress: bool = True) ->
             ray.kill(ev)
     return SweepOutcome(len(units), len(units) - len(todo), computed, failed, time.perf_counter() - started,
                         per_study)
+
+
+def _failed(batch: Batch, exc: BaseException) -> list[dict]:
+    return [{"unit_key": u.key, "run_id": u.run_id, "study": u.study, "k": u.k, "draw": u.draw,
+             "error": f"{type(exc).__name__}: {str(exc)[:2000]}", "traceback": "", "time": time.time()}
+            for u in batch.units]
 
 
 def status(spec: ExperimentSpec, out: str | Path) -> list[dict]:

@@ -185,3 +185,10 @@ def test_driver_sigkilled_mid_sweep_then_rerun_is_exactly_once(out, ray_session,
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     keys = table_keys(out)
     assert len(keys) == len(set(keys)) == total
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("experiments/*.yaml")), ids=lambda p: p.name)
+def test_shipped_experiment_specs_are_valid(path):
+    from orchestrator.spec import load_spec
+    spec = load_spec(path)
+    assert spec.training.trials

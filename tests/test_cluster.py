@@ -1,0 +1,83 @@
+"""The cluster paths for real: a node lost mid-sweep, and a job submitted to a `ray start` head."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from test_sweep import BASE, trained  # noqa: F401  (module-scoped trained runs)
+
+HERE = Path(__file__).parent
+
+
+def test_a_node_removed_mid_sweep_still_completes_exactly_once(trained, tmp_path):  # noqa: F811
+    out = tmp_path / "out"
+    shutil.copytree(trained, out)
+    raw = {**BASE, "studies": {**BASE["studies"], "random_deletion": {"k_max": 9, "draws": 6},
+                               "plans_per_batch": 2, "evaluators": {"count": 2, "cpu": 1}}}
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(raw))
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    result = subprocess.run([sys.executable, str(HERE / "multinode_sweep.py"), str(spec), str(out)], env=env,
+                            capture_output=True, text=True, timeout=600, start_new_session=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = [ln for ln in result.stdout.splitlines() if ln.startswith("total=")][-1]
+    values = dict(kv.split("=") for kv in line.split())
+    assert values["total"] == values["keys"] == values["unique"], line
+    assert values["failed"] == "0", line
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_job_submitted_to_a_ray_start_head(tmp_path):
+    """`ray start --head` on 127.0.0.1, the digits-shaped spec submitted with `ray job submit`.
+    Only this test's Ray processes are ended (`ray stop` would end every Ray on the machine)."""
+    bin_dir = Path(sys.executable).parent
+    port, dash = _free_port(), _free_port()
+    temp = Path("/tmp") / f"unravel-head-{os.getpid()}"
+    head = subprocess.Popen([str(bin_dir / "ray"), "start", "--head", "--block", f"--port={port}",
+                             "--node-ip-address=127.0.0.1", "--num-cpus=2", "--include-dashboard=true",
+                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp}"],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    spec = tmp_path / "job.yaml"
+    small = {**BASE, "name": "job",
+             "studies": {"test_examples": 60, "single_deletion": {}, "evaluators": {"count": 1, "cpu": 1}}}
+    spec.write_text(yaml.safe_dump(small))
+    out = tmp_path / "out"
+    try:
+        env = {**os.environ, "RAY_ADDRESS": f"http://127.0.0.1:{dash}"}
+        deadline = time.time() + 120
+        while True:  # the Jobs API answers once the dashboard is up
+            probe = subprocess.run([str(bin_dir / "ray"), "job", "list"], env=env, capture_output=True, text=True)
+            if probe.returncode == 0:
+                break
+            assert time.time() < deadline, probe.stderr[-2000:]
+            time.sleep(2)
+        job = subprocess.run([str(bin_dir / "ray"), "job", "submit", "--working-dir", str(HERE.parent), "--",
+                              str(bin_dir / "unravel"), "run", str(spec), "--out", str(out)],
+                             env=env, capture_output=True, text=True, timeout=900)
+        assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+        assert "succeeded" in job.stdout.lower()
+        runs = pq.read_table(out / "runs.parquet").to_pandas()
+        assert sorted(runs["label"]) == ["plain", "res"]
+        assert (out / "lesion" / "study=single_deletion").exists()
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
