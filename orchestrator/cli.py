@@ -105,7 +105,24 @@ def run(spec: str, address: str | None, out: Path | None) -> None:
         for run_id, error in outcome.failed.items():
             click.echo(f"FAILED {run_id}: {error.splitlines()[-1] if error else 'unknown error'}", err=True)
     code = _studies(experiment, out, exit_on_failure=False)
+    _report(out)
     sys.exit(1 if outcome.failed or code else 0)
+
+
+def _report(out: Path) -> None:
+    from .analysis.report import write_report
+    report = write_report(out)
+    click.echo(f"report: {report} (and {report.with_suffix('.html')}); figures in {out / 'figures'}")
+    click.echo(f"query: unravel query {out} \"select study, count(*) from lesion group by study\"")
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
+def figures(out: Path) -> None:
+    """Regenerate the figures and report.md / report.html of OUT from its tables."""
+    if not (out / "runs.parquet").exists():
+        raise BadInput(f"{out / 'runs.parquet'} does not exist: OUT must be the folder of an unravel experiment")
+    _report(out)
 
 
 def _studies(experiment, out: Path, exit_on_failure: bool = True) -> int:

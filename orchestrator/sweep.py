@@ -20,6 +20,9 @@ from .evaluator import evaluator_actor
 from .spec import ExperimentSpec
 from .units import Batch, Unit, batches, expand
 
+# an evaluator that died, or whose node did: Ray restarts the actor elsewhere, the batch is resubmitted
+EVALUATOR_LOST = tuple(getattr(ray.exceptions, name) for name in (
+    "RayActorError", "ActorUnavailableError", "ObjectLostError", "NodeDiedError") if hasattr(ray.exceptions, name))
 MAX_BATCH_RETRIES = 3  # resubmissions of a batch whose evaluator died (on top of Ray's own task retries)
 
 
@@ -92,10 +95,11 @@ def run_studies(spec: ExperimentSpec, out: str | Path, progress: bool = True) ->
             load[i] -= 1
             try:
                 rows, errors = ray.get(ref)
-            except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as e:
+            except EVALUATOR_LOST as e:
                 # the evaluator (or its node) died: Ray restarts it; the batch goes back in the queue
                 attempts[batch.key] = attempts.get(batch.key, 0) + 1
                 if attempts[batch.key] <= MAX_BATCH_RETRIES:
+                    _await_restart(evaluators[i])
                     queue.append(batch)
                     while queue and load[i] < s.max_in_flight:
                         submit(i)
@@ -120,6 +124,17 @@ def run_studies(spec: ExperimentSpec, out: str | Path, progress: bool = True) ->
             ray.kill(ev)
     return SweepOutcome(len(units), len(units) - len(todo), computed, failed, time.perf_counter() - started,
                         per_study)
+
+
+def _await_restart(evaluator, timeout: float = 120.0) -> None:
+    """Block until a restarted evaluator answers (Ray moves it to a live node), or give up quietly."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ray.get(evaluator.where.remote(), timeout=10)
+            return
+        except Exception:  # still restarting: unavailable, timed out, or died once more
+            time.sleep(1.0)
 
 
 def _failed(batch: Batch, exc: BaseException) -> list[dict]:

@@ -39,6 +39,9 @@ def main() -> None:
     threading.Thread(target=remove_one, daemon=True).start()
     outcome = run_studies(spec, out, progress=False)
     keys = store.read_parts(out, "lesion")["unit_key"].tolist() + store.read_parts(out, "gradients")["unit_key"].tolist()
+    errors = store.read_parts(out, "errors")
+    for message in sorted(set(errors["error"])) if len(errors) else []:
+        print("error:", message[:300])
     print(f"total={outcome.total} keys={len(keys)} unique={len(set(keys))} failed={outcome.failed}")
     ray.shutdown()
     cluster.shutdown()

@@ -1,0 +1,129 @@
+"""Analysis on tables built here (known inputs, known aggregates), the query command, and one
+end-to-end run of the real CLI whose report must match its tables."""
+import json
+import math
+
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from orchestrator import store
+from orchestrator.analysis.claims import all_claims, critical_blocks, gradient_profile
+from orchestrator.analysis.data import Results
+from orchestrator.analysis.report import write_report
+from orchestrator.cli import main
+from workloads.models import network_config
+
+
+def _run(run_id, name, mode="normal", **kw):
+    cfg = network_config(name, in_channels=1, num_classes=10, image_size=8, **kw)
+    from workloads.models import build_network
+    n = build_network(cfg).num_blocks
+    return {"run_id": run_id, "label": run_id.split(".")[0], "network": name, "variant": "{}", "mode": mode,
+            "seed": 0, "dataset": "digits", "iterations": 10, "epochs": 1, "test_error": 0.01, "test_loss": 0.1,
+            "num_blocks": n, "parameters": 1, "checkpoint": "-", "train_seconds": 1.0, "net_config": cfg.to_json(),
+            "train_config": "{}"}
+
+
+def _lesion(k, draw, deleted, error, order=None, tau=1.0):
+    return {"unit_key": f"{k}-{draw}-{error}-{tau}", "k": k, "draw": draw, "deleted": deleted,
+            "order": order or list(range(9)), "kendall_tau": tau, "active_blocks": 9 - len(deleted), "error": error,
+            "loss": 1.0, "examples": 100, "precision": "fp32", "bn_recalibrated": False, "seconds": 0.01}
+
+
+@pytest.fixture
+def known(tmp_path):
+    res, plain = "res.normal.s0.x", "plain.normal.s0.y"
+    store.write_table(tmp_path, "runs", [_run(res, "resnet20", widths=(4, 8, 16)), _run(plain, "plain15")])
+    store.write_table(tmp_path, "epochs", [{"run_id": res, "epoch": 1, "iteration": 10, "train_loss": 1.0,
+                                            "train_error": 0.5, "test_error": 0.2, "test_loss": 1.0, "lr": 0.1,
+                                            "images_per_s": 100.0, "seconds": 1.0}])
+    store.write_part(tmp_path, "lesion", "intact", res, "a", [_lesion(0, 0, [], 0.01)])
+    # block 0 costs 49 points (critical), downsampling block 3 costs 4, the rest 1
+    singles = [_lesion(1, b, [b], 0.50 if b == 0 else 0.05 if b == 3 else 0.02) for b in range(9)]
+    store.write_part(tmp_path, "lesion", "single_deletion", res, "b", singles)
+    store.write_part(tmp_path, "lesion", "single_deletion", plain, "c",
+                     [_lesion(1, b, [b], 0.9) for b in range(15) if b not in (0, 5, 10)])
+    store.write_part(tmp_path, "lesion", "random_deletion", res, "d",
+                     [_lesion(k, d, [1 + (d + i) % 8 for i in range(k)], 0.05 * k + 0.01 * d) for k in range(1, 6)
+                      for d in range(3)])
+    store.write_part(tmp_path, "lesion", "reorder", res, "e",
+                     [_lesion(k, d, [], 0.1 * k, tau=1 - 0.1 * k) for k in range(1, 5) for d in range(2)])
+    store.write_part(tmp_path, "gradients", "gradients", res, "f",
+                     [{"unit_key": f"g{k}{d}", "k": k, "draw": d, "chosen": list(range(k)),
+                       "log10_norm": -0.7 * k - 1, "batch_size": 16, "seconds": 0.01}
+                      for k in range(1, 10) for d in range(2)])
+    return tmp_path
+
+
+def test_claims_from_known_tables(known):
+    results = Results.load(known)
+    assert critical_blocks(results, "res.normal.s0.x") == [0]
+    claims = {c.key: c for c in all_claims(results)}
+    assert claims["F3-resnet"].verdict.startswith("partly reproduced")
+    assert "critical blocks [1]" in claims["F3-resnet"].result  # 1-based in the text
+    assert claims["F3-plain"].verdict == "reproduced" and "median error 90.0%" in claims["F3-plain"].result
+    assert claims["F5a"].verdict == "reproduced"
+    assert claims["F5b"].verdict == "reproduced" and "Spearman(tau, error) -1.00" in claims["F5b"].result
+    assert claims["F6b"].verdict == "reproduced" and f"x{10 ** -0.7:.2f} per block" in claims["F6b"].result
+    assert claims["F8"].verdict == "not run"
+    prof = gradient_profile(results, "res.normal.s0.x")
+    assert prof["log10_mean"].tolist() == pytest.approx([-0.7 * k - 1 for k in range(1, 10)])
+
+
+def test_report_and_figures_from_known_tables(known):
+    report = write_report(known)
+    text = report.read_text()
+    for section in ("## What was run", "## The papers' claims, tested", "## Critical blocks", "## Figures"):
+        assert section in text
+    for name in ("f3_single_deletion", "f5a_random_deletion", "f5b_reorder", "f6_paths_and_gradients",
+                 "f7_surviving_paths", "training_curves"):
+        assert (known / "figures" / f"{name}.png").stat().st_size > 10_000
+        assert (known / "figures" / f"{name}.pdf").exists()
+        assert f"figures/{name}.png" in text
+    html = (known / "report.html").read_text()
+    assert "<table>" in html and "<img" in html and "partly reproduced" in html
+
+
+def test_query_command_formats(known):
+    runner = CliRunner()
+    table = runner.invoke(main, ["query", str(known), "select study, count(*) as n from lesion group by study order by study"])
+    assert table.exit_code == 0, table.output
+    assert "single_deletion" in table.output and "21" in table.output
+    csv = runner.invoke(main, ["query", str(known), "select k, count(*) as n from gradients group by k order by k",
+                               "--format", "csv"])
+    assert csv.output.splitlines()[:2] == ["k,n", "1,2"]
+    js = runner.invoke(main, ["query", str(known), "select count(*) as n from runs", "--format", "json"])
+    assert json.loads(js.output) == [{"n": 2}]
+    bad = runner.invoke(main, ["query", str(known), "select nope from runs"])
+    assert bad.exit_code == 2 and "query failed" in bad.output
+
+
+def test_end_to_end_run_through_the_cli(ray_session, tmp_path):
+    spec = {"name": "e2e", "data": {"dataset": "digits"},
+            "training": {"iterations": 20, "recipe": {"eval_every": 10}, "resources": {"cpu": 1},
+                         "runs": [{"network": "preact_resnet20", "label": "res", "overrides": {"widths": [4, 8, 16]},
+                                   "modes": ["normal", "stochastic_depth"]},
+                                  {"network": "plain15", "label": "plain", "overrides": {"widths": [4, 8, 16]}}]},
+            "studies": {"test_examples": 100, "single_deletion": {}, "random_deletion": {"k_max": 4, "draws": 2},
+                        "reorder": {"k_max": 3, "draws": 2}, "gradients": {"draws": 2, "batch_size": 16}}}
+    path = tmp_path / "e2e.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "report:" in result.output
+    for name in ("runs.parquet", "epochs.parquet", "lesion", "gradients", "report.md", "report.html", "figures"):
+        assert (out / name).exists(), name
+    text = (out / "report.md").read_text()
+    runs = pd.read_parquet(out / "runs.parquet")
+    lesion = pd.read_parquet(out / "lesion")
+    # the report's numbers are the tables' numbers
+    for row in runs.itertuples():
+        assert f"{100 * row.test_error:.2f}%" in text
+    plain_median = lesion[(lesion["study"] == "single_deletion") & lesion["run_id"].str.startswith("plain")]["error"].median()
+    assert f"median error {100 * plain_median:.1f}%" in text
+    assert "| single_deletion | " + str((lesion["study"] == "single_deletion").sum()) + " |" in text
+    for key in ("F3", "F5a", "F5b", "F6", "F7", "training"):
+        assert f"### {key}" in text
