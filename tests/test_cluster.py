@@ -58,7 +58,9 @@ def test_job_submitted_to_a_ray_start_head(tmp_path):
     spec.write_text(yaml.safe_dump(small))
     out = tmp_path / "out"
     try:
-        env = {**os.environ, "RAY_ADDRESS": f"http://127.0.0.1:{dash}"}
+        # token authentication is on for a `ray start` head in Ray 2.60: the client sends the token
+        # that `ray start` keeps in ~/.ray/auth_token
+        env = {**os.environ, "RAY_ADDRESS": f"http://127.0.0.1:{dash}", "RAY_AUTH_MODE": "token"}
         deadline = time.time() + 120
         while True:  # the Jobs API answers once the dashboard is up
             probe = subprocess.run([str(bin_dir / "ray"), "job", "list"], env=env, capture_output=True, text=True)
@@ -66,9 +68,13 @@ def test_job_submitted_to_a_ray_start_head(tmp_path):
                 break
             assert time.time() < deadline, probe.stderr[-2000:]
             time.sleep(2)
-        job = subprocess.run([str(bin_dir / "ray"), "job", "submit", "--working-dir", str(HERE.parent), "--",
-                              str(bin_dir / "unravel"), "run", str(spec), "--out", str(out)],
-                             env=env, capture_output=True, text=True, timeout=900)
+        for _ in range(30):  # the job agent comes up a little after the dashboard answers
+            job = subprocess.run([str(bin_dir / "ray"), "job", "submit", "--working-dir", str(HERE.parent), "--",
+                                  str(bin_dir / "unravel"), "run", str(spec), "--out", str(out)],
+                                 env=env, capture_output=True, text=True, timeout=900)
+            if "No available agent" not in job.stderr + job.stdout:
+                break
+            time.sleep(2)
         assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
         assert "succeeded" in job.stdout.lower()
         runs = pq.read_table(out / "runs.parquet").to_pandas()
