@@ -78,7 +78,7 @@ def f5a(results: Results, folder: Path) -> str | None:
             if len(avoid):
                 m = avoid.groupby("k")["error"].mean()
                 ax.plot(m.index, 100 * m, "--", color=color, lw=1, label=f"{_label(results, r)}, draws avoiding "
-                                                                         f"critical blocks {sorted(crit)}")
+                                                                         f"critical blocks {sorted(b + 1 for b in crit)}")
     ax.set_xlabel("number of deleted blocks k")
     ax.set_ylabel("test error (%), mean +/- std over draws")
     ax.set_title(f"F5a: deleting k random blocks ({results.dataset})")
