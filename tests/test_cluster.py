@@ -47,10 +47,15 @@ def test_job_submitted_to_a_ray_start_head(tmp_path):
     Only this test's Ray processes are ended (`ray stop` would end every Ray on the machine)."""
     bin_dir = Path(sys.executable).parent
     port, dash = _free_port(), _free_port()
+    # a second Ray on the machine (the session's) holds the default agent ports: give this head its own
+    agent_ports = [f"--{flag}={_free_port()}" for flag in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
+        "ray-client-server-port")]
     temp = Path("/tmp") / f"unravel-head-{os.getpid()}"
     head = subprocess.Popen([str(bin_dir / "ray"), "start", "--head", "--block", f"--port={port}",
                              "--node-ip-address=127.0.0.1", "--num-cpus=2", "--include-dashboard=true",
-                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp}"],
+                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp}",
+                             *agent_ports],
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     spec = tmp_path / "job.yaml"
     small = {**BASE, "name": "job",
