@@ -8,6 +8,7 @@ A unit that raises becomes an error row; the batch goes on.
 from __future__ import annotations
 
 import io
+import os
 import time
 import traceback
 from collections import OrderedDict
@@ -42,7 +43,7 @@ class Evaluator:
         self.gradient_batch_size = gradient_batch_size
 
     def where(self) -> str:
-        return f"{ray.util.get_node_ip_address()} {self.device} pid {__import__('os').getpid()}"
+        return f"{ray.util.get_node_ip_address()} {self.device} pid {os.getpid()}"
 
     def _network(self, run_id: str, checkpoint: bytes | ray.ObjectRef):
         if run_id in self.cache:

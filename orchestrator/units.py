@@ -56,38 +56,33 @@ def settings_of(spec: ExperimentSpec, study: str) -> str:
     return text
 
 
-_SETTINGS: dict[str, str] = {}
 
+def _lesion_units(trial: Trial, study: StudySpec, settings: str) -> list[Unit]:
+    def unit(k: int, draw: int) -> Unit:
+        return Unit(unit_key(trial.run_id, study.study, k, draw, settings), trial.run_id, study.study, k, draw)
 
-def _unit(run_id: str, study: str, k: int, draw: int) -> Unit:
-    return Unit(unit_key(run_id, study, k, draw, _SETTINGS.get(study, "")), run_id, study, k, draw)
-
-
-def _lesion_units(trial: Trial, study: StudySpec) -> list[Unit]:
     infos = build_network(trial.net_config).block_infos()
     if study.study == "single_deletion":
-        return [_unit(trial.run_id, study.study, 1, b) for b in deletion_pool(infos)]
-    return [_unit(trial.run_id, study.study, k, d) for k in range(1, study.k_max + 1) for d in range(study.draws)]
+        return [unit(1, b) for b in deletion_pool(infos)]
+    return [unit(k, d) for k in range(1, study.k_max + 1) for d in range(study.draws)]
 
 
 def expand(spec: ExperimentSpec) -> list[Unit]:
     """Every unit of every study on every run it applies to, intact baselines first."""
     trials = {t.run_id: t for t in spec.training.trials}
-    _SETTINGS.clear()
-    _SETTINGS.update({name: settings_of(spec, name) for name in ("intact", "single_deletion", "random_deletion",
-                                                                  "reorder") if spec.studies})
-    if spec.studies.study("gradients"):
-        _SETTINGS["gradients"] = settings_of(spec, "gradients")
     lesioned = sorted({r for s in spec.studies.studies if s.study != "gradients" for r in s.runs})
-    units = [_unit(r, "intact", 0, 0) for r in lesioned]
+    intact = settings_of(spec, "intact")
+    units = [Unit(unit_key(r, "intact", 0, 0, intact), r, "intact", 0, 0) for r in lesioned]
     for study in spec.studies.studies:
+        settings = settings_of(spec, study.study)
         for run_id in study.runs:
             trial = trials[run_id]
             if study.study == "gradients":
                 n = build_network(trial.net_config).num_blocks
-                units += [_unit(run_id, "gradients", k, d) for d in range(study.draws) for k in range(1, n + 1)]
+                units += [Unit(unit_key(run_id, "gradients", k, d, settings), run_id, "gradients", k, d)
+                          for d in range(study.draws) for k in range(1, n + 1)]
             else:
-                units += _lesion_units(trial, study)
+                units += _lesion_units(trial, study, settings)
     return units
 
 
