@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .spec import SpecError, load_spec
+from .spec import SpecError, check_inputs, load_spec
 
 ADDRESS = click.option("--address", default=None, metavar="ADDR",
                        help="Ray cluster to attach to (default: $RAY_ADDRESS, else a private local Ray).")
@@ -22,11 +22,42 @@ class BadInput(click.ClickException):
     exit_code = 2
 
 
-def _load(spec_path: str):
+def _load(spec_path: str, check_files: bool = True):
+    """The validated spec; with ``check_files``, the data and checkpoints it names exist too."""
     try:
-        return load_spec(spec_path)
+        spec = load_spec(spec_path)
+        if check_files:
+            check_inputs(spec)
+        return spec
     except SpecError as e:
         raise BadInput(str(e)) from None
+
+
+def _connect(spec, address: str | None) -> str:
+    """Ray (local or the named cluster), then check that every trial and evaluator fits on a node."""
+    import ray
+
+    from .cluster import connect
+    from .spec import check_resources
+    where = connect(address)
+    try:
+        check_resources(spec, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
+    except SpecError as e:
+        raise BadInput(str(e)) from None
+    return where
+
+
+def _import(spec, out: Path) -> None:
+    """Bring the spec's ``models:`` (users' checkpoints) into OUT's runs table."""
+    if not spec.models:
+        return
+    from .imported import import_models
+    try:
+        import_models(spec, out)
+    except SpecError as e:
+        raise BadInput(str(e)) from None
+    click.echo(f"imported {len(spec.models)} model{'s' * (len(spec.models) != 1)}: "
+               f"{', '.join(m.run_id for m in spec.models)}")
 
 
 def _out(spec, out: Path | None) -> Path:
@@ -50,11 +81,12 @@ def main() -> None:
 @click.option("--resume", is_flag=True, help="Continue an interrupted training sweep in OUT.")
 def train(spec: str, address: str | None, out: Path | None, resume: bool) -> None:
     """Train every network of SPEC as Ray Tune trials; write the runs and epochs tables."""
-    from .cluster import connect
     from .training import run_training
     experiment = _load(spec)
+    if not experiment.training.trials:
+        raise BadInput(f"{spec}: has no training: section (its models: are imported by unravel lesion or run)")
     out = _out(experiment, out)
-    where = connect(address)
+    where = _connect(experiment, address)
     n = len(experiment.training.trials)
     click.echo(f"training {n} trial{'s' * (n != 1)} of '{experiment.name}' on {where}; results in {out}")
     try:
@@ -74,17 +106,18 @@ def train(spec: str, address: str | None, out: Path | None, resume: bool) -> Non
 @ADDRESS
 @OUT
 def lesion(spec: str, address: str | None, out: Path | None) -> None:
-    """Run SPEC's studies (deletions, reorderings, gradients) on the trained runs in OUT.
+    """Run SPEC's studies (deletions, reorderings, gradients) on the trained runs in OUT,
+    and on the networks its models: section imports from checkpoint files.
 
     Resumable: units already written are skipped, so rerunning after a crash or Ctrl-C
     computes only what is missing.
     """
-    from .cluster import connect
     experiment = _load(spec)
     out = _out(experiment, out)
-    if not (out / "runs.parquet").exists():
+    if experiment.training.trials and not (out / "runs.parquet").exists():
         raise BadInput(f"{out / 'runs.parquet'} does not exist: train first (unravel train {spec} --out {out})")
-    click.echo(f"studies of '{experiment.name}' on {connect(address)}; results in {out}")
+    click.echo(f"studies of '{experiment.name}' on {_connect(experiment, address)}; results in {out}")
+    _import(experiment, out)
     _studies(experiment, out)
 
 
@@ -93,20 +126,23 @@ def lesion(spec: str, address: str | None, out: Path | None) -> None:
 @ADDRESS
 @OUT
 def run(spec: str, address: str | None, out: Path | None) -> None:
-    """Train SPEC's networks, then run its studies: the whole experiment, resumable."""
-    from .cluster import connect
+    """Train SPEC's networks (and import its models:), then run its studies: the whole
+    experiment, resumable."""
     from .training import run_training
     experiment = _load(spec)
     out = _out(experiment, out)
-    click.echo(f"experiment '{experiment.name}' on {connect(address)}; results in {out}")
-    outcome = run_training(experiment, out, resume=True)
-    _print_runs(outcome.runs)
-    if outcome.failed:
-        for run_id, error in outcome.failed.items():
+    click.echo(f"experiment '{experiment.name}' on {_connect(experiment, address)}; results in {out}")
+    failed = {}
+    if experiment.training.trials:
+        outcome = run_training(experiment, out, resume=True)
+        _print_runs(outcome.runs)
+        failed = outcome.failed
+        for run_id, error in failed.items():
             click.echo(f"FAILED {run_id}: {error.splitlines()[-1] if error else 'unknown error'}", err=True)
+    _import(experiment, out)
     code = _studies(experiment, out, exit_on_failure=False)
     _report(out)
-    sys.exit(1 if outcome.failed or code else 0)
+    sys.exit(1 if failed or code else 0)
 
 
 def _report(out: Path) -> None:
@@ -157,7 +193,10 @@ def status(out: Path) -> None:
     saved = out / "spec.json"
     if not saved.exists():
         raise BadInput(f"{saved} does not exist: OUT must be the folder of an unravel experiment")
-    experiment = parse_spec(json.loads(saved.read_text())["spec"])
+    try:
+        experiment = parse_spec(json.loads(saved.read_text())["spec"])
+    except (SpecError, ValueError, KeyError) as e:
+        raise BadInput(f"{saved}: not a spec this version of unravel reads ({e})") from None
     rows = study_status(experiment, out)
     import pandas as pd
     click.echo(pd.DataFrame(rows).to_string(index=False) if rows else "no studies in this experiment")

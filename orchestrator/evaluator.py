@@ -3,11 +3,12 @@
 One long-lived actor per GPU share (or CPU slot): Ray does not reuse worker processes
 for GPU tasks, so tasks would reload data and weights per call; an actor loads the data
 once, keeps the last few networks, and runs batch after batch through the engine.
-A unit that raises becomes an error row; the batch goes on.
+A test set too large for memory (ImageNet) is streamed from disk instead, once per batch
+of plans, so decoding is shared by every plan of the batch. A unit that raises becomes an
+error row; the batch goes on.
 """
 from __future__ import annotations
 
-import io
 import os
 import time
 import traceback
@@ -17,25 +18,29 @@ import ray
 import torch
 
 from workloads.data import load_dataset
-from workloads.models import NetConfig, build_network
+from workloads.models import load_checkpoint
 from workloads.runtime import set_threads
-from workloads.surgery import evaluate_plans, gradient_norms
+from workloads.surgery import evaluate_plans_over, gradient_norms
 from workloads.surgery.evaluate import default_precision
 
 from .units import Batch, plan_for
+
+STREAM_CHUNK = 256  # images decoded per step of a streamed test set
 
 
 class Evaluator:
     def __init__(self, dataset: str, data_root: str, download: bool, test_examples: int | None, precision: str,
                  recalibrate_bn: bool, calibration_examples: int, exclude_blocks: tuple[int, ...], threads: int,
-                 gradient_batch_size: int = 128, cache_size: int = 4):
+                 gradient_batch_size: int = 128, cache_size: int = 4, loader_options: dict | None = None):
         set_threads(max(1, threads))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        data = load_dataset(dataset, data_root, download)
-        n = test_examples or len(data.test_labels)
-        self.test = (data.test_images[:n].to(self.device), data.test_labels[:n].to(self.device))
-        self.train = (data.train_images, data.train_labels)  # gradient batches are drawn from it
-        self.calibration = data.train_images[:calibration_examples].to(self.device) if recalibrate_bn else None
+        self.data = load_dataset(dataset, data_root, download, **(loader_options or {}))
+        self.test_examples = test_examples
+        if not self.data.streamed:  # resident: the test set moves to the device once
+            chunk = next(self.data.test_chunks(test_examples))
+            self.test = (chunk[0].to(self.device), chunk[1].to(self.device))
+        calibration = min(calibration_examples, self.data.train_size()) if recalibrate_bn else 0
+        self.calibration = self.data.train_examples(range(calibration))[0].to(self.device) if calibration else None
         self.precision = default_precision(self.device) if precision == "auto" else precision
         self.exclude = tuple(exclude_blocks)
         self.cache: OrderedDict[str, torch.nn.Module] = OrderedDict()
@@ -50,10 +55,8 @@ class Evaluator:
             self.cache.move_to_end(run_id)
             return self.cache[run_id]
         blob = ray.get(checkpoint) if isinstance(checkpoint, ray.ObjectRef) else checkpoint
-        ckpt = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-        net = build_network(NetConfig.from_json(ckpt["net_config"]))
-        net.load_state_dict(ckpt["state_dict"])
-        net.eval().to(self.device)
+        net, _ = load_checkpoint(blob, f"checkpoint of {run_id}")
+        net.to(self.device)
         self.cache[run_id] = net
         if len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
@@ -86,8 +89,9 @@ class Evaluator:
                 errors.append(self._error(u, e))
         if not plans:
             return [], errors
-        results = evaluate_plans(net, plans, *self.test, precision=self.precision, device=self.device,
-                                 recalibrate=self.calibration)
+        chunks = self.data.test_chunks(self.test_examples, STREAM_CHUNK) if self.data.streamed else [self.test]
+        results = evaluate_plans_over(net, plans, chunks, precision=self.precision, device=self.device,
+                                      recalibrate=self.calibration)
         seconds = (time.perf_counter() - started) / len(plans)
         rows = [{"unit_key": u.key, "run_id": u.run_id, "study": u.study, "k": u.k, "draw": u.draw,
                  "deleted": sorted(p.deleted), "order": list(p.order), "kendall_tau": p.kendall_tau,
@@ -100,8 +104,8 @@ class Evaluator:
         draw = batch.units[0].draw
         size = self.gradient_batch_size
         g = torch.Generator().manual_seed(1_000_003 + draw)  # the draw's own random training batch
-        idx = torch.randperm(len(self.train[1]), generator=g)[:size]
-        images, labels = self.train[0][idx].to(self.device), self.train[1][idx].to(self.device)
+        idx = torch.randperm(self.data.train_size(), generator=g)[:size]
+        images, labels = (t.to(self.device) for t in self.data.train_examples(idx))
         draws = [(u.k, u.draw) for u in batch.units]
         results = gradient_norms(net, images, labels, draws, device=self.device)
         seconds = (time.perf_counter() - started) / len(draws)

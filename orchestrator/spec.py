@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from workloads.data import DATASETS
+from workloads.data import DATASETS, STREAMED
 from workloads.models import NETWORKS, NetConfig, network_config
 from workloads.train.modes import MODES
 from workloads.train.recipe import TrainConfig
@@ -29,11 +29,21 @@ class DataSpec:
     dataset: str = "digits"
     root: str = "data"
     download: bool = False
+    image_size: int = 224          # imagenet: centre crop
+    resize: int | None = None      # imagenet: shorter side before the crop (default 256/224 of the crop)
+    num_classes: int = 1000        # imagenet: class folders under val/
+    workers: int = 0               # imagenet: DataLoader processes per evaluator
+
+    @property
+    def loader_options(self) -> dict:
+        """Keyword arguments of ``workloads.data.load_dataset`` beyond name, root and download."""
+        return {"image_size": self.image_size, "resize": self.resize, "workers": self.workers}
 
 
 @dataclass(frozen=True)
 class Trial:
-    """One training run: a network (with its variant), a mode and a seed."""
+    """One run the studies can use: trained here (a network, its variant, a mode and a seed),
+    or trained elsewhere and imported from the user's checkpoint (mode ``pretrained``)."""
 
     run_id: str
     label: str
@@ -42,17 +52,20 @@ class Trial:
     mode: str
     seed: int
     net_config: NetConfig
-    train_config: TrainConfig
+    train_config: TrainConfig | None
+    checkpoint: str = ""  # imported runs: the user's checkpoint file
 
     def to_dict(self) -> dict:
         return {"run_id": self.run_id, "label": self.label, "network": self.network, "variant": self.variant,
                 "mode": self.mode, "seed": self.seed, "net_config": self.net_config.to_json(),
-                "train_config": self.train_config.to_json()}
+                "train_config": self.train_config.to_json() if self.train_config else "",
+                "checkpoint": self.checkpoint}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Trial":
+        train = TrainConfig.from_dict(json.loads(d["train_config"])) if d["train_config"] else None
         return cls(d["run_id"], d["label"], d["network"], d["variant"], d["mode"], int(d["seed"]),
-                   NetConfig.from_json(d["net_config"]), TrainConfig.from_dict(json.loads(d["train_config"])))
+                   NetConfig.from_json(d["net_config"]), train, d.get("checkpoint", ""))
 
 
 @dataclass(frozen=True)
@@ -104,6 +117,12 @@ class ExperimentSpec:
     studies: StudiesSpec = field(default_factory=StudiesSpec)
     raw: dict = field(default_factory=dict, compare=False)
     path: str = ""
+    models: tuple[Trial, ...] = ()   # imported from users' checkpoints, not trained here
+
+    @property
+    def runs(self) -> tuple[Trial, ...]:
+        """Every run the studies may use: trained, then imported."""
+        return self.training.trials + self.models
 
     def to_json(self) -> str:
         return json.dumps(self.raw, sort_keys=True)
@@ -149,23 +168,44 @@ def _short_hash(*parts: str) -> str:
 
 # -- sections ----------------------------------------------------------------------
 
+_IMAGE_FOLDER_KEYS = {"image_size", "resize", "num_classes", "workers"}
+
+
 def _data(raw: Any) -> DataSpec:
-    d = _mapping(raw if raw is not None else {}, "data", {"dataset", "root", "download"})
+    d = _mapping(raw if raw is not None else {}, "data", {"dataset", "root", "download"} | _IMAGE_FOLDER_KEYS)
     dataset = _typed(d.get("dataset", "digits"), str, "data.dataset")
     if dataset not in DATASETS:
         _fail("data.dataset", f"unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")
     root = _typed(d.get("root", "data"), str, "data.root")
     download = _typed(d.get("download", False), bool, "data.download")
-    return DataSpec(dataset, root, download)
+    if dataset not in STREAMED:
+        for key in sorted(_IMAGE_FOLDER_KEYS & set(d)):
+            _fail(f"data.{key}", f"applies only to dataset imagenet, not {dataset}")
+        return DataSpec(dataset, root, download)
+    if download:
+        _fail("data.download", "ImageNet cannot be downloaded; put its val/ (and train/) folders under data.root")
+    size = _count(d.get("image_size", 224), "data.image_size", 16, 4096)
+    resize = d.get("resize")
+    if resize is not None and _count(resize, "data.resize", 16, 8192) < size:
+        _fail("data.resize", f"must be at least data.image_size ({size}), got {resize}")
+    return DataSpec(dataset, root, False, size, resize, _count(d.get("num_classes", 1000), "data.num_classes", 2, 10**6),
+                    _count(d.get("workers", 0), "data.workers", 0, 256))
 
 
 _DATA_SHAPES = {"digits": (1, 10, 8), "cifar10": (3, 10, 32), "cifar100": (3, 100, 32)}
+
+
+def _data_shape(data: DataSpec) -> tuple[int, int, int]:
+    """(channels, classes, image size) the networks are built for."""
+    if data.dataset in STREAMED:
+        return 3, data.num_classes, data.image_size
+    return _DATA_SHAPES[data.dataset]
 _NET_FIELDS = {f.name for f in dataclasses.fields(NetConfig)} - {"name", "in_channels", "num_classes", "image_size"}
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"mode", "seed", "iterations"}
 
 
 def _net_config(network: str, overrides: dict, mode: str, data: DataSpec, where: str) -> NetConfig:
-    in_channels, classes, size = _DATA_SHAPES[data.dataset]
+    in_channels, classes, size = _data_shape(data)
     fields = dict(overrides)
     if mode == "stochastic_depth":
         fields["stochastic_depth"] = True
@@ -185,6 +225,9 @@ def _net_config(network: str, overrides: dict, mode: str, data: DataSpec, where:
 
 
 def _training(raw: Any, data: DataSpec) -> TrainingSpec:
+    if data.dataset in STREAMED:
+        _fail("training", f"dataset {data.dataset} is evaluated from disk, not trained here; list networks trained "
+                          f"elsewhere under models: (network, checkpoint)")
     t = _mapping(raw, "training", {"iterations", "seeds", "resources", "max_failures", "recipe", "runs"},
                  required={"runs", "iterations"})
     iterations = _count(t["iterations"], "training.iterations", 1, 10**8)
@@ -242,13 +285,41 @@ def _training(raw: Any, data: DataSpec) -> TrainingSpec:
                     tag = "" if not v else "." + ".".join(f"{k}-{v[k]}" for k in sorted(v))
                     run_id = (f"{label}{tag}.{mode}.s{seed}." + _short_hash(net.to_json(), train.to_json(),
                                                                              data.dataset))
-                    run_id = "".join(c if c.isalnum() or c in "-_." else "-" for c in run_id)  # a safe folder name
+                    run_id = _safe_id(run_id)
                     trials.append(Trial(run_id, label, network, variant_json, mode, seed, net, train))
     ids = [t.run_id for t in trials]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
         _fail("training.runs", f"two runs are identical ({dupes[0]}); give them different labels or settings")
     return TrainingSpec(tuple(trials), cpu, gpu, max_failures)
+
+
+def _safe_id(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)  # a safe folder name
+
+
+def _models(raw: Any, data: DataSpec) -> tuple[Trial, ...]:
+    """Networks trained elsewhere: a registered network name and the user's checkpoint file."""
+    entries = _typed(raw, list, "models")
+    if not entries:
+        _fail("models", "must list at least one network (network, checkpoint)")
+    models = []
+    for i, entry in enumerate(entries):
+        where = f"models[{i}]"
+        e = _mapping(entry, where, {"network", "label", "checkpoint", "overrides"}, required={"network", "checkpoint"})
+        network = _typed(e["network"], str, f"{where}.network")
+        if network not in NETWORKS:
+            _fail(f"{where}.network", f"unknown network {network!r} (known: {', '.join(sorted(NETWORKS))})")
+        label = _typed(e.get("label", network), str, f"{where}.label")
+        checkpoint = _typed(e["checkpoint"], str, f"{where}.checkpoint")
+        if not checkpoint.strip():
+            _fail(f"{where}.checkpoint", "must be the path of a checkpoint file")
+        overrides = _mapping(e.get("overrides", {}), f"{where}.overrides", _NET_FIELDS)
+        net = _net_config(network, overrides, "normal", data, where)
+        run_id = _safe_id(f"{label}.pretrained." + _short_hash(net.to_json(), checkpoint, data.dataset))
+        models.append(Trial(run_id, label, network, json.dumps(overrides, sort_keys=True), "pretrained", 0, net,
+                            None, checkpoint))
+    return tuple(models)
 
 
 def _num_blocks(cfg: NetConfig) -> int:
@@ -267,7 +338,7 @@ def _select_trials(trials: tuple[Trial, ...], runs: tuple[str, ...] | None, wher
     return [t for t in trials if t.label in runs or t.run_id in runs]
 
 
-def _studies(raw: Any, training: TrainingSpec) -> StudiesSpec:
+def _studies(raw: Any, all_runs: tuple[Trial, ...], data: DataSpec) -> StudiesSpec:
     keys = set(STUDIES) | {"test_examples", "precision", "recalibrate_bn", "calibration_examples", "exclude_blocks",
                            "evaluators", "plans_per_batch", "max_in_flight"}
     s = _mapping(raw if raw is not None else {}, "studies", keys)
@@ -288,7 +359,7 @@ def _studies(raw: Any, training: TrainingSpec) -> StudiesSpec:
     if cpu < 0 or gpu < 0 or cpu + gpu == 0:
         _fail("studies.evaluators", f"needs cpu >= 0 and gpu >= 0, not both 0; got cpu={cpu}, gpu={gpu}")
     studies: list[StudySpec] = []
-    sizes = {t.run_id: _blocks(t.net_config) for t in training.trials}
+    sizes = {t.run_id: _blocks(t.net_config) for t in all_runs}
     for name in STUDIES:
         if name not in s:
             continue
@@ -298,7 +369,7 @@ def _studies(raw: Any, training: TrainingSpec) -> StudiesSpec:
         st = _mapping(s[name] if s[name] is not None else {}, where, allowed)
         runs_raw = st.get("runs")
         runs = None if runs_raw in (None, "all") else tuple(_typed(runs_raw, list, f"{where}.runs"))
-        chosen = _select_trials(training.trials, runs, where)
+        chosen = _select_trials(all_runs, runs, where)
         if runs is None and name != "single_deletion":  # F5a, F5b, F6b are about residual networks
             chosen = [t for t in chosen if t.net_config.arch != "plain"]
         draws = _count(st.get("draws", 10), f"{where}.draws", 1, 10**6) if "draws" in allowed else 0
@@ -317,8 +388,12 @@ def _studies(raw: Any, training: TrainingSpec) -> StudiesSpec:
                     _fail(f"{where}.runs", f"run {t.label!r} is a plain network: it has no paths to choose")
         batch_size = _count(st.get("batch_size", 128), f"{where}.batch_size", 1, 10**6) if name == "gradients" else 128
         studies.append(StudySpec(name, tuple(t.run_id for t in chosen), k_max, draws, batch_size))
+    recalibrate = _typed(s.get("recalibrate_bn", False), bool, "studies.recalibrate_bn")
+    if recalibrate and data.dataset in STREAMED:
+        _fail("studies.recalibrate_bn", f"is not supported with dataset {data.dataset}: each plan would need its own "
+                                        f"pass over the images on disk")
     return StudiesSpec(
-        tuple(studies), test_examples, precision, _typed(s.get("recalibrate_bn", False), bool, "studies.recalibrate_bn"),
+        tuple(studies), test_examples, precision, recalibrate,
         _count(s.get("calibration_examples", 512), "studies.calibration_examples", 1, 10**7), tuple(exclude),
         count, cpu, gpu, _count(s.get("plans_per_batch", 64), "studies.plans_per_batch", 1, 10**6),
         _count(s.get("max_in_flight", 2), "studies.max_in_flight", 1, 1000))
@@ -333,14 +408,21 @@ def _blocks(cfg: NetConfig) -> tuple[int, int]:
 
 
 def parse_spec(raw: Any, path: str = "") -> ExperimentSpec:
-    top = _mapping(raw, "", {"name", "data", "training", "studies"}, required={"name", "training"})
+    top = _mapping(raw, "", {"name", "data", "training", "models", "studies"}, required={"name"})
     name = _typed(top["name"], str, "name")
     if not name or not all(c.isalnum() or c in "-_." for c in name):
         _fail("name", f"must be letters, digits, '-', '_' or '.', got {name!r}")
+    if "training" not in top and "models" not in top:
+        _fail("training", "is required (or models:, to study networks trained elsewhere)")
     data = _data(top.get("data"))
-    training = _training(top["training"], data)
-    studies = _studies(top.get("studies"), training)
-    return ExperimentSpec(name, data, training, studies, raw=raw, path=path)
+    training = _training(top["training"], data) if "training" in top else TrainingSpec(())
+    models = _models(top["models"], data) if "models" in top else ()
+    ids = [t.run_id for t in training.trials + models]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        _fail("models", f"two runs are identical ({dupes[0]}); give them different labels")
+    studies = _studies(top.get("studies"), training.trials + models, data)
+    return ExperimentSpec(name, data, training, studies, raw=raw, path=path, models=models)
 
 
 def load_spec(path: str | Path) -> ExperimentSpec:
@@ -359,3 +441,51 @@ def load_spec(path: str | Path) -> ExperimentSpec:
     if raw is None:
         raise SpecError(f"{path}: the spec is empty")
     return parse_spec(raw, str(p))
+
+
+# -- what a spec needs from the machine: checked by the CLI before anything starts -------------
+
+_CIFAR_FOLDERS = {"cifar10": ("CIFAR-10", "cifar-10-batches-py"), "cifar100": ("CIFAR-100", "cifar-100-python")}
+
+
+def check_inputs(spec: ExperimentSpec) -> None:
+    """The files a spec names (data, imported checkpoints) exist: a one-line SpecError if not."""
+    from workloads.data.imagefolder import class_folders
+    d = spec.data
+    root = Path(d.root).expanduser()
+    if d.dataset in _CIFAR_FOLDERS and not d.download:
+        title, folder = _CIFAR_FOLDERS[d.dataset]
+        if not (root / folder).is_dir():
+            _fail("data.root", f"no {title} files in {root} (expected {root / folder}/); put torchvision's "
+                               f"{title} files there, or set data.download: true on a machine with internet")
+    if d.dataset in STREAMED:
+        classes = class_folders(root / "val")
+        if not classes:
+            _fail("data.root", f"no ImageNet-style folder {root / 'val'}/<class>/<image> (point data.root at the "
+                               f"folder that holds val/ and train/)")
+        if len(classes) != d.num_classes:
+            _fail("data.num_classes", f"is {d.num_classes}, but {root / 'val'} holds {len(classes)} class folders")
+        if spec.studies.study("gradients") and not class_folders(root / "train"):
+            _fail("studies.gradients", f"draws training images, and {root / 'train'} holds no class folders")
+    for i, m in enumerate(spec.models):
+        if not Path(m.checkpoint).expanduser().is_file():
+            _fail(f"models[{i}].checkpoint", f"no such file {m.checkpoint}")
+
+
+def check_resources(spec: ExperimentSpec, nodes: list[dict[str, float]]) -> None:
+    """Every trial and evaluator fits on some node (Ray would otherwise wait forever, silently).
+
+    ``nodes``: the resources of each live node, as ``ray.nodes()[i]["Resources"]``.
+    """
+    asks = []
+    if spec.training.trials:
+        asks.append(("training.resources", spec.training.cpu, spec.training.gpu))
+    if spec.studies.studies:
+        asks.append(("studies.evaluators", spec.studies.cpu, spec.studies.gpu))
+    for where, cpu, gpu in asks:
+        if any(n.get("CPU", 0) >= cpu and n.get("GPU", 0) >= gpu for n in nodes):
+            continue
+        have = ", ".join(f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU" for n in nodes) or "none"
+        kind = "gpu" if gpu and not any(n.get("GPU", 0) >= gpu for n in nodes) else "cpu"
+        _fail(f"{where}.{kind}", f"asks for {cpu:g} CPU and {gpu:g} GPU per worker, and no node of the cluster has "
+                                 f"that (nodes: {have}); start such workers or lower the request")

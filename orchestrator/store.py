@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
 import pyarrow as pa
@@ -129,12 +131,14 @@ def _arrow(name: str, rows: list[dict] | pd.DataFrame) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def write_atomic(table: pa.Table, path: Path) -> None:
-    """Write to a temporary file beside ``path``, fsync, then rename over it."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` to write to; fsynced and renamed over ``path`` on success,
+    removed on failure (a full disk, an exception), so ``path`` is whole or absent."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        pq.write_table(table, tmp)
+        yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -143,11 +147,25 @@ def write_atomic(table: pa.Table, path: Path) -> None:
             tmp.unlink()
 
 
+def write_atomic(table: pa.Table, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
 def write_table(out: str | Path, name: str, rows: list[dict] | pd.DataFrame) -> Path:
     """Replace a whole table (runs, epochs): small tables rewritten as one file."""
     path = table_path(out, name)
     write_atomic(_arrow(name, rows), path)
     return path
+
+
+def replace_runs(out: str | Path, rows: list[dict], keep: set[str]) -> pd.DataFrame:
+    """Write ``rows`` into the runs table, keeping the existing rows whose run_id is in ``keep``
+    (training and importing each own their runs; a run no spec names any more is dropped)."""
+    existing = read_table(out, "runs")
+    kept = existing[existing["run_id"].isin(keep - {r["run_id"] for r in rows})].to_dict("records")
+    write_table(out, "runs", sorted(kept + rows, key=lambda r: r["run_id"]))
+    return read_table(out, "runs")
 
 
 def read_table(out: str | Path, name: str) -> pd.DataFrame:

@@ -53,8 +53,9 @@ def run_studies(spec: ExperimentSpec, out: str | Path, progress: bool = True) ->
         per_study[u.study] = per_study.get(u.study, 0) + 1
     missing = sorted({u.run_id for u in todo} - set(runs["run_id"]))
     if missing:
-        raise FileNotFoundError(f"no trained run {missing[0]} in {out / 'runs.parquet'}: train first "
-                                f"(unravel train, or unravel run)")
+        imported = {m.run_id for m in spec.models}
+        how = "unravel lesion or run imports it" if missing[0] in imported else "train first (unravel train, or run)"
+        raise FileNotFoundError(f"no run {missing[0]} in {out / 'runs.parquet'}: {how}")
     if not todo:
         return SweepOutcome(len(units), len(units), 0, 0, time.perf_counter() - started, per_study)
     s = spec.studies
@@ -69,7 +70,8 @@ def run_studies(spec: ExperimentSpec, out: str | Path, progress: bool = True) ->
     evaluators = [actor.remote(spec.data.dataset, str(Path(spec.data.root).expanduser().resolve()),
                                spec.data.download, s.test_examples, s.precision, s.recalibrate_bn,
                                s.calibration_examples, s.exclude_blocks, threads,
-                               grad.batch_size if grad else 128) for _ in range(count)]
+                               grad.batch_size if grad else 128, loader_options=spec.data.loader_options)
+                  for _ in range(count)]
     bar = tqdm(total=len(units), initial=len(units) - len(todo), desc="study units", unit="unit",
                dynamic_ncols=True, disable=not progress)
     computed = failed = 0

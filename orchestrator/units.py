@@ -69,7 +69,7 @@ def _lesion_units(trial: Trial, study: StudySpec, settings: str) -> list[Unit]:
 
 def expand(spec: ExperimentSpec) -> list[Unit]:
     """Every unit of every study on every run it applies to, intact baselines first."""
-    trials = {t.run_id: t for t in spec.training.trials}
+    trials = {t.run_id: t for t in spec.runs}
     lesioned = sorted({r for s in spec.studies.studies if s.study != "gradients" for r in s.runs})
     intact = settings_of(spec, "intact")
     units = [Unit(unit_key(r, "intact", 0, 0, intact), r, "intact", 0, 0) for r in lesioned]

@@ -90,3 +90,21 @@ def fake_cifar(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "test_list", test)
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "meta", {**torchvision.datasets.CIFAR10.meta, "md5": meta_md5})
     return tmp_path
+
+
+def write_image_folder(root, classes: int = 4, val_per_class: int = 3, train_per_class: int = 2, size: int = 40,
+                       seed: int = 0):
+    """An ImageNet-style tree (root/val/<class>/*.JPEG, root/train/...) of small random JPEGs."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for split, per_class in (("val", val_per_class), ("train", train_per_class)):
+        for c in range(classes):
+            folder = Path(root) / split / f"n{c:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, size=(size, size + 8, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{split}_{c}_{i}.JPEG", quality=90)
+    return Path(root)

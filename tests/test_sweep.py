@@ -191,4 +191,4 @@ def test_driver_sigkilled_mid_sweep_then_rerun_is_exactly_once(out, ray_session,
 def test_shipped_experiment_specs_are_valid(path):
     from orchestrator.spec import load_spec
     spec = load_spec(path)
-    assert spec.training.trials
+    assert spec.runs

@@ -19,6 +19,7 @@ class TensorDataset:
     test_labels: torch.Tensor
     num_classes: int
     augmentation: str            # "cifar" (pad 4, crop, flip) | "shift1" (pad 1, crop) | "none"
+    streamed = False             # resident: the evaluator holds the whole test set on its device
 
     @property
     def in_channels(self) -> int:
@@ -32,6 +33,20 @@ class TensorDataset:
         return TensorDataset(self.name, self.train_images.to(device), self.train_labels.to(device),
                              self.test_images.to(device), self.test_labels.to(device), self.num_classes,
                              self.augmentation)
+
+    def test_size(self, n: int | None = None) -> int:
+        return min(n or len(self.test_labels), len(self.test_labels))
+
+    def test_chunks(self, n: int | None, chunk: int | None = None):
+        """The first n test examples as one resident chunk (the engine splits it further)."""
+        yield self.test_images[:n], self.test_labels[:n]
+
+    def train_size(self) -> int:
+        return len(self.train_labels)
+
+    def train_examples(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.train_images[idx], self.train_labels[idx]
 
     def subset(self, train: int | None = None, test: int | None = None) -> "TensorDataset":
         """The first ``train`` / ``test`` examples (the splits are already shuffled)."""

@@ -12,6 +12,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+import torch
 import torchvision
 
 from .blocks import BlockNetwork
@@ -118,6 +119,14 @@ def network_config(name: str, **overrides) -> NetConfig:
     return NetConfig.from_dict(fields)
 
 
+def torchvision_model(cfg: NetConfig) -> torch.nn.Module:
+    """The torchvision model itself (its own parameter names, to load a user's state_dict)."""
+    model = getattr(torchvision.models, cfg.torchvision_arch)(weights=None, num_classes=cfg.num_classes)
+    if cfg.in_channels != 3:
+        model.conv1 = type(model.conv1)(cfg.in_channels, 64, 7, 2, 3, bias=False)
+    return model
+
+
 def build_network(config: NetConfig | str, **overrides) -> BlockNetwork:
     """A freshly initialised network for a config or a registered name."""
     cfg = network_config(config, **overrides) if isinstance(config, str) else config
@@ -125,10 +134,7 @@ def build_network(config: NetConfig | str, **overrides) -> BlockNetwork:
         return plain_net(widths=cfg.widths, layers_per_stage=cfg.layers_per_stage,
                          in_channels=cfg.in_channels, num_classes=cfg.num_classes)
     if cfg.arch == "torchvision":
-        model = getattr(torchvision.models, cfg.torchvision_arch)(weights=None, num_classes=cfg.num_classes)
-        if cfg.in_channels != 3:
-            model.conv1 = type(model.conv1)(cfg.in_channels, 64, 7, 2, 3, bias=False)
-        return from_torchvision(model)
+        return from_torchvision(torchvision_model(cfg))
     return cifar_resnet(cfg.depth, bottleneck=cfg.bottleneck, unit=cfg.unit, option=cfg.option,
                         shortcut=cfg.shortcut, widths=cfg.widths, in_channels=cfg.in_channels,
                         num_classes=cfg.num_classes, gate_bias=cfg.gate_bias, scale=cfg.scale,

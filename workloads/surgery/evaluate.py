@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -147,6 +147,24 @@ def evaluate_plans(net: BlockNetwork, plans: Sequence[Plan], images: torch.Tenso
         c = int(correct[f])
         results.append(PlanResult(error=1.0 - c / n, loss=float(loss[f]) / n, correct=c, examples=n))
     return results
+
+
+def evaluate_plans_over(net: BlockNetwork, plans: Sequence[Plan], chunks: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                        **options) -> list[PlanResult]:
+    """``evaluate_plans`` over a test set that arrives in chunks (a DataLoader over images on
+    disk): every plan sees each chunk while it is in memory, and counts are summed."""
+    correct = [0] * len(plans)
+    loss = [0.0] * len(plans)
+    total = 0
+    for images, labels in chunks:
+        for i, r in enumerate(evaluate_plans(net, plans, images, labels, **options)):
+            correct[i] += r.correct
+            loss[i] += r.loss * r.examples
+        total += len(labels)
+    if total == 0:
+        raise ValueError("the test set is empty")
+    return [PlanResult(error=1.0 - c / total, loss=l / total, correct=c, examples=total)
+            for c, l in zip(correct, loss)]
 
 
 def _first_plan_index(root: Node, out: dict[int, int]) -> None:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import TensorDataset, augment
-from ..models import NetConfig, build_network
+from ..models import NetConfig, build_network, load_checkpoint
 from .modes import BlockSampler
 from .recipe import TrainConfig
 
@@ -157,7 +157,5 @@ class Trainer:
 
 def load_network(path: str, map_location: str | torch.device = "cpu"):
     """(network, checkpoint) from a final checkpoint, read with weights_only=True."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    net = build_network(NetConfig.from_json(ckpt["net_config"]))
-    net.load_state_dict(ckpt["state_dict"])
-    return net.eval(), ckpt
+    net, ckpt = load_checkpoint(path)
+    return net.to(map_location).eval(), ckpt

@@ -1,0 +1,110 @@
+"""Reading weights safely: tensors only, and a one-line reason when a file is not what it claims.
+
+Every checkpoint goes through ``torch.load(weights_only=True)``: a file that carries pickled
+Python objects (``torch.save(model)``) is refused, never executed. A truncated file, a file
+of another format and weights of another network's shape each get a message that names
+the file and the problem, not a traceback.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+import re
+from pathlib import Path
+
+import torch
+
+from .blocks import BlockNetwork
+from .registry import NetConfig, build_network, torchvision_model
+from .torchvision_adapter import from_torchvision
+
+# keys under which training scripts commonly nest the weights
+_NESTED = ("state_dict", "model_state_dict", "model", "net", "network")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message is one line and names the file."""
+
+
+def read_weights(source: str | Path | bytes, name: str | None = None) -> dict:
+    """``torch.load(weights_only=True)`` of a path or of bytes, with one-line errors."""
+    name = name or (str(source) if not isinstance(source, bytes) else "checkpoint")
+    try:
+        obj = torch.load(io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu",
+                         weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{name}: no such file") from None
+    except Exception as e:  # noqa: BLE001 - torch's unpickler raises anything on a damaged file
+        found = re.search(r"GLOBAL (\S+)", str(e)) if isinstance(e, pickle.UnpicklingError) else None
+        if found:
+            raise CheckpointError(f"{name}: refused, it holds pickled Python objects such as {found.group(1)}, "
+                                  f"not only tensors; save model.state_dict() instead of the model") from None
+        first = re.split(r"(?<=\.)\s|\n", str(e).strip())[0]
+        reason = f"{type(e).__name__}: {first}" if first else type(e).__name__
+        raise CheckpointError(f"{name}: not a readable PyTorch checkpoint, truncated or corrupt ({reason})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{name}: holds a {type(obj).__name__}, expected a dict of tensors (a state_dict)")
+    return obj
+
+
+def state_dict_of(obj: dict, name: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The weights in a user's checkpoint: a state_dict, or one nested under a usual key;
+    ``module.`` prefixes (DataParallel, DDP) are removed."""
+    for key in _NESTED:
+        if isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    weights = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not weights:
+        raise CheckpointError(f"{name}: holds no tensors (keys: {', '.join(map(str, list(obj)[:6]))})")
+    if all(k.startswith("module.") for k in weights):
+        weights = {k[len("module."):]: v for k, v in weights.items()}
+    return weights
+
+
+def _load_strict(module: torch.nn.Module, weights: dict, name: str, what: str) -> None:
+    own = module.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise CheckpointError(f"{name}: its weights are not those of {what}: {'; '.join(parts)} parameter names")
+    wrong = [k for k in own if tuple(own[k].shape) != tuple(weights[k].shape)]
+    if wrong:
+        k = wrong[0]
+        more = f" and {len(wrong) - 1} more" if len(wrong) > 1 else ""
+        raise CheckpointError(f"{name}: does not fit {what}: {k} has shape {list(weights[k].shape)} in the "
+                              f"checkpoint, {list(own[k].shape)} in the network{more}")
+    module.load_state_dict(weights)
+
+
+def network_from_weights(cfg: NetConfig, weights: dict[str, torch.Tensor], name: str = "checkpoint") -> BlockNetwork:
+    """``cfg``'s network with a user's weights. torchvision networks take torchvision's own
+    parameter names (a state_dict from ``torchvision.models.resnet50().state_dict()``)."""
+    what = cfg.name or cfg.torchvision_arch or cfg.arch
+    if cfg.arch == "torchvision":
+        model = torchvision_model(cfg)
+        _load_strict(model, weights, name, f"{what} with {cfg.num_classes} classes")
+        return from_torchvision(model).eval()
+    net = build_network(cfg)
+    _load_strict(net, weights, name, what)
+    return net.eval()
+
+
+def load_checkpoint(source: str | Path | bytes, name: str | None = None) -> tuple[BlockNetwork, dict]:
+    """(network, checkpoint) from unravel's own checkpoint format (``net_config`` + ``state_dict``)."""
+    name = name or (str(source) if not isinstance(source, bytes) else "checkpoint")
+    ckpt = read_weights(source, name)
+    if "net_config" not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointError(f"{name}: not an unravel checkpoint (no net_config/state_dict)")
+    try:
+        cfg = NetConfig.from_json(ckpt["net_config"])
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{name}: its net_config is invalid ({e})") from None
+    net = build_network(cfg)
+    _load_strict(net, ckpt["state_dict"], name, cfg.name or cfg.arch)
+    return net.eval(), ckpt
