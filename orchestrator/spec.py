@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,42 @@ def _count(value: Any, where: str, low: int = 0, high: int = 10**9) -> int:
     return value
 
 
+def _number(value: Any, where: str, low: float, high: float) -> float:
+    _typed(value, (int, float), where)
+    if not math.isfinite(value) or not low <= value <= high:
+        _fail(where, f"must be a number between {low:g} and {high:g}, got {value}")
+    return float(value)
+
+
+def _amount(value: Any, where: str) -> float:
+    """A resource request: a finite number >= 0, whole above 1 (Ray splits only one GPU or CPU)."""
+    amount = _number(value, where, 0, 10_000)
+    if amount > 1 and amount != int(amount):
+        _fail(where, f"above 1 must be a whole number, got {value}")
+    return amount
+
+
+def _check_rule(value: Any, rule: Any, where: str) -> None:
+    """A field rule: a type (str, bool), (int|float, low, high), or ([int], low, high, max_items);
+    a rule in a set also admits null."""
+    if isinstance(rule, set):
+        if value is None:
+            return
+        (rule,) = rule
+    if rule in (str, bool):
+        _typed(value, rule, where)
+    elif rule[0] is int:
+        _count(value, where, rule[1], rule[2])
+    elif rule[0] is float:
+        _number(value, where, rule[1], rule[2])
+    else:
+        kind, low, high, most = rule
+        if not isinstance(value, list) or not 1 <= len(value) <= most:
+            _fail(where, f"must be a list of 1 to {most} numbers, got {value!r}")
+        for i, item in enumerate(value):
+            _check_rule(item, (kind[0], low, high), f"{where}[{i}]")
+
+
 def _short_hash(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:8]
 
@@ -200,8 +237,33 @@ def _data_shape(data: DataSpec) -> tuple[int, int, int]:
     if data.dataset in STREAMED:
         return 3, data.num_classes, data.image_size
     return _DATA_SHAPES[data.dataset]
-_NET_FIELDS = {f.name for f in dataclasses.fields(NetConfig)} - {"name", "in_channels", "num_classes", "image_size"}
-_TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"mode", "seed", "iterations"}
+# the network and recipe fields a spec may set, with their types and sane bounds (a width of
+# 64,000 channels would be built, to count its blocks, before any error)
+_NET_RULES = {
+    "arch": str, "torchvision_arch": str, "unit": str, "option": str, "shortcut": str, "bottleneck": bool,
+    "stochastic_depth": bool, "depth": (int, 2, 1202), "gate_bias": (float, -100, 100), "scale": (float, 0, 100),
+    "dropout_p": (float, 0, 1), "final_survival": (float, 0, 1), "widths": ([int], 1, 2048, 8),
+    "layers_per_stage": (int, 1, 100),
+}
+_TRAIN_RULES = {
+    "batch_size": (int, 1, 65_536), "lr": (float, 0, 100), "momentum": (float, 0, 1), "nesterov": bool,
+    "weight_decay": (float, 0, 1), "milestones": ([float], 0, 1, 100), "lr_decay": (float, 0, 1),
+    "warmup": {bool}, "warmup_lr": (float, 0, 100), "warmup_fraction": (float, 0, 1),
+    "active_blocks": {(int, 1, 100_000)}, "eval_every": {(int, 1, 10**8)}, "checkpoint_every": (int, 1, 10**6),
+}
+_NET_FIELDS = set(_NET_RULES)
+_TRAIN_FIELDS = set(_TRAIN_RULES)
+assert _NET_FIELDS == {f.name for f in dataclasses.fields(NetConfig)} - {"name", "in_channels", "num_classes",
+                                                                          "image_size"}
+assert _TRAIN_FIELDS == {f.name for f in dataclasses.fields(TrainConfig)} - {"mode", "seed", "iterations"}
+
+
+def _fields(raw: Any, where: str, rules: dict) -> dict:
+    """A mapping of network or recipe fields, each checked against its rule."""
+    values = _mapping(raw, where, set(rules))
+    for key, value in values.items():
+        _check_rule(value, rules[key], f"{where}.{key}")
+    return values
 
 
 def _net_config(network: str, overrides: dict, mode: str, data: DataSpec, where: str) -> NetConfig:
@@ -209,14 +271,6 @@ def _net_config(network: str, overrides: dict, mode: str, data: DataSpec, where:
     fields = dict(overrides)
     if mode == "stochastic_depth":
         fields["stochastic_depth"] = True
-    for key in fields:
-        if key not in _NET_FIELDS:
-            _fail(f"{where}.{key}", f"unknown network field (allowed: {', '.join(sorted(_NET_FIELDS))})")
-    if "widths" in fields:
-        widths = fields["widths"]
-        if not isinstance(widths, list) or not widths or not all(isinstance(w, int) and not isinstance(w, bool)
-                                                               and w >= 1 for w in widths):
-            _fail(f"{where}.widths", f"must be a list of positive integers, got {widths!r}")
     try:
         return network_config(network, in_channels=in_channels, num_classes=classes, image_size=size, **fields)
     except (ValueError, TypeError) as e:
@@ -233,20 +287,20 @@ def _training(raw: Any, data: DataSpec) -> TrainingSpec:
     iterations = _count(t["iterations"], "training.iterations", 1, 10**8)
     seeds_raw = t.get("seeds", 1)
     if isinstance(seeds_raw, list):
+        if not seeds_raw:
+            _fail("training.seeds", "must list at least one seed (or be a count)")
         seeds = [_count(s, f"training.seeds[{i}]", 0, 2**31 - 1) for i, s in enumerate(seeds_raw)]
         if len(set(seeds)) != len(seeds):
             _fail("training.seeds", f"has repeated seeds {seeds}")
     else:
         seeds = list(range(_count(seeds_raw, "training.seeds", 1, 1000)))
     resources = _mapping(t.get("resources", {}), "training.resources", {"cpu", "gpu"})
-    cpu = float(_typed(resources.get("cpu", 1), (int, float), "training.resources.cpu"))
-    gpu = float(_typed(resources.get("gpu", 0), (int, float), "training.resources.gpu"))
-    if cpu < 0 or gpu < 0 or cpu + gpu == 0:
-        _fail("training.resources", f"needs cpu >= 0 and gpu >= 0, not both 0; got cpu={cpu}, gpu={gpu}")
-    if gpu > 1 and gpu != int(gpu):
-        _fail("training.resources.gpu", f"above 1 must be a whole number, got {gpu}")
+    cpu = _amount(resources.get("cpu", 1), "training.resources.cpu")
+    gpu = _amount(resources.get("gpu", 0), "training.resources.gpu")
+    if cpu + gpu == 0:
+        _fail("training.resources", f"needs some cpu or gpu, got cpu={cpu:g}, gpu={gpu:g}")
     max_failures = _count(t.get("max_failures", 2), "training.max_failures", 0, 100)
-    recipe = _mapping(t.get("recipe", {}), "training.recipe", _TRAIN_FIELDS)
+    recipe = _fields(t.get("recipe", {}), "training.recipe", _TRAIN_RULES)
     runs = _typed(t["runs"], list, "training.runs")
     if not runs:
         _fail("training.runs", "must list at least one run")
@@ -259,14 +313,19 @@ def _training(raw: Any, data: DataSpec) -> TrainingSpec:
         if network not in NETWORKS:
             _fail(f"{where}.network", f"unknown network {network!r} (known: {', '.join(sorted(NETWORKS))})")
         label = _typed(e.get("label", network), str, f"{where}.label")
-        overrides = _mapping(e.get("overrides", {}), f"{where}.overrides", _NET_FIELDS)
+        overrides = _fields(e.get("overrides", {}), f"{where}.overrides", _NET_RULES)
         variants = _typed(e.get("variants", [{}]), list, f"{where}.variants")
         modes = _typed(e.get("modes", ["normal"]), list, f"{where}.modes")
+        for key, things in (("variants", variants), ("modes", modes)):
+            if not things:
+                _fail(f"{where}.{key}", "must list at least one (leave it out for the default)")
+        if "active_blocks" in e:
+            _check_rule(e["active_blocks"], _TRAIN_RULES["active_blocks"], f"{where}.active_blocks")
         for j, mode in enumerate(modes):
             if mode not in MODES:
                 _fail(f"{where}.modes[{j}]", f"unknown mode {mode!r} (known: {', '.join(MODES)})")
         for j, variant in enumerate(variants):
-            v = _mapping(variant, f"{where}.variants[{j}]", _NET_FIELDS)
+            v = _fields(variant, f"{where}.variants[{j}]", _NET_RULES)
             for mode in modes:
                 net = _net_config(network, {**overrides, **v}, mode, data, f"{where}.variants[{j}]" if v else where)
                 for seed in seeds:
@@ -274,7 +333,9 @@ def _training(raw: Any, data: DataSpec) -> TrainingSpec:
                         train = TrainConfig.from_dict({**recipe, "iterations": iterations, "mode": mode, "seed": seed,
                                                        **({"active_blocks": e["active_blocks"]} if "active_blocks" in e else {})})
                     except (ValueError, TypeError) as err:
-                        _fail(f"{where}" if "active_blocks" in str(err) else "training.recipe", str(err))
+                        field_name = str(err).split()[0]
+                        _fail(f"{where}.active_blocks" if field_name == "active_blocks" else
+                              f"training.recipe.{field_name}" if field_name in recipe else "training.recipe", str(err))
                     if mode == "effective_paths" and train.active_blocks is not None and not (
                             1 <= train.active_blocks <= _num_blocks(net)):
                         _fail(f"{where}.active_blocks", f"must be between 1 and {_num_blocks(net)} (the network's "
@@ -314,7 +375,7 @@ def _models(raw: Any, data: DataSpec) -> tuple[Trial, ...]:
         checkpoint = _typed(e["checkpoint"], str, f"{where}.checkpoint")
         if not checkpoint.strip():
             _fail(f"{where}.checkpoint", "must be the path of a checkpoint file")
-        overrides = _mapping(e.get("overrides", {}), f"{where}.overrides", _NET_FIELDS)
+        overrides = _fields(e.get("overrides", {}), f"{where}.overrides", _NET_RULES)
         net = _net_config(network, overrides, "normal", data, where)
         run_id = _safe_id(f"{label}.pretrained." + _short_hash(net.to_json(), checkpoint, data.dataset))
         models.append(Trial(run_id, label, network, json.dumps(overrides, sort_keys=True), "pretrained", 0, net,
@@ -323,8 +384,8 @@ def _models(raw: Any, data: DataSpec) -> tuple[Trial, ...]:
 
 
 def _num_blocks(cfg: NetConfig) -> int:
-    from workloads.models import build_network
-    return build_network(cfg).num_blocks
+    from workloads.models import skeleton
+    return skeleton(cfg).num_blocks
 
 
 def _select_trials(trials: tuple[Trial, ...], runs: tuple[str, ...] | None, where: str) -> list[Trial]:
@@ -353,11 +414,11 @@ def _studies(raw: Any, all_runs: tuple[Trial, ...], data: DataSpec) -> StudiesSp
         _count(b, f"studies.exclude_blocks[{i}]", 0, 10**6)
     ev = _mapping(s.get("evaluators", {}), "studies.evaluators", {"count", "cpu", "gpu"})
     count = _count(ev.get("count", 2), "studies.evaluators.count", 1, 10_000)
-    gpu = float(_typed(ev.get("gpu", 0), (int, float), "studies.evaluators.gpu"))
+    gpu = _amount(ev.get("gpu", 0), "studies.evaluators.gpu")
     # a GPU evaluator only drives its GPU: it needs no CPU of its own (Ray would reserve one)
-    cpu = float(_typed(ev.get("cpu", 0 if gpu > 0 else 1), (int, float), "studies.evaluators.cpu"))
-    if cpu < 0 or gpu < 0 or cpu + gpu == 0:
-        _fail("studies.evaluators", f"needs cpu >= 0 and gpu >= 0, not both 0; got cpu={cpu}, gpu={gpu}")
+    cpu = _amount(ev.get("cpu", 0 if gpu > 0 else 1), "studies.evaluators.cpu")
+    if cpu + gpu == 0:
+        _fail("studies.evaluators", f"needs some cpu or gpu, got cpu={cpu:g}, gpu={gpu:g}")
     studies: list[StudySpec] = []
     sizes = {t.run_id: _blocks(t.net_config) for t in all_runs}
     for name in STUDIES:
@@ -368,7 +429,8 @@ def _studies(raw: Any, all_runs: tuple[Trial, ...], data: DataSpec) -> StudiesSp
             {"draws", "batch_size"} if name == "gradients" else set())
         st = _mapping(s[name] if s[name] is not None else {}, where, allowed)
         runs_raw = st.get("runs")
-        runs = None if runs_raw in (None, "all") else tuple(_typed(runs_raw, list, f"{where}.runs"))
+        runs = None if runs_raw in (None, "all") else tuple(
+            _typed(r, str, f"{where}.runs[{i}]") for i, r in enumerate(_typed(runs_raw, list, f"{where}.runs")))
         chosen = _select_trials(all_runs, runs, where)
         if runs is None and name != "single_deletion":  # F5a, F5b, F6b are about residual networks
             chosen = [t for t in chosen if t.net_config.arch != "plain"]
@@ -401,17 +463,21 @@ def _studies(raw: Any, all_runs: tuple[Trial, ...], data: DataSpec) -> StudiesSp
 
 def _blocks(cfg: NetConfig) -> tuple[int, int]:
     """(deletable blocks, same-shape pairs) of a network."""
-    from workloads.models import build_network
+    from workloads.models import skeleton
     from workloads.surgery import deletion_pool, swap_pairs
-    infos = build_network(cfg).block_infos()
+    infos = skeleton(cfg).block_infos()
     return len(deletion_pool(infos)), len(swap_pairs(infos))
 
 
 def parse_spec(raw: Any, path: str = "") -> ExperimentSpec:
+    if not isinstance(raw, dict):
+        _fail("spec", f"must be a mapping of sections (name, data, training, models, studies), "
+                      f"got {type(raw).__name__}")
     top = _mapping(raw, "", {"name", "data", "training", "models", "studies"}, required={"name"})
     name = _typed(top["name"], str, "name")
-    if not name or not all(c.isalnum() or c in "-_." for c in name):
-        _fail("name", f"must be letters, digits, '-', '_' or '.', got {name!r}")
+    if not name or len(name) > 100 or not all(c.isalnum() or c in "-_." for c in name) or name in (".", ".."):
+        _fail("name", f"must be 1 to 100 letters, digits, '-', '_' or '.' (it names the results folder), "
+                      f"got {name[:40]!r}{'...' if len(name) > 40 else ''}")
     if "training" not in top and "models" not in top:
         _fail("training", "is required (or models:, to study networks trained elsewhere)")
     data = _data(top.get("data"))
@@ -433,14 +499,32 @@ def load_spec(path: str | Path) -> ExperimentSpec:
     except OSError as e:
         raise SpecError(f"{path}: cannot read the spec ({e.strerror})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_StrictSafeLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        problem = "; ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) or str(e)
+        raise SpecError(f"{path}: not valid YAML{where}: {' '.join(problem.split())}") from None
     if raw is None:
         raise SpecError(f"{path}: the spec is empty")
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: must be a mapping of sections (name, data, training, models, studies), "
+                        f"got a {type(raw).__name__}")
     return parse_spec(raw, str(p))
+
+
+class _StrictSafeLoader(yaml.SafeLoader):
+    """yaml.SafeLoader (no Python objects) that refuses a key given twice instead of keeping the last."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"found duplicate key {key!r}",
+                                                        key_node.start_mark)
+            seen.add(key) if isinstance(key, (str, int, float, bool)) else None
+        return super().construct_mapping(node, deep)
 
 
 # -- what a spec needs from the machine: checked by the CLI before anything starts -------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from workloads.models import build_network
+from workloads.models import skeleton
 from workloads.surgery import deletion_pool, random_deletion, random_swaps
 
 from .spec import ExperimentSpec, StudySpec, Trial
@@ -61,7 +61,7 @@ def _lesion_units(trial: Trial, study: StudySpec, settings: str) -> list[Unit]:
     def unit(k: int, draw: int) -> Unit:
         return Unit(unit_key(trial.run_id, study.study, k, draw, settings), trial.run_id, study.study, k, draw)
 
-    infos = build_network(trial.net_config).block_infos()
+    infos = skeleton(trial.net_config).block_infos()
     if study.study == "single_deletion":
         return [unit(1, b) for b in deletion_pool(infos)]
     return [unit(k, d) for k in range(1, study.k_max + 1) for d in range(study.draws)]
@@ -78,7 +78,7 @@ def expand(spec: ExperimentSpec) -> list[Unit]:
         for run_id in study.runs:
             trial = trials[run_id]
             if study.study == "gradients":
-                n = build_network(trial.net_config).num_blocks
+                n = skeleton(trial.net_config).num_blocks
                 units += [Unit(unit_key(run_id, "gradients", k, d, settings), run_id, "gradients", k, d)
                           for d in range(study.draws) for k in range(1, n + 1)]
             else:

@@ -1,7 +1,6 @@
 """Analysis on tables built here (known inputs, known aggregates), the query command, and one
 end-to-end run of the real CLI whose report must match its tables."""
 import json
-import math
 
 import pandas as pd
 import pytest

@@ -1,7 +1,6 @@
 """The papers' figures from the tables: PNG and PDF, colour-blind-safe (Okabe-Ito) palette."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import matplotlib
@@ -13,7 +12,7 @@ import numpy as np  # noqa: E402
 from workloads.surgery.paths import (contribution_fractions, log10_total_contribution,  # noqa: E402
                                      path_length_distribution, surviving_fraction)
 
-from .claims import EFFECTIVE_MASS, critical_blocks, effective_paths, gradient_profile, plain_runs, residual_runs  # noqa: E402
+from .claims import EFFECTIVE_MASS, critical_blocks, effective_paths, gradient_profile, residual_runs  # noqa: E402
 from .data import Results  # noqa: E402
 
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]

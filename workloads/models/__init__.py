@@ -1,9 +1,9 @@
 """Networks of both papers as block lists: CIFAR ResNets, the plain net, torchvision ResNets."""
 from .blocks import Block, BlockInfo, BlockNetwork
 from .checkpoint import CheckpointError, load_checkpoint, network_from_weights, read_weights, state_dict_of
-from .registry import NETWORKS, NetConfig, build_network, network_config
+from .registry import NETWORKS, NetConfig, build_network, network_config, skeleton
 from .torchvision_adapter import from_torchvision
 
 __all__ = ["Block", "BlockInfo", "BlockNetwork", "CheckpointError", "NETWORKS", "NetConfig", "build_network",
            "from_torchvision", "load_checkpoint", "network_config", "network_from_weights", "read_weights",
-           "state_dict_of"]
+           "skeleton", "state_dict_of"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torchvision
@@ -125,6 +125,13 @@ def torchvision_model(cfg: NetConfig) -> torch.nn.Module:
     if cfg.in_channels != 3:
         model.conv1 = type(model.conv1)(cfg.in_channels, 64, 7, 2, 3, bias=False)
     return model
+
+
+def skeleton(config: NetConfig | str, **overrides) -> BlockNetwork:
+    """The network's structure without its memory (on the meta device): to count blocks and make
+    plans for a spec, even of a network too large to allocate."""
+    with torch.device("meta"):
+        return build_network(config, **overrides)
 
 
 def build_network(config: NetConfig | str, **overrides) -> BlockNetwork:

@@ -8,7 +8,6 @@ before any compute, so an impossible lesion fails fast with a clear message.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
