@@ -6,6 +6,7 @@ Exit codes: 0 done; 1 some trial or unit failed (the rest is written); 2 bad inp
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -45,6 +46,26 @@ def _connect(spec, address: str | None) -> str:
     except SpecError as e:
         raise BadInput(str(e)) from None
     return where
+
+
+@contextmanager
+def _writing(out: Path):
+    """Own OUT while writing: one writer at a time, leftovers of a killed writer removed, and the
+    ways a write can fail (a full disk, a corrupt file found) told in one line."""
+    from . import store
+    try:
+        with store.writer_lock(out):
+            store.remove_temporaries(out)
+            yield
+    except store.OutputBusy as e:
+        raise BadInput(str(e)) from None
+    except store.CorruptResult as e:
+        raise BadInput(str(e)) from None
+    except OSError as e:
+        if not store.is_disk_full(e):
+            raise
+        raise click.ClickException(f"no space left on the device of {out}: every finished unit is kept; free "
+                                   f"space and rerun the same command to add the rest") from None
 
 
 def _import(spec, out: Path) -> None:
@@ -89,10 +110,11 @@ def train(spec: str, address: str | None, out: Path | None, resume: bool) -> Non
     where = _connect(experiment, address)
     n = len(experiment.training.trials)
     click.echo(f"training {n} trial{'s' * (n != 1)} of '{experiment.name}' on {where}; results in {out}")
-    try:
-        outcome = run_training(experiment, out, resume=resume)
-    except FileExistsError as e:
-        raise BadInput(str(e)) from None
+    with _writing(out):
+        try:
+            outcome = run_training(experiment, out, resume=resume)
+        except FileExistsError as e:
+            raise BadInput(str(e)) from None
     _print_runs(outcome.runs)
     click.echo(f"tables: {out / 'runs.parquet'}, {out / 'epochs.parquet'}  ({outcome.seconds:.0f} s)")
     if outcome.failed:
@@ -117,8 +139,10 @@ def lesion(spec: str, address: str | None, out: Path | None) -> None:
     if experiment.training.trials and not (out / "runs.parquet").exists():
         raise BadInput(f"{out / 'runs.parquet'} does not exist: train first (unravel train {spec} --out {out})")
     click.echo(f"studies of '{experiment.name}' on {_connect(experiment, address)}; results in {out}")
-    _import(experiment, out)
-    _studies(experiment, out)
+    with _writing(out):
+        _import(experiment, out)
+        code = _studies(experiment, out)
+    sys.exit(code)
 
 
 @main.command()
@@ -133,15 +157,16 @@ def run(spec: str, address: str | None, out: Path | None) -> None:
     out = _out(experiment, out)
     click.echo(f"experiment '{experiment.name}' on {_connect(experiment, address)}; results in {out}")
     failed = {}
-    if experiment.training.trials:
-        outcome = run_training(experiment, out, resume=True)
-        _print_runs(outcome.runs)
-        failed = outcome.failed
-        for run_id, error in failed.items():
-            click.echo(f"FAILED {run_id}: {error.splitlines()[-1] if error else 'unknown error'}", err=True)
-    _import(experiment, out)
-    code = _studies(experiment, out, exit_on_failure=False)
-    _report(out)
+    with _writing(out):
+        if experiment.training.trials:
+            outcome = run_training(experiment, out, resume=True)
+            _print_runs(outcome.runs)
+            failed = outcome.failed
+            for run_id, error in failed.items():
+                click.echo(f"FAILED {run_id}: {error.splitlines()[-1] if error else 'unknown error'}", err=True)
+        _import(experiment, out)
+        code = _studies(experiment, out)
+        _report(out)
     sys.exit(1 if failed or code else 0)
 
 
@@ -158,16 +183,20 @@ def figures(out: Path) -> None:
     """Regenerate the figures and report.md / report.html of OUT from its tables."""
     if not (out / "runs.parquet").exists():
         raise BadInput(f"{out / 'runs.parquet'} does not exist: OUT must be the folder of an unravel experiment")
-    _report(out)
-
-
-def _studies(experiment, out: Path, exit_on_failure: bool = True) -> int:
     from .store import CorruptResult
+    try:
+        _report(out)
+    except CorruptResult as e:
+        raise BadInput(str(e)) from None
+
+
+def _studies(experiment, out: Path) -> int:
+    """Run the studies; 1 if any unit failed (the rest is written), else 0."""
     from .sweep import run_studies, save_spec
     save_spec(experiment, out)
     try:
         outcome = run_studies(experiment, out)
-    except (FileNotFoundError, CorruptResult) as e:
+    except FileNotFoundError as e:
         raise BadInput(str(e)) from None
     counts = ", ".join(f"{k} {v}" for k, v in outcome.per_study.items())
     click.echo(f"units: {outcome.total} ({counts}); {outcome.skipped} already written, {outcome.computed} computed, "
@@ -177,8 +206,6 @@ def _studies(experiment, out: Path, exit_on_failure: bool = True) -> int:
             click.echo(f"  {out / name}/")
     if outcome.failed:
         click.echo(f"{outcome.failed} units failed: see the errors table ({out / 'errors'})", err=True)
-        if exit_on_failure:
-            sys.exit(1)
         return 1
     return 0
 
@@ -197,7 +224,11 @@ def status(out: Path) -> None:
         experiment = parse_spec(json.loads(saved.read_text())["spec"])
     except (SpecError, ValueError, KeyError) as e:
         raise BadInput(f"{saved}: not a spec this version of unravel reads ({e})") from None
-    rows = study_status(experiment, out)
+    from .store import CorruptResult
+    try:
+        rows = study_status(experiment, out)
+    except CorruptResult as e:
+        raise BadInput(str(e)) from None
     import pandas as pd
     click.echo(pd.DataFrame(rows).to_string(index=False) if rows else "no studies in this experiment")
 

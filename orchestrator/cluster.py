@@ -12,14 +12,20 @@ import ray
 
 from workloads.runtime import allocator_env
 
+from . import faults
+
 # Tune saves its experiment state at most every 10 s by default: after a SIGKILL a restore
 # then re-ran finished trials. Saving every second keeps a kill cheap.
 TUNE_STATE_PERIOD_S = "1"
 
 
 def worker_env() -> dict[str, str]:
-    return {**allocator_env(), "TUNE_GLOBAL_CHECKPOINT_S": os.environ.get("TUNE_GLOBAL_CHECKPOINT_S",
-                                                                          TUNE_STATE_PERIOD_S)}
+    """What every Ray worker of a sweep needs in its environment (and the fault tests' switch)."""
+    env = {**allocator_env(), "TUNE_GLOBAL_CHECKPOINT_S": os.environ.get("TUNE_GLOBAL_CHECKPOINT_S",
+                                                                         TUNE_STATE_PERIOD_S)}
+    if os.environ.get(faults.ENV):
+        env[faults.ENV] = os.environ[faults.ENV]
+    return env
 
 
 def quiet_tune() -> None:

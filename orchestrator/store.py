@@ -2,10 +2,13 @@
 
 Every write goes to a temporary name in the same folder and is renamed into place, so a
 reader (pandas, pyarrow, DuckDB) never sees half a file. Schemas are explicit and carry
-a version in their metadata.
+a version in their metadata. One process writes an output folder at a time (a lock file);
+a file that cannot be read is reported by name, never read as data.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import uuid
 from contextlib import contextmanager
@@ -15,6 +18,8 @@ from typing import Iterator
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from . import faults
 
 SCHEMA_VERSION = "1"
 
@@ -91,6 +96,24 @@ def _parts(out: str | Path, table: str) -> list[Path]:
 
 def read_parts(out: str | Path, table: str, columns: list[str] | None = None) -> pd.DataFrame:
     """A partitioned table as one DataFrame (study and run_id from the folder names)."""
+    try:
+        return _read_parts(out, table, columns)
+    except (OSError, pa.ArrowException) as e:
+        check_parts(out, table)  # names the unreadable file
+        raise CorruptResult(f"{Path(out) / table}: cannot be read ({e})") from None
+
+
+def check_parts(out: str | Path, table: str) -> None:
+    """Raise CorruptResult naming the first part file that is not a readable Parquet file."""
+    for p in _parts(out, table):
+        try:
+            pq.read_metadata(p)
+        except (OSError, pa.ArrowException) as e:
+            raise CorruptResult(f"{p}: unreadable result file ({e}); delete it and rerun to recompute its "
+                                f"units") from None
+
+
+def _read_parts(out: str | Path, table: str, columns: list[str] | None = None) -> pd.DataFrame:
     import pyarrow.dataset as ds
     parts = _parts(out, table)
     if not parts:
@@ -141,6 +164,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        faults.kill_point("kill_before_rename")
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -172,4 +196,53 @@ def read_table(out: str | Path, name: str) -> pd.DataFrame:
     path = table_path(out, name)
     if not path.exists():
         return pd.DataFrame({f.name: pd.Series(dtype=f.type.to_pandas_dtype()) for f in SCHEMAS[name]})
-    return pq.read_table(path).to_pandas()
+    try:
+        return pq.read_table(path).to_pandas()
+    except (OSError, pa.ArrowException) as e:
+        raise CorruptResult(f"{path}: unreadable table ({e}); rerun the command that writes it "
+                            f"(unravel train or run for runs and epochs)") from None
+
+
+def remove_temporaries(out: str | Path) -> int:
+    """Delete the temporary files a killed writer left behind (never read: they are not parts)."""
+    out = Path(out)
+    stale = [p for folder in ("lesion", "gradients", "errors", "imported") if (out / folder).exists()
+             for p in (out / folder).rglob(".*.tmp")] + list(out.glob(".*.tmp"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
+class OutputBusy(RuntimeError):
+    """Another unravel process is writing the same output folder."""
+
+
+@contextmanager
+def writer_lock(out: str | Path) -> Iterator[None]:
+    """Hold ``<out>/.unravel.lock`` (flock) while writing: a second writer of the same folder is
+    refused at once instead of racing the first. The lock goes with the process, even on SIGKILL."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".unravel.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise OutputBusy(f"{out} is being written by another unravel process ({holder}); wait for it to "
+                             f"finish or choose another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {os.uname().nodename}")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """A write failed for want of space (pyarrow reports it without an errno, hence the text)."""
+    return getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(exc)

@@ -22,7 +22,7 @@ from workloads.data import load_dataset
 from workloads.runtime import set_threads
 from workloads.train.loop import Trainer
 
-from . import store
+from . import faults, store
 from .cluster import quiet_tune
 from .spec import ExperimentSpec, Trial
 
@@ -46,6 +46,7 @@ def train_trial(config: dict) -> None:
     every = trial.train_config.checkpoint_every
 
     def report(metrics: dict, tr: Trainer) -> None:
+        faults.raise_point("raise_in_epoch", metrics["epoch"])
         done = tr.iteration >= total
         row = {**metrics, "run_id": trial.run_id, "done": done}
         if not done and metrics["epoch"] % every:
