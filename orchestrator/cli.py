@@ -53,10 +53,18 @@ def _writing(out: Path):
     """Own OUT while writing: one writer at a time, leftovers of a killed writer removed, and the
     ways a write can fail (a full disk, a corrupt file found) told in one line."""
     from . import store
+    fresh = not out.exists()
     try:
         with store.writer_lock(out):
             store.remove_temporaries(out)
-            yield
+            try:
+                yield
+            except BaseException:
+                if fresh:  # bad input found late (a checkpoint that does not fit): leave no folder behind
+                    (out / ".unravel.lock").unlink(missing_ok=True)
+                    if not any(out.iterdir()):
+                        out.rmdir()
+                raise
     except store.OutputBusy as e:
         raise BadInput(str(e)) from None
     except store.CorruptResult as e:

@@ -259,3 +259,24 @@ def test_valid_spec_round_trips_through_yaml(raw, flow, sort_keys):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+# -- what only the cluster can say -------------------------------------------------------------
+
+@pytest.mark.parametrize("change, message", [
+    ({"studies": {"single_deletion": {}, "evaluators": {"count": 1, "gpu": 2}}},
+     "studies.evaluators.gpu: asks for 0 CPU and 2 GPU per worker, and no node of the cluster has that"),
+    ({"training": {**VALID["training"], "resources": {"cpu": 1, "gpu": 4}}},
+     "training.resources.gpu: asks for 1 CPU and 4 GPU per worker"),
+    ({"training": {**VALID["training"], "resources": {"cpu": 64}}},
+     "training.resources.cpu: asks for 64 CPU and 0 GPU per worker"),
+])
+def test_a_spec_asking_for_more_than_any_node_has_is_refused(change, message, ray_session, tmp_path, monkeypatch):
+    """The session's Ray has one node with 2 CPUs and 1 (declared) GPU."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({**VALID, **change}))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1].startswith(f"Error: {message}"), result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]

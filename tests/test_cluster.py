@@ -92,3 +92,37 @@ def test_job_submitted_to_a_ray_start_head(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _listening(port: int) -> set[str]:
+    """The IPv4 addresses with a socket listening on ``port`` (from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        ip_hex, port_hex = local.split(":")
+        if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
+            found.add(socket.inet_ntoa(bytes.fromhex(ip_hex)[::-1]))
+    return found
+
+
+def test_the_private_local_ray_binds_its_dashboard_to_loopback():
+    code = ("from orchestrator.cluster import connect; import ray, sys; connect(num_cpus=1); "
+            "print(ray._private.worker.global_worker.node.address_info['webui_url'], flush=True); "
+            "sys.stdin.readline(); ray.shutdown()")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=HERE.parent, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("127.0.0.1:"), (url, proc.stderr.read()[-2000:] if proc.poll() is not None else "")
+        port = int(url.rsplit(":", 1)[1])
+        deadline = time.time() + 60
+        while not _listening(port) and time.time() < deadline:
+            time.sleep(0.5)
+        assert _listening(port) == {"127.0.0.1"}  # not 0.0.0.0: nothing outside this machine reaches it
+        proc.stdin.write("done\n")
+        proc.stdin.flush()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -104,7 +104,7 @@ def test_driver_killed_between_writing_a_part_and_renaming_it(out, ray_session, 
 
 
 def test_driver_killed_at_ten_random_points_then_rerun_is_exactly_once(out, ray_session, tmp_path):
-    raw = with_studies(random_deletion={"k_max": 9, "draws": 30}, plans_per_batch=2,
+    raw = with_studies(random_deletion={"k_max": 9, "draws": 40}, plans_per_batch=2,
                        evaluators={"count": 2, "cpu": 1})
     total = len(expand(parse_spec(raw)))
     args = ["lesion", str(write_spec(tmp_path, raw)), "--out", str(out), "--address", ray_session]
@@ -131,7 +131,8 @@ def test_driver_killed_at_ten_random_points_then_rerun_is_exactly_once(out, ray_
             keys = table_keys(out)  # every part readable, nothing twice, at every point
             assert len(keys) == len(set(keys))
             seen.append(len(keys))
-    assert kills == 10 and seen and 0 < seen[-1] < total, (kills, seen)
+    partial = [n for n in seen if 0 < n < total]
+    assert kills == 10 and len(set(partial)) >= 5, (kills, seen)  # most kills landed mid-sweep
     code, err = finish(cli(*args), timeout=600)
     assert code == 0, err[-2000:]
     assert_exactly_once(out, total)
