@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,11 +21,10 @@ from workloads.runtime import reexec_with_tuned_allocator  # noqa: E402
 
 reexec_with_tuned_allocator()
 
-import ray  # noqa: E402
 import torch  # noqa: E402
 
 from orchestrator import store  # noqa: E402
-from orchestrator.cluster import connect  # noqa: E402
+from benchmarks import local_ray_workspace  # noqa: E402
 from orchestrator.evaluator import Evaluator  # noqa: E402
 from orchestrator.spec import parse_spec  # noqa: E402
 from orchestrator.sweep import pending_units, run_studies  # noqa: E402
@@ -54,9 +51,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     draws = args.draws or (3 if args.quick else 10)
     experiment = parse_spec(spec(draws))
-    work = Path(tempfile.mkdtemp(prefix="unravel-overhead-"))
-    try:
-        connect(None, num_cpus=os.cpu_count(), dashboard=False)
+    with local_ray_workspace("unravel-overhead-") as work:
         run_training(experiment, work, progress=False)
         units, todo = pending_units(experiment, work)
         s = experiment.studies
@@ -82,9 +77,6 @@ def main(argv=None) -> int:
         print(f"orchestrated: {orchestrated:7.1f} s  {outcome.computed / orchestrated:7.1f} units/s "
               f"(written to Parquet, {outcome.failed} failed)")
         print(f"overhead={orchestrated / inproc:.2f} units_per_s={outcome.computed / orchestrated:.1f}")
-    finally:
-        ray.shutdown()
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -34,6 +34,8 @@ class SweepOutcome:
     failed: int         # units that raised (recorded in the errors table)
     seconds: float
     per_study: dict[str, int]
+    driver_seconds: float = 0.0   # the driver's own work per batch (results taken, files written, batches sent)
+    batches: int = 0
 
 
 def pending_units(spec: ExperimentSpec, out: Path) -> tuple[list[Unit], list[Unit]]:
@@ -75,6 +77,7 @@ def run_studies(spec: ExperimentSpec, out: str | Path, progress: bool = True) ->
     bar = tqdm(total=len(units), initial=len(units) - len(todo), desc="study units", unit="unit",
                dynamic_ncols=True, disable=not progress)
     computed = failed = 0
+    busy = 0.0
     queue = list(reversed(work))
     attempts: dict[str, int] = {}
     in_flight: dict[ray.ObjectRef, tuple[Batch, int]] = {}
@@ -92,6 +95,7 @@ def run_studies(spec: ExperimentSpec, out: str | Path, progress: bool = True) ->
                 submit(i)
         while in_flight:
             ready, _ = ray.wait(list(in_flight), num_returns=1)
+            tick = time.perf_counter()
             ref = ready[0]
             batch, i = in_flight.pop(ref)
             load[i] -= 1
@@ -120,12 +124,13 @@ def run_studies(spec: ExperimentSpec, out: str | Path, progress: bool = True) ->
                 bar.set_postfix_str(f"{failed} failed")
             while queue and load[i] < s.max_in_flight:
                 submit(i)
+            busy += time.perf_counter() - tick
     finally:
         bar.close()
         for ev in evaluators:
             ray.kill(ev)
     return SweepOutcome(len(units), len(units) - len(todo), computed, failed, time.perf_counter() - started,
-                        per_study)
+                        per_study, busy, len(work))
 
 
 def _await_restart(evaluator, timeout: float = 120.0) -> None:

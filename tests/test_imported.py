@@ -139,6 +139,10 @@ def test_torchvision_checkpoint_lesioned_on_an_image_folder_through_the_cli(ray_
     assert row["examples"] == 8 and row["error"] == pytest.approx(wrong / 8)
     rerun = CliRunner().invoke(main, ["lesion", str(path), "--out", str(out)])
     assert rerun.exit_code == 0 and " 0 computed" in rerun.output, rerun.output
+    report = CliRunner().invoke(main, ["figures", str(out)])  # a report of imported runs, no training
+    assert report.exit_code == 0, report.output
+    text = (out / "report.md").read_text()
+    assert "| r18 | pretrained |" in text and "no single-deletion results" not in text
     assert len(pd.read_parquet(out / "lesion")) == len(lesion)
     # new weights under the same path are refused, not mixed with the results of the old ones
     saved(tv_model(seed=1).state_dict(), checkpoint)

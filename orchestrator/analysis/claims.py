@@ -52,8 +52,11 @@ def critical_blocks(results: Results, run_id: str) -> list[int]:
 
 
 def residual_runs(results: Results, mode: str | None = "normal") -> list[str]:
+    """Residual runs trained in ``mode``; ``normal`` includes networks trained normally elsewhere
+    and imported (mode ``pretrained``)."""
+    modes = {mode, "pretrained"} if mode == "normal" else {mode}
     return [r for r, m in zip(results.runs["run_id"], results.runs["mode"])
-            if not results.is_plain(r) and (mode is None or m == mode)]
+            if not results.is_plain(r) and (mode is None or m in modes)]
 
 
 def plain_runs(results: Results) -> list[str]:
