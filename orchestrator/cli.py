@@ -6,7 +6,7 @@ Exit codes: 0 done; 1 some trial or unit failed (the rest is written); 2 bad inp
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import click
@@ -34,17 +34,22 @@ def _load(spec_path: str, check_files: bool = True):
         raise BadInput(str(e)) from None
 
 
-def _connect(spec, address: str | None) -> str:
-    """Ray (local or the named cluster), then check that every trial and evaluator fits on a node."""
+def _connect(spec, address: str | None, parts: tuple[str, ...] = ("training", "studies")) -> str:
+    """Ray (local or the named cluster), then check that every trial and evaluator fits on a node:
+    an error on the local Ray; a warning on a cluster, whose autoscaler may still add the node."""
+    import os
+
     import ray
 
     from .cluster import connect
     from .spec import check_resources
     where = connect(address)
     try:
-        check_resources(spec, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
+        check_resources(spec, [n["Resources"] for n in ray.nodes() if n.get("Alive")], parts)
     except SpecError as e:
-        raise BadInput(str(e)) from None
+        if not (address or os.environ.get("RAY_ADDRESS")):
+            raise BadInput(str(e)) from None
+        click.echo(f"warning: {e}; Ray will wait until the cluster adds such a node", err=True)
     return where
 
 
@@ -54,26 +59,29 @@ def _writing(out: Path):
     ways a write can fail (a full disk, a corrupt file found) told in one line."""
     from . import store
     fresh = not out.exists()
+    started = False
     try:
-        with store.writer_lock(out):
-            store.remove_temporaries(out)
-            try:
+        try:
+            with store.writer_lock(out):
+                store.remove_temporaries(out)
+                started = True
                 yield
-            except BaseException:
-                if fresh:  # bad input found late (a checkpoint that does not fit): leave no folder behind
+        except BaseException:
+            if fresh:  # bad input found late (a checkpoint that does not fit): leave no folder behind
+                with suppress(OSError):
                     (out / ".unravel.lock").unlink(missing_ok=True)
-                    if not any(out.iterdir()):
-                        out.rmdir()
-                raise
+                    out.rmdir()  # only if empty
+            raise
     except store.OutputBusy as e:
         raise BadInput(str(e)) from None
     except store.CorruptResult as e:
         raise BadInput(str(e)) from None
     except OSError as e:
-        if not store.is_disk_full(e):
-            raise
-        raise click.ClickException(f"no space left on the device of {out}: every finished unit is kept; free "
-                                   f"space and rerun the same command to add the rest") from None
+        if store.is_disk_full(e):
+            raise click.ClickException(f"no space left on the device of {out}: every finished unit is kept; free "
+                                       f"space and rerun the same command to add the rest") from None
+        problem = BadInput if not started else click.ClickException  # OUT unusable: bad input; later: a failure
+        raise problem(f"{e.filename or out}: {e.strerror or e}") from None
 
 
 def _import(spec, out: Path) -> None:
@@ -115,7 +123,7 @@ def train(spec: str, address: str | None, out: Path | None, resume: bool) -> Non
     if not experiment.training.trials:
         raise BadInput(f"{spec}: has no training: section (its models: are imported by unravel lesion or run)")
     out = _out(experiment, out)
-    where = _connect(experiment, address)
+    where = _connect(experiment, address, ("training",))
     n = len(experiment.training.trials)
     click.echo(f"training {n} trial{'s' * (n != 1)} of '{experiment.name}' on {where}; results in {out}")
     with _writing(out):
@@ -146,7 +154,8 @@ def lesion(spec: str, address: str | None, out: Path | None) -> None:
     out = _out(experiment, out)
     if experiment.training.trials and not (out / "runs.parquet").exists():
         raise BadInput(f"{out / 'runs.parquet'} does not exist: train first (unravel train {spec} --out {out})")
-    click.echo(f"studies of '{experiment.name}' on {_connect(experiment, address)}; results in {out}")
+    where = _connect(experiment, address, ("studies",))
+    click.echo(f"studies of '{experiment.name}' on {where}; results in {out}")
     with _writing(out):
         _import(experiment, out)
         code = _studies(experiment, out)
@@ -200,12 +209,14 @@ def figures(out: Path) -> None:
 
 def _studies(experiment, out: Path) -> int:
     """Run the studies; 1 if any unit failed (the rest is written), else 0."""
-    from .sweep import run_studies, save_spec
+    from .sweep import EvaluatorsCannotStart, run_studies, save_spec
     save_spec(experiment, out)
     try:
         outcome = run_studies(experiment, out)
     except FileNotFoundError as e:
         raise BadInput(str(e)) from None
+    except EvaluatorsCannotStart as e:
+        raise click.ClickException(str(e)) from None
     counts = ", ".join(f"{k} {v}" for k, v in outcome.per_study.items())
     click.echo(f"units: {outcome.total} ({counts}); {outcome.skipped} already written, {outcome.computed} computed, "
                f"{outcome.failed} failed, in {outcome.seconds:.0f} s")

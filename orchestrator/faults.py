@@ -19,8 +19,12 @@ class InjectedFault(RuntimeError):
 
 
 def _armed() -> dict[str, int]:
-    text = os.environ.get(ENV, "")
-    return {k.strip(): int(v) for k, _, v in (item.partition("=") for item in text.split(",") if item.strip())}
+    armed = {}
+    for item in os.environ.get(ENV, "").split(","):
+        name, _, value = item.partition("=")
+        if name.strip() and value.strip().isdigit():  # anything else arms nothing
+            armed[name.strip()] = int(value)
+    return armed
 
 
 def kill_point(name: str) -> None:

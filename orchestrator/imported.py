@@ -3,24 +3,30 @@
 Each file named under ``models:`` is read with ``weights_only=True`` and fitted to its
 network; a file of another network's shape, a truncated file or a pickled model is refused
 with a message naming it. Every file is checked before any is written, then each is saved
-as ``<out>/imported/<run_id>/model.pt`` (config + weights + the source's sha256), so the
-evaluators read imported and trained runs alike. A source file that changes after import
-is refused rather than mixed with results computed from the old weights.
+as ``<out>/imported/<run_id>/model.pt`` (config + weights) beside ``source.json`` (the
+source's sha256), so the evaluators read imported and trained runs alike. A source file
+that changes after import is refused rather than mixed with results computed from the old
+weights; a damaged converted copy is converted again from the unchanged source.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from workloads.models import CheckpointError, network_from_weights, read_weights, state_dict_of
+from workloads.models import (CheckpointError, load_checkpoint, network_from_weights, read_weights, skeleton,
+                              state_dict_of)
 
 from . import store
 from .spec import ExperimentSpec, SpecError, Trial
 
 MODEL_FILE = "model.pt"
+SOURCE_FILE = "source.json"   # the source file's path and sha256, to refuse a changed source
 
 
 def imported_path(out: Path, run_id: str) -> Path:
@@ -35,45 +41,70 @@ def _fitted(model: Trial, index: int, blob: bytes):
         raise SpecError(f"models[{index}].checkpoint: {e}") from None
 
 
+def _has_results(out: Path, run_id: str) -> bool:
+    pattern = f"study=*/run_id={run_id}/part-*.parquet"
+    return any(next((out / table).glob(pattern), None) is not None for table in ("lesion", "gradients"))
+
+
+def _usable(target: Path) -> bool:
+    try:
+        load_checkpoint(str(target))
+        return True
+    except CheckpointError:
+        return False
+
+
 def import_models(spec: ExperimentSpec, out: str | Path) -> pd.DataFrame:
     """Check every ``models:`` checkpoint, convert the new ones, and add them to the runs table."""
     out = Path(out)
-    sources = []
+    todo = []
     for i, model in enumerate(spec.models):  # every file is checked before anything is written
-        blob = Path(model.checkpoint).expanduser().read_bytes()
+        source = Path(model.checkpoint).expanduser()
+        try:
+            blob = source.read_bytes()
+        except OSError as e:
+            raise SpecError(f"models[{i}].checkpoint: cannot read {source} ({e.strerror})") from None
         digest = hashlib.sha256(blob).hexdigest()
         target = imported_path(out, model.run_id)
-        if target.exists():
-            kept = read_weights(str(target)).get("source_sha256")
-            if kept != digest:
-                raise SpecError(f"models[{i}].checkpoint: {model.checkpoint} changed since it was imported into "
-                                f"{out} (sha256 {str(kept)[:12]}... then, {digest[:12]}... now); give it a new "
-                                f"label or use another --out")
-            sources.append((model, None, digest))
+        record = target.with_name(SOURCE_FILE)
+        kept = json.loads(record.read_text())["sha256"] if record.exists() else None
+        if kept is not None and kept != digest:
+            raise SpecError(f"models[{i}].checkpoint: {model.checkpoint} changed since it was imported into {out} "
+                            f"(sha256 {kept[:12]}... then, {digest[:12]}... now); give it a new label or use "
+                            f"another --out")
+        if kept is None and _has_results(out, model.run_id):
+            raise SpecError(f"models[{i}].checkpoint: {out} holds results of run {model.run_id} but not the "
+                            f"weights they came from; use another --out")
+        if kept is not None and _usable(target):
             continue
-        _fitted(model, i, blob)
-        sources.append((model, blob, digest))
-    rows = []
-    for i, (model, blob, digest) in enumerate(sources):
+        _fitted(model, i, blob)  # new, or its converted copy was damaged: (re)convert from the same source
+        todo.append((i, model, blob, digest))
+    for i, model, blob, digest in todo:
         target = imported_path(out, model.run_id)
-        net = _fitted(model, i, blob) if blob is not None else None
-        if net is not None:
-            _save_atomic({"net_config": model.net_config.to_json(), "state_dict": net.state_dict(),
-                          "source": str(Path(model.checkpoint).expanduser().resolve()), "source_sha256": digest,
-                          "dataset": spec.data.dataset}, target)
-        else:
-            from workloads.models import load_checkpoint
-            net, _ = load_checkpoint(str(target))
+        net = _fitted(model, i, blob)
+        _save_atomic(target, lambda tmp: torch.save(
+            {"net_config": model.net_config.to_json(), "state_dict": net.state_dict(),
+             "source": str(Path(model.checkpoint).expanduser().resolve()), "dataset": spec.data.dataset}, tmp))
+        _save_atomic(target.with_name(SOURCE_FILE), lambda tmp: tmp.write_text(json.dumps(
+            {"source": str(Path(model.checkpoint).expanduser().resolve()), "sha256": digest})))
+    rows = []
+    for model in spec.models:
+        shape = skeleton(model.net_config)
         rows.append({"run_id": model.run_id, "label": model.label, "network": model.network,
                      "variant": model.variant, "mode": model.mode, "seed": model.seed, "dataset": spec.data.dataset,
                      "iterations": 0, "epochs": 0, "test_error": float("nan"), "test_loss": float("nan"),
-                     "num_blocks": net.num_blocks, "parameters": sum(p.numel() for p in net.parameters()),
-                     "checkpoint": str(target.resolve()), "train_seconds": 0.0,
+                     "num_blocks": shape.num_blocks, "parameters": sum(p.numel() for p in shape.parameters()),
+                     "checkpoint": str(imported_path(out, model.run_id).resolve()), "train_seconds": 0.0,
                      "net_config": model.net_config.to_json(), "train_config": ""})
-    keep = {t.run_id for t in spec.training.trials}
-    return store.replace_runs(out, rows, keep=keep)
+    return store.replace_runs(out, rows)
 
 
-def _save_atomic(checkpoint: dict, path: Path) -> None:
-    with store.atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+def _save_atomic(path: Path, write) -> None:
+    """``write(tmp)`` then rename; a full disk is reported as one (torch.save raises RuntimeError)."""
+    try:
+        with store.atomic_path(path) as tmp:
+            write(tmp)
+    except RuntimeError as e:
+        if shutil.disk_usage(path.parent).free < 64 << 20:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from None
+        raise OSError(errno.EIO, f"cannot write {path} ({str(e).splitlines()[0]})", str(path)) from None

@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -420,7 +421,12 @@ def _studies(raw: Any, all_runs: tuple[Trial, ...], data: DataSpec) -> StudiesSp
     if cpu + gpu == 0:
         _fail("studies.evaluators", f"needs some cpu or gpu, got cpu={cpu:g}, gpu={gpu:g}")
     studies: list[StudySpec] = []
-    sizes = {t.run_id: _blocks(t.net_config) for t in all_runs}
+    if exclude and all_runs:
+        most = max(_num_blocks(t.net_config) for t in all_runs)
+        for i, b in enumerate(exclude):
+            if b >= most:
+                _fail(f"studies.exclude_blocks[{i}]", f"block {b} does not exist (the largest network has {most} "
+                                                      f"blocks, numbered from 0)")
     for name in STUDIES:
         if name not in s:
             continue
@@ -439,8 +445,8 @@ def _studies(raw: Any, all_runs: tuple[Trial, ...], data: DataSpec) -> StudiesSp
         if "k_max" in allowed:
             k_max = _count(st.get("k_max", 10), f"{where}.k_max", 1, 10**6)
             for t in chosen:
-                deletable, pairs = sizes[t.run_id]
-                limit = deletable - len([b for b in exclude if b < deletable]) if name == "random_deletion" else pairs
+                deletable, pairs = _blocks(t.net_config, tuple(exclude))
+                limit = deletable if name == "random_deletion" else pairs
                 if k_max > limit:
                     what = "deletable blocks" if name == "random_deletion" else "same-shape pairs to swap"
                     _fail(f"{where}.k_max", f"k_max={k_max} is larger than the {limit} {what} of run {t.label!r}")
@@ -461,12 +467,12 @@ def _studies(raw: Any, all_runs: tuple[Trial, ...], data: DataSpec) -> StudiesSp
         _count(s.get("max_in_flight", 2), "studies.max_in_flight", 1, 1000))
 
 
-def _blocks(cfg: NetConfig) -> tuple[int, int]:
-    """(deletable blocks, same-shape pairs) of a network."""
+def _blocks(cfg: NetConfig, exclude: tuple[int, ...] = ()) -> tuple[int, int]:
+    """(deletable blocks, same-shape pairs) of a network, outside the excluded blocks."""
     from workloads.models import skeleton
     from workloads.surgery import deletion_pool, swap_pairs
     infos = skeleton(cfg).block_infos()
-    return len(deletion_pool(infos)), len(swap_pairs(infos))
+    return len(deletion_pool(infos, exclude)), len(swap_pairs(infos, exclude))
 
 
 def parse_spec(raw: Any, path: str = "") -> ExperimentSpec:
@@ -495,9 +501,11 @@ def load_spec(path: str | Path) -> ExperimentSpec:
     """Read and validate a YAML spec (safe loader); raises SpecError with a one-line message."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise SpecError(f"{path}: cannot read the spec ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason})") from None
     try:
         raw = yaml.load(text, Loader=_StrictSafeLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
@@ -519,6 +527,8 @@ class _StrictSafeLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merges; explicit keys may override
+                continue
             key = self.construct_object(key_node, deep=True)
             if isinstance(key, (str, int, float, bool)) and key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"found duplicate key {key!r}",
@@ -534,7 +544,7 @@ _CIFAR_FOLDERS = {"cifar10": ("CIFAR-10", "cifar-10-batches-py"), "cifar100": ("
 
 def check_inputs(spec: ExperimentSpec) -> None:
     """The files a spec names (data, imported checkpoints) exist: a one-line SpecError if not."""
-    from workloads.data.imagefolder import class_folders
+    from workloads.data.imagefolder import class_folders, empty_class
     d = spec.data
     root = Path(d.root).expanduser()
     if d.dataset in _CIFAR_FOLDERS and not d.download:
@@ -549,22 +559,34 @@ def check_inputs(spec: ExperimentSpec) -> None:
                                f"folder that holds val/ and train/)")
         if len(classes) != d.num_classes:
             _fail("data.num_classes", f"is {d.num_classes}, but {root / 'val'} holds {len(classes)} class folders")
-        if spec.studies.study("gradients") and not class_folders(root / "train"):
+        train = class_folders(root / "train")
+        if spec.studies.study("gradients") and not train:
             _fail("studies.gradients", f"draws training images, and {root / 'train'} holds no class folders")
+        if train and train != classes:
+            _fail("data.root", f"{root / 'train'} and {root / 'val'} hold different class folders")
+        for split in ("val", "train") if train else ("val",):
+            empty = empty_class(root / split)
+            if empty:
+                _fail("data.root", f"{root / split / empty} holds no image (every class folder needs one)")
     for i, m in enumerate(spec.models):
-        if not Path(m.checkpoint).expanduser().is_file():
+        path = Path(m.checkpoint).expanduser()
+        if not path.is_file():
             _fail(f"models[{i}].checkpoint", f"no such file {m.checkpoint}")
+        if not os.access(path, os.R_OK):
+            _fail(f"models[{i}].checkpoint", f"{m.checkpoint} is not readable (permissions)")
 
 
-def check_resources(spec: ExperimentSpec, nodes: list[dict[str, float]]) -> None:
+def check_resources(spec: ExperimentSpec, nodes: list[dict[str, float]],
+                    parts: tuple[str, ...] = ("training", "studies")) -> None:
     """Every trial and evaluator fits on some node (Ray would otherwise wait forever, silently).
 
-    ``nodes``: the resources of each live node, as ``ray.nodes()[i]["Resources"]``.
+    ``nodes``: the resources of each live node, as ``ray.nodes()[i]["Resources"]``; ``parts``:
+    what the command will run.
     """
     asks = []
-    if spec.training.trials:
+    if spec.training.trials and "training" in parts:
         asks.append(("training.resources", spec.training.cpu, spec.training.gpu))
-    if spec.studies.studies:
+    if spec.studies.studies and "studies" in parts:
         asks.append(("studies.evaluators", spec.studies.cpu, spec.studies.gpu))
     for where, cpu, gpu in asks:
         if any(n.get("CPU", 0) >= cpu and n.get("GPU", 0) >= gpu for n in nodes):

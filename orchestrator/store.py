@@ -166,6 +166,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         faults.kill_point("kill_before_rename")
         os.replace(tmp, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself survives a power cut
+        finally:
+            os.close(directory)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -183,11 +188,11 @@ def write_table(out: str | Path, name: str, rows: list[dict] | pd.DataFrame) -> 
     return path
 
 
-def replace_runs(out: str | Path, rows: list[dict], keep: set[str]) -> pd.DataFrame:
-    """Write ``rows`` into the runs table, keeping the existing rows whose run_id is in ``keep``
-    (training and importing each own their runs; a run no spec names any more is dropped)."""
+def replace_runs(out: str | Path, rows: list[dict]) -> pd.DataFrame:
+    """Write ``rows`` into the runs table, replacing rows of the same run_id and keeping every other
+    (trained and imported runs share the table; no run's row is ever dropped)."""
     existing = read_table(out, "runs")
-    kept = existing[existing["run_id"].isin(keep - {r["run_id"] for r in rows})].to_dict("records")
+    kept = existing[~existing["run_id"].isin({r["run_id"] for r in rows})].to_dict("records")
     write_table(out, "runs", sorted(kept + rows, key=lambda r: r["run_id"]))
     return read_table(out, "runs")
 

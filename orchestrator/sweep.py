@@ -8,6 +8,7 @@ so a rerun after a crash or Ctrl-C computes only what is missing, and nothing tw
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,8 @@ def run_studies(spec: ExperimentSpec, out: str | Path, progress: bool = True) ->
             try:
                 rows, errors = ray.get(ref)
             except EVALUATOR_LOST as e:
+                if getattr(e, "actor_init_failed", False):  # its constructor raised: no restart will help
+                    raise EvaluatorsCannotStart(f"the evaluators cannot start: {_cause(e)}") from None
                 # the evaluator (or its node) died: Ray restarts it; the batch goes back in the queue
                 attempts[batch.key] = attempts.get(batch.key, 0) + 1
                 if attempts[batch.key] <= MAX_BATCH_RETRIES:
@@ -131,6 +134,17 @@ def run_studies(spec: ExperimentSpec, out: str | Path, progress: bool = True) ->
             ray.kill(ev)
     return SweepOutcome(len(units), len(units) - len(todo), computed, failed, time.perf_counter() - started,
                         per_study, busy, len(work))
+
+
+class EvaluatorsCannotStart(RuntimeError):
+    """An evaluator's constructor raised (data unreadable on a node, say): every batch would fail alike."""
+
+
+def _cause(exc: BaseException) -> str:
+    """The innermost 'SomeError: message' line of a Ray error, else its first line."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    found = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception|NotFound)\b.*:", ln)]
+    return (found[-1] if found else lines[0] if lines else type(exc).__name__)[:500]
 
 
 def _await_restart(evaluator, timeout: float = 120.0) -> None:

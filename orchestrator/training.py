@@ -172,7 +172,7 @@ def _collect(spec: ExperimentSpec, out: Path, grid, seconds: float) -> TrainingO
                      "net_config": trial.net_config.to_json(), "train_config": trial.train_config.to_json()})
         for m in final["history"]:
             epochs.append({"run_id": trial.run_id, **{k: m[k] for k in store.SCHEMAS["epochs"].names if k != "run_id"}})
-    all_runs = store.replace_runs(out, runs, keep={m.run_id for m in spec.models})
+    all_runs = store.replace_runs(out, runs)
     store.write_table(out, "epochs", epochs)
     store.write_table(out, "training_errors", [{"run_id": k, "error": v} for k, v in sorted(failed.items())])
     return TrainingOutcome(all_runs[all_runs["run_id"].isin(wanted)].reset_index(drop=True), failed, seconds)

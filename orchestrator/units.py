@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from pathlib import Path
+
+from workloads.data import STREAMED
 from workloads.models import skeleton
 from workloads.surgery import deletion_pool, random_deletion, random_swaps
 
@@ -48,13 +51,16 @@ def unit_key(run_id: str, study: str, k: int, draw: int, settings: str = "") -> 
 def settings_of(spec: ExperimentSpec, study: str) -> str:
     """The spec settings that change a unit's result: part of its key, so changing them recomputes."""
     s = spec.studies
+    data = ""
+    if spec.data.dataset in STREAMED:  # images read from disk: which folder, and how they are resized
+        d = spec.data
+        data = f"|data={Path(d.root).expanduser().resolve()}:{d.image_size}:{d.resize}"
     if study == "gradients":
-        return f"batch={s.study('gradients').batch_size}"
-    text = f"test={s.test_examples}|precision={s.precision}|bn={s.recalibrate_bn}:{s.calibration_examples}"
+        return f"batch={s.study('gradients').batch_size}{data}"
+    text = f"test={s.test_examples}|precision={s.precision}|bn={s.recalibrate_bn}:{s.calibration_examples}{data}"
     if study in ("random_deletion", "reorder"):
         text += f"|exclude={sorted(s.exclude_blocks)}"
     return text
-
 
 
 def _lesion_units(trial: Trial, study: StudySpec, settings: str) -> list[Unit]:

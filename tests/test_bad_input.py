@@ -36,7 +36,7 @@ EXPECT = re.compile(r"#\s*expect:\s*(.*?)\s*$")
 def expectations(path: Path) -> list[str]:
     """The substrings of a corpus file's leading ``# expect:`` lines."""
     found = []
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().decode("utf-8", "replace").splitlines():
         m = EXPECT.match(line)
         if not m:
             break
@@ -51,7 +51,8 @@ def test_corpus_is_large_and_every_case_says_what_to_expect():
     numbers = [p.name.split("-", 1)[0] for p in CASES]
     assert all(re.fullmatch(r"\d{2,}", n) for n in numbers) and len(set(numbers)) == len(numbers)
     for path in CASES:
-        assert path.read_text().startswith("# expect: "), f"{path.name}: the first line must be '# expect: ...'"
+        first = path.read_bytes().decode("utf-8", "replace")
+        assert first.startswith("# expect: "), f"{path.name}: the first line must be '# expect: ...'"
         assert all(expectations(path)), f"{path.name}: an empty expectation"
 
 
@@ -280,3 +281,17 @@ def test_a_spec_asking_for_more_than_any_node_has_is_refused(change, message, ra
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines()[-1].startswith(f"Error: {message}"), result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+def test_yaml_merge_keys_are_a_valid_way_to_share_settings(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("""name: merged
+training:
+  iterations: 10
+  runs:
+    - &base {network: resnet20, label: a, overrides: {widths: [4, 8, 16]}}
+    - <<: *base
+      label: b
+""")
+    spec = load_spec(path)
+    assert [t.label for t in spec.runs] == ["a", "b"] and spec.runs[1].net_config.widths == (4, 8, 16)

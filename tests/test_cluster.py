@@ -95,13 +95,20 @@ def test_job_submitted_to_a_ray_start_head(tmp_path):
 
 
 def _listening(port: int) -> set[str]:
-    """The IPv4 addresses with a socket listening on ``port`` (from /proc/net/tcp)."""
+    """The addresses with a socket listening on ``port`` (from /proc/net/tcp and tcp6)."""
     found = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        local, state = line.split()[1], line.split()[3]
-        ip_hex, port_hex = local.split(":")
-        if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
-            found.add(socket.inet_ntoa(bytes.fromhex(ip_hex)[::-1]))
+    for table in ("tcp", "tcp6"):
+        path = Path("/proc/net") / table
+        for line in (path.read_text().splitlines()[1:] if path.exists() else []):
+            local, state = line.split()[1], line.split()[3]
+            ip_hex, port_hex = local.split(":")
+            if state != "0A" or int(port_hex, 16) != port:  # 0A: LISTEN
+                continue
+            if table == "tcp":
+                found.add(socket.inet_ntoa(bytes.fromhex(ip_hex)[::-1]))
+            else:  # four little-endian 32-bit words
+                raw = b"".join(bytes.fromhex(ip_hex[i:i + 8])[::-1] for i in range(0, 32, 8))
+                found.add(socket.inet_ntop(socket.AF_INET6, raw))
     return found
 
 

@@ -1,5 +1,7 @@
 """Networks trained elsewhere (torchvision checkpoints) lesioned on an ImageNet-style folder."""
 import io
+import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -11,7 +13,8 @@ from click.testing import CliRunner
 from conftest import tiny, write_image_folder
 from orchestrator.cli import main
 from workloads.data import load_dataset
-from workloads.models import CheckpointError, network_config, network_from_weights, read_weights, state_dict_of
+from workloads.models import (CheckpointError, load_checkpoint, network_config, network_from_weights, read_weights,
+                              state_dict_of)
 from workloads.surgery import deletion_pool, evaluate_plans, evaluate_plans_over, intact, random_deletion
 
 
@@ -144,10 +147,21 @@ def test_torchvision_checkpoint_lesioned_on_an_image_folder_through_the_cli(ray_
     text = (out / "report.md").read_text()
     assert "| r18 | pretrained |" in text and "no single-deletion results" not in text
     assert len(pd.read_parquet(out / "lesion")) == len(lesion)
+    # a damaged converted copy is converted again from the unchanged source; nothing is recomputed
+    imported = Path(runs["checkpoint"].iloc[0])
+    imported.write_bytes(imported.read_bytes()[:1000])
+    repaired = CliRunner().invoke(main, ["lesion", str(path), "--out", str(out)])
+    assert repaired.exit_code == 0 and " 0 computed" in repaired.output, repaired.output
+    assert torch.equal(load_checkpoint(str(imported))[0].state_dict()["blocks.0.block.conv1.weight"],
+                       model.state_dict()["layer1.0.conv1.weight"])
     # new weights under the same path are refused, not mixed with the results of the old ones
     saved(tv_model(seed=1).state_dict(), checkpoint)
     changed = CliRunner().invoke(main, ["lesion", str(path), "--out", str(out)])
     assert changed.exit_code == 2 and "models[0].checkpoint" in changed.output and "changed since" in changed.output
+    # ...even when the imported copy and its record are gone: the results would be of unknown weights
+    shutil.rmtree(imported.parent)
+    gone = CliRunner().invoke(main, ["lesion", str(path), "--out", str(out)])
+    assert gone.exit_code == 2 and "not the weights they came from" in gone.output, gone.output
 
 
 @pytest.mark.parametrize("change, message", [
@@ -172,4 +186,19 @@ def test_imagenet_spec_mistakes_are_one_line_exit_2_and_nothing_written(change, 
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert lines[-1].startswith("Error: ") and message in lines[-1], result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_class_folder_is_named_before_anything_starts(folder, tmp_path):
+    root = tmp_path / "imagenet"
+    shutil.copytree(folder, root)
+    (root / "val" / "n99999999").mkdir()
+    (root / "train" / "n99999999").mkdir()
+    checkpoint = saved(tv_model(classes=5).state_dict(), tmp_path / "r18.pth")
+    spec = spec_for(root, checkpoint)
+    spec["data"]["num_classes"] = 5
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = CliRunner().invoke(main, ["lesion", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and f"data.root: {root / 'val' / 'n99999999'} holds no image" in result.output
     assert not (tmp_path / "out").exists()

@@ -7,12 +7,14 @@ ImageNet mean/std). A test subset is a fixed random sample, not the first classe
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .dataset import DataNotFound
 
@@ -23,6 +25,15 @@ SUBSET_SEED = 0
 
 def class_folders(split: Path) -> list[str]:
     return sorted(p.name for p in split.iterdir() if p.is_dir()) if split.is_dir() else []
+
+
+def empty_class(split: Path) -> str | None:
+    """The first class folder without an image file (torchvision's ImageFolder refuses one), or None."""
+    for name in class_folders(split):
+        with os.scandir(split / name) as entries:
+            if not any(e.name.lower().endswith(IMG_EXTENSIONS) for e in entries):
+                return name
+    return None
 
 
 class StreamedImageFolder:
@@ -42,12 +53,20 @@ class StreamedImageFolder:
         transform = transforms.Compose([
             transforms.Resize(resize or round(image_size * 256 / 224)), transforms.CenterCrop(image_size),
             transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        self.transform = transform
+        self.root = root
         self.test = datasets.ImageFolder(str(root / "val"), transform=transform)
         self.num_classes = len(self.test.classes)
-        train = root / "train"
-        self.train = datasets.ImageFolder(str(train), transform=transform) if class_folders(train) else None
-        if self.train is not None and self.train.classes != self.test.classes:
-            raise DataNotFound(f"{train} and {root / 'val'} hold different class folders")
+        self._train = None  # listed on first use: ImageNet's train/ holds 1.28M files
+
+    @property
+    def train(self) -> datasets.ImageFolder | None:
+        folder = self.root / "train"
+        if self._train is None and class_folders(folder):
+            self._train = datasets.ImageFolder(str(folder), transform=self.transform)
+            if self._train.classes != self.test.classes:
+                raise DataNotFound(f"{folder} and {self.root / 'val'} hold different class folders")
+        return self._train
 
     def test_size(self, n: int | None = None) -> int:
         return min(n or len(self.test), len(self.test))
