@@ -64,12 +64,17 @@ def test_streamed_evaluation_equals_one_resident_pass(folder):
         assert b.loss == pytest.approx(a.loss, rel=1e-5)
 
 
-@pytest.mark.parametrize("wrap", ["plain", "nested", "data_parallel"])
+@pytest.mark.parametrize("wrap", ["plain", "nested", "data_parallel", "torchvision_reference_script"])
 def test_a_users_torchvision_state_dict_gives_the_same_outputs(wrap, tmp_path):
+    import argparse
     model = tv_model()
     weights = model.state_dict()
     obj = {"plain": weights, "nested": {"epoch": 90, "state_dict": weights},
-           "data_parallel": {"model": {f"module.{k}": v for k, v in weights.items()}}}[wrap]
+           "data_parallel": {"model": {f"module.{k}": v for k, v in weights.items()}},
+           # what torchvision's references/classification/train.py saves
+           "torchvision_reference_script": {"model": weights, "optimizer": {"state": {}, "param_groups": []},
+                                            "epoch": 89, "args": argparse.Namespace(lr=0.5, model="resnet18")},
+           }[wrap]
     path = saved(obj, tmp_path / "ckpt.pth")
     net = network_from_weights(network_config("tv_resnet18", num_classes=4), state_dict_of(read_weights(path)))
     x = torch.randn(3, 3, 32, 32)

@@ -7,6 +7,7 @@ the file and the problem, not a traceback.
 """
 from __future__ import annotations
 
+import argparse
 import io
 import pickle
 import re
@@ -18,6 +19,9 @@ from .blocks import BlockNetwork
 from .registry import NetConfig, build_network, torchvision_model
 from .torchvision_adapter import from_torchvision
 
+# plain attribute holders that training scripts save beside the weights (torchvision's reference
+# script saves its argparse.Namespace): no code runs to rebuild them
+SAFE_GLOBALS = [argparse.Namespace]
 # keys under which training scripts commonly nest the weights
 _NESTED = ("state_dict", "model_state_dict", "model", "net", "network")
 
@@ -30,8 +34,9 @@ def read_weights(source: str | Path | bytes, name: str | None = None) -> dict:
     """``torch.load(weights_only=True)`` of a path or of bytes, with one-line errors."""
     name = name or (str(source) if not isinstance(source, bytes) else "checkpoint")
     try:
-        obj = torch.load(io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu",
-                         weights_only=True)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            obj = torch.load(io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu",
+                             weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{name}: no such file") from None
     except Exception as e:  # noqa: BLE001 - torch's unpickler raises anything on a damaged file
