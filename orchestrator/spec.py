@@ -11,6 +11,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -384,6 +385,7 @@ def _models(raw: Any, data: DataSpec) -> tuple[Trial, ...]:
     return tuple(models)
 
 
+@lru_cache(maxsize=256)  # many runs share a network (seeds, modes)
 def _num_blocks(cfg: NetConfig) -> int:
     from workloads.models import skeleton
     return skeleton(cfg).num_blocks
@@ -467,6 +469,7 @@ def _studies(raw: Any, all_runs: tuple[Trial, ...], data: DataSpec) -> StudiesSp
         _count(s.get("max_in_flight", 2), "studies.max_in_flight", 1, 1000))
 
 
+@lru_cache(maxsize=256)  # many runs share a network (seeds, modes)
 def _blocks(cfg: NetConfig, exclude: tuple[int, ...] = ()) -> tuple[int, int]:
     """(deletable blocks, same-shape pairs) of a network, outside the excluded blocks."""
     from workloads.models import skeleton

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from pathlib import Path
 
@@ -63,11 +64,16 @@ def settings_of(spec: ExperimentSpec, study: str) -> str:
     return text
 
 
+@lru_cache(maxsize=256)  # many runs share a network (seeds, modes)
+def _block_infos(cfg):
+    return tuple(skeleton(cfg).block_infos())
+
+
 def _lesion_units(trial: Trial, study: StudySpec, settings: str) -> list[Unit]:
     def unit(k: int, draw: int) -> Unit:
         return Unit(unit_key(trial.run_id, study.study, k, draw, settings), trial.run_id, study.study, k, draw)
 
-    infos = skeleton(trial.net_config).block_infos()
+    infos = _block_infos(trial.net_config)
     if study.study == "single_deletion":
         return [unit(1, b) for b in deletion_pool(infos)]
     return [unit(k, d) for k in range(1, study.k_max + 1) for d in range(study.draws)]
@@ -84,7 +90,7 @@ def expand(spec: ExperimentSpec) -> list[Unit]:
         for run_id in study.runs:
             trial = trials[run_id]
             if study.study == "gradients":
-                n = skeleton(trial.net_config).num_blocks
+                n = len(_block_infos(trial.net_config))
                 units += [Unit(unit_key(run_id, "gradients", k, d, settings), run_id, "gradients", k, d)
                           for d in range(study.draws) for k in range(1, n + 1)]
             else:
