@@ -6,10 +6,15 @@ makes the layer the identity. Veit et al. report chance error (~90%) for any del
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from .blocks import Block, BlockNetwork
+
+if TYPE_CHECKING:
+    from .registry import NetConfig
 
 
 class PlainLayer(Block):
@@ -35,16 +40,15 @@ class PlainLayer(Block):
         return x
 
 
-def plain_net(*, widths: tuple[int, ...] = (64, 128, 256), layers_per_stage: int = 5,
-              in_channels: int = 3, num_classes: int = 10) -> BlockNetwork:
+def plain_net(cfg: NetConfig) -> BlockNetwork:
     layers: list[Block] = []
-    cin = in_channels
-    for stage, width in enumerate(widths):
-        for j in range(layers_per_stage):
+    cin = cfg.in_channels
+    for stage, width in enumerate(cfg.widths):
+        for j in range(cfg.layers_per_stage):
             stride = 2 if (j == 0 and stage > 0) else 1
             layers.append(PlainLayer(cin, width, stride, stage))
             cin = width
-    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, cfg.num_classes))
     net = BlockNetwork(nn.Identity(), layers, head)
     for m in net.modules():
         if isinstance(m, nn.Conv2d):

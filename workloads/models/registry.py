@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import torch
 import torchvision
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
+from ..fields import FORBID, Flag, count, number
 from .blocks import BlockNetwork
 from .plain import plain_net
 from .resnet import UNITS, blocks_per_stage, cifar_resnet
@@ -24,53 +27,40 @@ from .torchvision_adapter import from_torchvision
 TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=FORBID)
 class NetConfig:
     """Everything needed to rebuild a network; stored beside every checkpoint and result."""
 
     name: str = "resnet110"
-    arch: str = "resnet"                 # resnet | plain | torchvision
-    depth: int = 110
-    bottleneck: bool = False
-    unit: str = "a"                      # residual-unit variant (a)-(e), Identity Mappings Fig. 4
-    option: str = "A"                    # shortcut at shape changes: A (subsample+pad) | B (1x1 conv)
-    shortcut: str = "identity"           # Identity Mappings Fig. 2 variants
-    gate_bias: float = -6.0              # initial gate bias b for gating shortcuts
-    scale: float = 0.5                   # constant scaling of both branches
-    dropout_p: float = 0.5               # dropout on the shortcut
-    stochastic_depth: bool = False       # Huang et al. 2016: linear decay of survival
-    final_survival: float = 0.5          # p_L of the last block
-    widths: tuple[int, ...] = (16, 32, 64)
-    layers_per_stage: int = 5            # plain net only
-    torchvision_arch: str = ""           # torchvision only, e.g. resnet50
-    in_channels: int = 3
-    num_classes: int = 10
-    image_size: int = 32                 # informational: networks pool globally
+    arch: Literal["resnet", "plain", "torchvision"] = "resnet"
+    depth: count(2, 1202) = 110
+    bottleneck: Flag = False
+    unit: Literal[UNITS] = "a"                       # residual-unit variant (a)-(e), Identity Mappings Fig. 4
+    option: Literal["A", "B"] = "A"                  # shortcut at shape changes: A (subsample+pad) | B (1x1 conv)
+    shortcut: Literal[SHORTCUT_VARIANTS] = "identity"    # Identity Mappings Fig. 2 variants
+    gate_bias: number(-100, 100) = -6.0              # initial gate bias b for gating shortcuts
+    scale: number(0, 100) = 0.5                      # constant scaling of both branches
+    dropout_p: number(0, 1) = 0.5                    # dropout on the shortcut, below 1
+    stochastic_depth: Flag = False                   # Huang et al. 2016: linear decay of survival
+    final_survival: number(0, 1) = 0.5               # p_L of the last block, above 0
+    widths: Annotated[tuple[count(1, 2048), ...], Field(min_length=1, max_length=8)] = (16, 32, 64)
+    layers_per_stage: count(1, 100) = 5              # plain net only
+    torchvision_arch: str = ""                       # torchvision only, e.g. resnet50
+    in_channels: count(1, 4096) = 3
+    num_classes: count(1, 10**6) = 10
+    image_size: count(1, 8192) = 32                  # informational: networks pool globally
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "widths", tuple(self.widths))
-        self.validate()
-
-    def validate(self) -> None:
-        if self.arch not in ("resnet", "plain", "torchvision"):
-            raise ValueError(f"network arch must be resnet, plain or torchvision, got {self.arch!r}")
-        if self.unit not in UNITS:
-            raise ValueError(f"network unit must be one of {', '.join(UNITS)}, got {self.unit!r}")
-        if self.option not in ("A", "B"):
-            raise ValueError(f"network option must be 'A' or 'B', got {self.option!r}")
-        if self.shortcut not in SHORTCUT_VARIANTS:
-            raise ValueError(f"network shortcut must be one of {', '.join(SHORTCUT_VARIANTS)}, got {self.shortcut!r}")
+        """The rules that tie fields together (bounds are in the field types)."""
         if self.arch == "resnet":
             blocks_per_stage(self.depth, self.bottleneck)
         if self.arch == "torchvision" and self.torchvision_arch not in TORCHVISION_ARCHS:
-            raise ValueError(f"torchvision_arch must be one of {', '.join(TORCHVISION_ARCHS)}, got {self.torchvision_arch!r}")
-        for name in ("in_channels", "num_classes", "image_size", "layers_per_stage"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"network {name} must be at least 1, got {getattr(self, name)}")
-        if not 0.0 < self.final_survival <= 1.0:
-            raise ValueError(f"network final_survival must be in (0, 1], got {self.final_survival}")
-        if not 0.0 <= self.dropout_p < 1.0:
-            raise ValueError(f"network dropout_p must be in [0, 1), got {self.dropout_p}")
+            raise ValueError(f"torchvision_arch must be one of {', '.join(TORCHVISION_ARCHS)}, "
+                             f"got {self.torchvision_arch!r}")
+        if self.final_survival == 0.0:
+            raise ValueError("final_survival must be above 0 (a last block that never runs)")
+        if self.dropout_p == 1.0:
+            raise ValueError("dropout_p must be below 1 (a shortcut that is always dropped)")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -138,12 +128,7 @@ def build_network(config: NetConfig | str, **overrides) -> BlockNetwork:
     """A freshly initialised network for a config or a registered name."""
     cfg = network_config(config, **overrides) if isinstance(config, str) else config
     if cfg.arch == "plain":
-        return plain_net(widths=cfg.widths, layers_per_stage=cfg.layers_per_stage,
-                         in_channels=cfg.in_channels, num_classes=cfg.num_classes)
+        return plain_net(cfg)
     if cfg.arch == "torchvision":
         return from_torchvision(torchvision_model(cfg))
-    return cifar_resnet(cfg.depth, bottleneck=cfg.bottleneck, unit=cfg.unit, option=cfg.option,
-                        shortcut=cfg.shortcut, widths=cfg.widths, in_channels=cfg.in_channels,
-                        num_classes=cfg.num_classes, gate_bias=cfg.gate_bias, scale=cfg.scale,
-                        dropout_p=cfg.dropout_p, stochastic_depth=cfg.stochastic_depth,
-                        final_survival=cfg.final_survival)
+    return cifar_resnet(cfg)

@@ -15,11 +15,16 @@ ResNet-164 (a) 5.93%, (e) 5.46%; ResNet-1001 (e) 4.92%.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from .blocks import Block, BlockNetwork
 from .shortcuts import Gate, projection
+
+if TYPE_CHECKING:
+    from .registry import NetConfig
 
 UNITS = ("a", "b", "c", "d", "e")
 
@@ -54,12 +59,11 @@ def _branch(channels: list[int], kernels: list[int], strides: list[int], unit: s
 class ResidualUnit(Block):
     """One residual unit: y = post(s(x) + r(x)), with the shortcut variant mixing s and r."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, *, stage: int,
-                 unit: str = "a", bottleneck: bool = False, option: str = "A",
-                 shortcut: str = "identity", gate_bias: float = -6.0, scale: float = 0.5,
-                 dropout_p: float = 0.5, survival: float = 1.0):
+    def __init__(self, cfg: NetConfig, in_channels: int, out_channels: int, stride: int, stage: int,
+                 survival: float = 1.0):
         super().__init__()
-        if bottleneck:
+        unit, shortcut = cfg.unit, cfg.shortcut
+        if cfg.bottleneck:
             mid = out_channels // 4
             self.branch, self.post_op = _branch([in_channels, mid, mid, out_channels], [1, 3, 1], [1, stride, 1], unit)
         else:
@@ -67,11 +71,11 @@ class ResidualUnit(Block):
         if shortcut == "conv":
             self.shortcut = nn.Conv2d(in_channels, out_channels, 1, stride, bias=False)
         else:
-            self.shortcut = projection(in_channels, out_channels, stride, option)
-        self.gate = Gate(in_channels, out_channels, stride, gate_bias) if shortcut.endswith("gating") else None
-        self.dropout = nn.Dropout(dropout_p) if shortcut == "dropout" else None
+            self.shortcut = projection(in_channels, out_channels, stride, cfg.option)
+        self.gate = Gate(in_channels, out_channels, stride, cfg.gate_bias) if shortcut.endswith("gating") else None
+        self.dropout = nn.Dropout(cfg.dropout_p) if shortcut == "dropout" else None
         self.variant = shortcut
-        self.scale = scale
+        self.scale = cfg.scale
         self.stage = stage
         self.changes_shape = in_channels != out_channels or stride != 1
         self.identity_skip = isinstance(self.shortcut, nn.Identity) and shortcut == "identity"
@@ -133,22 +137,18 @@ def blocks_per_stage(depth: int, bottleneck: bool) -> int:
     return (depth - 2) // per_block
 
 
-def cifar_resnet(depth: int = 110, *, bottleneck: bool = False, unit: str = "a", option: str = "A",
-                 shortcut: str = "identity", widths: tuple[int, ...] = (16, 32, 64), in_channels: int = 3,
-                 num_classes: int = 10, gate_bias: float = -6.0, scale: float = 0.5, dropout_p: float = 0.5,
-                 stochastic_depth: bool = False, final_survival: float = 0.5) -> BlockNetwork:
-    """Build a CIFAR-style ResNet as a BlockNetwork (stem -> 3 stages of n units -> head)."""
-    if unit not in UNITS:
-        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
-    n = blocks_per_stage(depth, bottleneck)
-    expansion = 4 if bottleneck else 1
+def cifar_resnet(cfg: NetConfig) -> BlockNetwork:
+    """Build a CIFAR-style ResNet as a BlockNetwork (stem -> stages of n units -> head)."""
+    unit, widths = cfg.unit, cfg.widths
+    n = blocks_per_stage(cfg.depth, cfg.bottleneck)
+    expansion = 4 if cfg.bottleneck else 1
     stem_width = widths[0]
     if unit == "e":
-        stem: nn.Module = nn.Conv2d(in_channels, stem_width, 3, 1, 1, bias=False)
+        stem: nn.Module = nn.Conv2d(cfg.in_channels, stem_width, 3, 1, 1, bias=False)
     elif unit == "d":
-        stem = nn.Sequential(nn.Conv2d(in_channels, stem_width, 3, 1, 1, bias=False), nn.BatchNorm2d(stem_width))
+        stem = nn.Sequential(nn.Conv2d(cfg.in_channels, stem_width, 3, 1, 1, bias=False), nn.BatchNorm2d(stem_width))
     else:
-        stem = nn.Sequential(nn.Conv2d(in_channels, stem_width, 3, 1, 1, bias=False),
+        stem = nn.Sequential(nn.Conv2d(cfg.in_channels, stem_width, 3, 1, 1, bias=False),
                              nn.BatchNorm2d(stem_width), nn.ReLU())
     total = n * len(widths)
     blocks: list[Block] = []
@@ -157,18 +157,16 @@ def cifar_resnet(depth: int = 110, *, bottleneck: bool = False, unit: str = "a",
         cout = width * expansion
         for j in range(n):
             index = len(blocks) + 1  # 1-based, as in p_l = 1 - (l/L)(1 - p_L)
-            survival = 1.0 - index / total * (1.0 - final_survival) if stochastic_depth else 1.0
+            survival = 1.0 - index / total * (1.0 - cfg.final_survival) if cfg.stochastic_depth else 1.0
             stride = 2 if (j == 0 and stage > 0) else 1
-            blocks.append(ResidualUnit(cin, cout, stride, stage=stage, unit=unit, bottleneck=bottleneck,
-                                       option=option, shortcut=shortcut, gate_bias=gate_bias, scale=scale,
-                                       dropout_p=dropout_p, survival=survival))
+            blocks.append(ResidualUnit(cfg, cin, cout, stride, stage, survival))
             cin = cout
     head_layers: list[nn.Module] = []
     if unit == "e":  # full pre-activation ends with BN-ReLU before pooling
         head_layers += [nn.BatchNorm2d(cin), nn.ReLU()]
     elif unit == "d":
         head_layers.append(nn.ReLU())
-    head_layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)]
+    head_layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, cfg.num_classes)]
     net = BlockNetwork(stem, blocks, nn.Sequential(*head_layers))
     _init(net)
     return net

@@ -10,50 +10,41 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass
+from typing import Annotated, Literal
 
+from pydantic import Field
+from pydantic.dataclasses import dataclass
+
+from ..fields import FORBID, Flag, count, number
 from .modes import MODES
 
 PAPER_ITERATIONS = 64_000
 PAPER_WARMUP = 400
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=FORBID)
 class TrainConfig:
-    iterations: int = PAPER_ITERATIONS      # optimizer steps in all
-    batch_size: int = 128                   # images per step
-    lr: float = 0.1                         # base learning rate
-    momentum: float = 0.9
-    nesterov: bool = False                  # Huang et al. use Nesterov for stochastic depth
-    weight_decay: float = 1e-4
-    milestones: tuple[float, ...] = (0.5, 0.75)   # fractions of iterations where lr is divided
-    lr_decay: float = 0.1                   # lr factor at each milestone
-    warmup: bool | None = None              # None: on for networks of 110+ layers
-    warmup_lr: float = 0.01
-    warmup_fraction: float = PAPER_WARMUP / PAPER_ITERATIONS
-    mode: str = "normal"                    # normal | stochastic_depth | effective_paths
-    active_blocks: int | None = None        # effective paths: m of n blocks (default 23/54 of n)
-    seed: int = 0
-    eval_every: int | None = None           # iterations between reports; None: one epoch
-    checkpoint_every: int = 1               # reports between checkpoints
+    iterations: count(1, 10**8) = PAPER_ITERATIONS          # optimizer steps in all
+    batch_size: count(1, 65_536) = 128                      # images per step
+    lr: number(0, 100) = 0.1                                # base learning rate, above 0
+    momentum: number(0, 0.999999) = 0.9
+    nesterov: Flag = False                                  # Huang et al. use Nesterov for stochastic depth
+    weight_decay: number(0, 1) = 1e-4
+    # fractions of the iterations where lr is divided
+    milestones: Annotated[tuple[number(1e-9, 0.999999), ...], Field(max_length=100)] = (0.5, 0.75)
+    lr_decay: number(0, 1) = 0.1                            # lr factor at each milestone
+    warmup: Flag | None = None                              # None: on for networks of 110+ layers
+    warmup_lr: number(0, 100) = 0.01
+    warmup_fraction: number(0, 0.999999) = PAPER_WARMUP / PAPER_ITERATIONS
+    mode: Literal[MODES] = "normal"                         # normal | stochastic_depth | effective_paths
+    active_blocks: count(1, 100_000) | None = None          # effective paths: m of n blocks (default 23/54 of n)
+    seed: count(0, 2**31 - 1) = 0
+    eval_every: count(1, 10**8) | None = None               # iterations between reports; None: one epoch
+    checkpoint_every: count(1, 10**6) = 1                   # reports between checkpoints
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "milestones", tuple(float(m) for m in self.milestones))
-        checks = [
-            (self.iterations >= 1, f"iterations must be at least 1, got {self.iterations}"),
-            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
-            (self.lr > 0, f"lr must be positive, got {self.lr}"),
-            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
-            (self.weight_decay >= 0, f"weight_decay must be non-negative, got {self.weight_decay}"),
-            (all(0 < m < 1 for m in self.milestones), f"milestones must be fractions in (0, 1), got {list(self.milestones)}"),
-            (self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}"),
-            (self.eval_every is None or self.eval_every >= 1, f"eval_every must be at least 1, got {self.eval_every}"),
-            (self.checkpoint_every >= 1, f"checkpoint_every must be at least 1, got {self.checkpoint_every}"),
-            (0 <= self.warmup_fraction < 1, f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        if self.lr == 0:
+            raise ValueError("lr must be above 0")
 
     def warmup_iterations(self, depth: int) -> int:
         on = self.warmup if self.warmup is not None else depth >= 110
