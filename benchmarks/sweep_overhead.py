@@ -58,16 +58,14 @@ def main(argv=None) -> int:
         runs = store.read_table(work, "runs")
         blobs = {r: Path(c).read_bytes() for r, c in zip(runs["run_id"], runs["checkpoint"])}
 
-        evaluator = Evaluator(experiment.data.dataset, experiment.data.root, False, s.test_examples, s.precision,
-                              s.recalibrate_bn, s.calibration_examples, s.exclude_blocks, os.cpu_count(),
-                              s.study("gradients").batch_size)
+        evaluator = Evaluator(experiment.data, s)
+        torch.set_num_threads(os.cpu_count())  # in process, one evaluator has every CPU
         start = time.perf_counter()
         n = 0
         for batch in batches(todo, s.plans_per_batch):
             rows, errors = evaluator.run(batch, blobs[batch.run_id])
             n += len(rows)
         inproc = time.perf_counter() - start
-        torch.set_num_threads(os.cpu_count())
 
         outcome = run_studies(experiment, work, progress=False)
         orchestrated = outcome.seconds

@@ -6,7 +6,7 @@ Exit codes: 0 done; 1 some trial or unit failed (the rest is written); 2 bad inp
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -68,9 +68,7 @@ def _writing(out: Path):
                 yield
         except BaseException:
             if fresh:  # bad input found late (a checkpoint that does not fit): leave no folder behind
-                with suppress(OSError):
-                    (out / ".unravel.lock").unlink(missing_ok=True)
-                    out.rmdir()  # only if empty
+                store.discard_if_unused(out)
             raise
     except store.OutputBusy as e:
         raise BadInput(str(e)) from None
@@ -209,8 +207,9 @@ def figures(out: Path) -> None:
 
 def _studies(experiment, out: Path) -> int:
     """Run the studies; 1 if any unit failed (the rest is written), else 0."""
-    from .sweep import EvaluatorsCannotStart, run_studies, save_spec
-    save_spec(experiment, out)
+    from . import store
+    from .sweep import EvaluatorsCannotStart, run_studies
+    store.save_spec(out, experiment.raw, experiment.path)
     try:
         outcome = run_studies(experiment, out)
     except FileNotFoundError as e:
@@ -220,7 +219,7 @@ def _studies(experiment, out: Path) -> int:
     counts = ", ".join(f"{k} {v}" for k, v in outcome.per_study.items())
     click.echo(f"units: {outcome.total} ({counts}); {outcome.skipped} already written, {outcome.computed} computed, "
                f"{outcome.failed} failed, in {outcome.seconds:.0f} s")
-    for name in ("lesion", "gradients", "errors"):
+    for name in store.PART_SCHEMAS:
         if (out / name).exists():
             click.echo(f"  {out / name}/")
     if outcome.failed:
@@ -233,20 +232,19 @@ def _studies(experiment, out: Path) -> int:
 @click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
 def status(out: Path) -> None:
     """Units done, failed and left per study, for the experiment whose results are in OUT."""
-    import json
+    from . import store
     from .spec import parse_spec
     from .sweep import status as study_status
-    saved = out / "spec.json"
-    if not saved.exists():
-        raise BadInput(f"{saved} does not exist: OUT must be the folder of an unravel experiment")
     try:
-        experiment = parse_spec(json.loads(saved.read_text())["spec"])
-    except (SpecError, ValueError, KeyError) as e:
-        raise BadInput(f"{saved}: not a spec this version of unravel reads ({e})") from None
-    from .store import CorruptResult
-    try:
+        raw = store.read_spec(out)
+        if raw is None:
+            raise BadInput(f"{out / store.SPEC_FILE} does not exist: OUT must be the folder of an unravel experiment")
+        try:
+            experiment = parse_spec(raw)
+        except SpecError as e:
+            raise BadInput(f"{out / store.SPEC_FILE}: not a spec this version of unravel reads ({e})") from None
         rows = study_status(experiment, out)
-    except CorruptResult as e:
+    except store.CorruptResult as e:
         raise BadInput(str(e)) from None
     import pandas as pd
     click.echo(pd.DataFrame(rows).to_string(index=False) if rows else "no studies in this experiment")
@@ -275,6 +273,19 @@ def query(out: Path, sql: str, fmt: str) -> None:
         click.echo(frame.to_json(orient="records", indent=1))
     else:
         click.echo(frame.to_string(index=False) if len(frame) else "(no rows)")
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON schema of a spec, for editors that check YAML as it is typed.
+
+    Example (VS Code's YAML extension): unravel schema > unravel.schema.json, then start the spec
+    with the line  # yaml-language-server: $schema=unravel.schema.json
+    """
+    import json
+
+    from .spec import json_schema
+    click.echo(json.dumps(json_schema(), indent=1))
 
 
 def _print_runs(runs) -> None:

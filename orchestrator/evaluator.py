@@ -23,29 +23,30 @@ from workloads.runtime import set_threads
 from workloads.surgery import evaluate_plans_over, gradient_norms
 from workloads.surgery.evaluate import default_precision
 
+from . import store
+from .spec import DataSpec, Resources, StudiesSpec
 from .units import Batch, plan_for
 
 STREAM_CHUNK = 256  # images decoded per step of a streamed test set
 
 
 class Evaluator:
-    def __init__(self, dataset: str, data_root: str, download: bool, test_examples: int | None, precision: str,
-                 recalibrate_bn: bool, calibration_examples: int, exclude_blocks: tuple[int, ...], threads: int,
-                 gradient_batch_size: int = 128, cache_size: int = 4, loader_options: dict | None = None):
-        set_threads(max(1, threads))
+    def __init__(self, data: DataSpec, studies: StudiesSpec, cache_size: int = 4):
+        set_threads(studies.evaluators.threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.data = load_dataset(dataset, data_root, download, **(loader_options or {}))
-        self.test_examples = test_examples
+        self.data = load_dataset(data.dataset, data.resolved_root, data.download, **data.loader_options)
+        self.test_examples = studies.test_examples
         if not self.data.streamed:  # resident: the test set moves to the device once
-            chunk = next(self.data.test_chunks(test_examples))
+            chunk = next(self.data.test_chunks(studies.test_examples))
             self.test = (chunk[0].to(self.device), chunk[1].to(self.device))
-        calibration = min(calibration_examples, self.data.train_size()) if recalibrate_bn else 0
+        calibration = min(studies.calibration_examples, self.data.train_size()) if studies.recalibrate_bn else 0
         self.calibration = self.data.train_examples(range(calibration))[0].to(self.device) if calibration else None
-        self.precision = default_precision(self.device) if precision == "auto" else precision
-        self.exclude = tuple(exclude_blocks)
+        self.precision = default_precision(self.device) if studies.precision == "auto" else studies.precision
+        self.exclude = studies.exclude_blocks
         self.cache: OrderedDict[str, torch.nn.Module] = OrderedDict()
         self.cache_size = cache_size
-        self.gradient_batch_size = gradient_batch_size
+        gradients = studies.study("gradients")
+        self.gradient_batch_size = gradients.batch_size if gradients else 0
 
     def where(self) -> str:
         return f"{ray.util.get_node_ip_address()} {self.device} pid {os.getpid()}"
@@ -68,15 +69,10 @@ class Evaluator:
         try:
             net = self._network(batch.run_id, checkpoint)
         except Exception as e:  # a broken checkpoint fails every unit of the batch, not the actor
-            return [], [self._error(u, e) for u in batch.units]
+            return [], [store.error_row(u, e, traceback.format_exc()) for u in batch.units]
         if batch.study == "gradients":
             return self._gradients(net, batch, started)
         return self._lesions(net, batch, started)
-
-    def _error(self, unit, exc: BaseException) -> dict:
-        return {"unit_key": unit.key, "run_id": unit.run_id, "study": unit.study, "k": unit.k, "draw": unit.draw,
-                "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:],
-                "time": time.time()}
 
     def _lesions(self, net, batch: Batch, started: float):
         infos = net.block_infos()
@@ -86,18 +82,15 @@ class Evaluator:
                 plans.append(plan_for(u, infos, self.exclude))
                 units.append(u)
             except Exception as e:
-                errors.append(self._error(u, e))
+                errors.append(store.error_row(u, e, traceback.format_exc()))
         if not plans:
             return [], errors
         chunks = self.data.test_chunks(self.test_examples, STREAM_CHUNK) if self.data.streamed else [self.test]
         results = evaluate_plans_over(net, plans, chunks, precision=self.precision, device=self.device,
                                       recalibrate=self.calibration)
         seconds = (time.perf_counter() - started) / len(plans)
-        rows = [{"unit_key": u.key, "run_id": u.run_id, "study": u.study, "k": u.k, "draw": u.draw,
-                 "deleted": sorted(p.deleted), "order": list(p.order), "kendall_tau": p.kendall_tau,
-                 "active_blocks": p.active_blocks, "error": r.error, "loss": r.loss, "examples": r.examples,
-                 "precision": self.precision, "bn_recalibrated": self.calibration is not None, "seconds": seconds}
-                for u, p, r in zip(units, plans, results)]
+        rows = [store.lesion_row(u, p, r, precision=self.precision, bn_recalibrated=self.calibration is not None,
+                                 seconds=seconds) for u, p, r in zip(units, plans, results)]
         return rows, errors
 
     def _gradients(self, net, batch: Batch, started: float):
@@ -109,12 +102,10 @@ class Evaluator:
         draws = [(u.k, u.draw) for u in batch.units]
         results = gradient_norms(net, images, labels, draws, device=self.device)
         seconds = (time.perf_counter() - started) / len(draws)
-        rows = [{"unit_key": u.key, "run_id": u.run_id, "study": "gradients", "k": r.k, "draw": u.draw,
-                 "chosen": list(r.chosen), "log10_norm": r.log10_norm, "batch_size": r.batch_size,
-                 "seconds": seconds} for u, r in zip(batch.units, results)]
+        rows = [store.gradient_row(u, r, seconds=seconds) for u, r in zip(batch.units, results)]
         return rows, []
 
 
-def evaluator_actor(cpu: float, gpu: float):
+def evaluator_actor(resources: Resources):
     """The actor class with its resources; restarted on death, its calls retried."""
-    return ray.remote(num_cpus=cpu, num_gpus=gpu, max_restarts=-1, max_task_retries=2)(Evaluator)
+    return ray.remote(num_cpus=resources.cpu, num_gpus=resources.gpu, max_restarts=-1, max_task_retries=2)(Evaluator)

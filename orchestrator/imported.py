@@ -25,12 +25,7 @@ from workloads.models import (CheckpointError, load_checkpoint, network_from_wei
 from . import store
 from .spec import ExperimentSpec, SpecError, Trial
 
-MODEL_FILE = "model.pt"
 SOURCE_FILE = "source.json"   # the source file's path and sha256, to refuse a changed source
-
-
-def imported_path(out: Path, run_id: str) -> Path:
-    return Path(out) / "imported" / run_id / MODEL_FILE
 
 
 def _fitted(model: Trial, index: int, blob: bytes):
@@ -39,11 +34,6 @@ def _fitted(model: Trial, index: int, blob: bytes):
         return network_from_weights(model.net_config, state_dict_of(read_weights(blob, name), name), name)
     except CheckpointError as e:
         raise SpecError(f"models[{index}].checkpoint: {e}") from None
-
-
-def _has_results(out: Path, run_id: str) -> bool:
-    pattern = f"study=*/run_id={run_id}/part-*.parquet"
-    return any(next((out / table).glob(pattern), None) is not None for table in ("lesion", "gradients"))
 
 
 def _usable(target: Path) -> bool:
@@ -65,14 +55,14 @@ def import_models(spec: ExperimentSpec, out: str | Path) -> pd.DataFrame:
         except OSError as e:
             raise SpecError(f"models[{i}].checkpoint: cannot read {source} ({e.strerror})") from None
         digest = hashlib.sha256(blob).hexdigest()
-        target = imported_path(out, model.run_id)
+        target = store.imported_checkpoint(out, model.run_id)
         record = target.with_name(SOURCE_FILE)
         kept = json.loads(record.read_text())["sha256"] if record.exists() else None
         if kept is not None and kept != digest:
             raise SpecError(f"models[{i}].checkpoint: {model.checkpoint} changed since it was imported into {out} "
                             f"(sha256 {kept[:12]}... then, {digest[:12]}... now); give it a new label or use "
                             f"another --out")
-        if kept is None and _has_results(out, model.run_id):
+        if kept is None and store.has_results(out, model.run_id):
             raise SpecError(f"models[{i}].checkpoint: {out} holds results of run {model.run_id} but not the "
                             f"weights they came from; use another --out")
         if kept is not None and _usable(target):
@@ -80,7 +70,7 @@ def import_models(spec: ExperimentSpec, out: str | Path) -> pd.DataFrame:
         _fitted(model, i, blob)  # new, or its converted copy was damaged: (re)convert from the same source
         todo.append((i, model, blob, digest))
     for i, model, blob, digest in todo:
-        target = imported_path(out, model.run_id)
+        target = store.imported_checkpoint(out, model.run_id)
         net = _fitted(model, i, blob)
         _save_atomic(target, lambda tmp: torch.save(
             {"net_config": model.net_config.to_json(), "state_dict": net.state_dict(),
@@ -90,12 +80,10 @@ def import_models(spec: ExperimentSpec, out: str | Path) -> pd.DataFrame:
     rows = []
     for model in spec.models:
         shape = skeleton(model.net_config)
-        rows.append({"run_id": model.run_id, "label": model.label, "network": model.network,
-                     "variant": model.variant, "mode": model.mode, "seed": model.seed, "dataset": spec.data.dataset,
-                     "iterations": 0, "epochs": 0, "test_error": float("nan"), "test_loss": float("nan"),
-                     "num_blocks": shape.num_blocks, "parameters": sum(p.numel() for p in shape.parameters()),
-                     "checkpoint": str(imported_path(out, model.run_id).resolve()), "train_seconds": 0.0,
-                     "net_config": model.net_config.to_json(), "train_config": ""})
+        rows.append(store.run_row(
+            model, dataset=spec.data.dataset, iterations=0, epochs=0, test_error=float("nan"),
+            test_loss=float("nan"), num_blocks=shape.num_blocks, parameters=sum(p.numel() for p in shape.parameters()),
+            checkpoint=str(store.imported_checkpoint(out, model.run_id).resolve()), train_seconds=0.0))
     return store.replace_runs(out, rows)
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import duckdb
 
-TABLES = ("runs", "epochs", "training_errors", "lesion", "gradients", "errors")
+from .store import TABLES
 
 
 def connect(out: str | Path) -> duckdb.DuckDBPyConnection:

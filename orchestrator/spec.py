@@ -1,23 +1,29 @@
 """Experiment specs: YAML in, a validated, frozen experiment out, before anything starts.
 
-Every mistake is reported as one line naming the field (``training.runs[1].network:
-unknown network 'resnet21'``) and nothing runs until the whole spec is valid.
+The document's shape, types, bounds and defaults are pydantic models (one home each; the same
+models give ``unravel schema``). The rules that span sections (a study's k_max against its
+networks' blocks, the labels a study names, the modes a network supports) are checked as the
+runs are expanded. Every mistake is one line naming the field
+(``training.runs[1].network: unknown network 'resnet21'``): pydantic's wording is turned into
+the house's in one place, ``_one_line``.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
-import math
 import os
+import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, Field, PrivateAttr, ValidationError, create_model,
+                      model_validator)
+from pydantic_core import PydanticCustomError
 
 from workloads.data import DATASETS, STREAMED
+from workloads.fields import STRICT, Amount, Between, Flag, Text, count
 from workloads.models import NETWORKS, NetConfig, network_config
 from workloads.train.modes import MODES
 from workloads.train.recipe import TrainConfig
@@ -27,21 +33,370 @@ class SpecError(ValueError):
     """A spec that cannot run; the message names the field and the problem."""
 
 
-@dataclass(frozen=True)
-class DataSpec:
-    dataset: str = "digits"
-    root: str = "data"
-    download: bool = False
-    image_size: int = 224          # imagenet: centre crop
-    resize: int | None = None      # imagenet: shorter side before the crop (default 256/224 of the crop)
-    num_classes: int = 1000        # imagenet: class folders under val/
-    workers: int = 0               # imagenet: DataLoader processes per evaluator
+def rule(at: str, message: str) -> PydanticCustomError:
+    """A broken rule of a section, reported at ``at`` below the section (e.g. ``runs[0].modes``)."""
+    return PydanticCustomError("rule", message.replace("{", "{{").replace("}", "}}"), {"at": at})
+
+
+def _nonempty(what: str):
+    def check(items: list) -> list:
+        if not items:
+            raise PydanticCustomError("empty", f"must list at least one {what}")
+        return items
+    return check
+
+
+def _null_is_empty(value: Any) -> Any:
+    """``single_deletion:`` with nothing after it means the study with its defaults."""
+    return {} if value is None else value
+
+
+class Section(BaseModel):
+    model_config = STRICT
+
+
+def _partial(config: type, exclude: set[str], name: str) -> type[BaseModel]:
+    """The fields of a config dataclass a spec may set, with the dataclass's own types, bounds and
+    defaults (so each lives in one place); ``model_dump(exclude_unset=True)`` gives what was set."""
+    fields = {n: (info.annotation, info) for n, info in config.__pydantic_fields__.items() if n not in exclude}
+    return create_model(name, __config__=STRICT, **fields)
+
+
+# what the data section decides, never set by hand: channels, classes and size come from the data
+NetOverrides = _partial(NetConfig, {"name", "in_channels", "num_classes", "image_size"}, "NetOverrides")
+Recipe = _partial(TrainConfig, {"mode", "seed", "iterations"}, "Recipe")
+
+NetworkName = Literal[tuple(sorted(NETWORKS))]
+Mode = Literal[MODES]
+
+
+def _check_name(name: str) -> str:
+    if not name or len(name) > 100 or not all(c.isalnum() or c in "-_." for c in name) or name in (".", ".."):
+        raise PydanticCustomError("name", "must be 1 to 100 letters, digits, '-', '_' or '.' (it names the results "
+                                          "folder), got {shown}", {"shown": repr(name[:40]) + "..." * (len(name) > 40)})
+    return name
+
+
+_IMAGE_FOLDER_KEYS = {"image_size", "resize", "num_classes", "workers"}
+_DATA_SHAPES = {"digits": (1, 10, 8), "cifar10": (3, 10, 32), "cifar100": (3, 100, 32)}
+
+
+class DataSpec(Section):
+    dataset: Literal[DATASETS] = "digits"
+    root: Text = "data"
+    download: Flag = False
+    image_size: count(16, 4096) = 224              # imagenet: centre crop
+    resize: count(16, 8192) | None = None          # imagenet: shorter side before the crop (default 256/224 of it)
+    num_classes: count(2, 10**6) = 1000            # imagenet: class folders under val/
+    workers: count(0, 256) = 0                     # imagenet: DataLoader processes per evaluator
+
+    @model_validator(mode="after")
+    def _image_folder_settings(self) -> "DataSpec":
+        if self.dataset not in STREAMED:
+            for key in sorted(_IMAGE_FOLDER_KEYS & self.model_fields_set):
+                raise rule(key, f"applies only to dataset imagenet, not {self.dataset}")
+        elif self.download:
+            raise rule("download", "ImageNet cannot be downloaded; put its val/ (and train/) folders under data.root")
+        elif self.resize is not None and self.resize < self.image_size:
+            raise rule("resize", f"must be at least data.image_size ({self.image_size}), got {self.resize}")
+        return self
+
+    @property
+    def streamed(self) -> bool:
+        return self.dataset in STREAMED
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(channels, classes, image size) the networks are built for."""
+        return (3, self.num_classes, self.image_size) if self.streamed else _DATA_SHAPES[self.dataset]
+
+    @property
+    def resolved_root(self) -> str:
+        """The data folder as every process must see it (workers do not share the driver's cwd)."""
+        return str(Path(self.root).expanduser().resolve())
 
     @property
     def loader_options(self) -> dict:
         """Keyword arguments of ``workloads.data.load_dataset`` beyond name, root and download."""
         return {"image_size": self.image_size, "resize": self.resize, "workers": self.workers}
 
+
+class Resources(Section):
+    """What one Ray worker (a trial or an evaluator) asks of a node."""
+
+    cpu: Amount = 1.0
+    gpu: Amount = 0.0
+
+    @model_validator(mode="after")
+    def _some(self) -> "Resources":
+        if self.cpu + self.gpu == 0:
+            raise rule("", f"needs some cpu or gpu, got cpu={self.cpu:g}, gpu={self.gpu:g}")
+        return self
+
+    @property
+    def threads(self) -> int:
+        """Torch threads of a worker: its CPUs, or one to drive its GPU."""
+        return max(1, int(self.cpu)) if self.gpu == 0 else 1
+
+
+EvaluatorCount = count(1, 10_000)   # an alias: the field below is itself called count
+
+
+class Evaluators(Resources):
+    count: EvaluatorCount = 2
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gpu_evaluators_need_no_cpu(cls, raw: Any) -> Any:
+        """A GPU evaluator only drives its GPU: unless asked, it reserves no CPU (Ray would keep one)."""
+        if isinstance(raw, dict) and "cpu" not in raw:
+            gpu = raw.get("gpu", 0)
+            if isinstance(gpu, (int, float)) and not isinstance(gpu, bool) and gpu > 0:
+                return {**raw, "cpu": 0.0}
+        return raw
+
+
+SEED_COUNT = Between(1, 1000)
+
+
+def _seed_count(raw: Any) -> Any:
+    """``seeds: 3`` means seeds 0, 1, 2."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return list(range(SEED_COUNT.check(raw)))
+    return raw
+
+
+def _distinct(seeds: list[int]) -> list[int]:
+    if len(set(seeds)) != len(seeds):
+        raise PydanticCustomError("repeated", "has repeated seeds {seeds}", {"seeds": seeds})
+    return seeds
+
+
+Seeds = Annotated[list[count(0, 2**31 - 1)], AfterValidator(_nonempty("seed (or be a count)")),
+                  AfterValidator(_distinct), BeforeValidator(_seed_count, json_schema_input_type=int | list[int])]
+
+
+def _all_means_every_run(raw: Any) -> Any:
+    return None if raw is None or raw == "all" else raw
+
+
+# labels or run ids of the runs a study uses; null or "all": every run it applies to
+StudyRuns = Annotated[list[Text] | None, BeforeValidator(_all_means_every_run)]
+
+
+class RunEntry(Section):
+    """One network to train: each variant x mode x seed becomes a trial."""
+
+    network: NetworkName
+    label: Text | None = None                    # default: the network's name
+    overrides: NetOverrides = NetOverrides()
+    variants: Annotated[list[NetOverrides], AfterValidator(_nonempty("variant (leave it out for the default)"))] = \
+        [NetOverrides()]
+    modes: Annotated[list[Mode], AfterValidator(_nonempty("mode (leave it out for the default)"))] = ["normal"]
+    active_blocks: count(1, 100_000) | None = None   # effective_paths: m of the n blocks per mini-batch
+
+
+class TrainingSection(Section):
+    iterations: count(1, 10**8)
+    seeds: Seeds = [0]
+    resources: Resources = Resources()
+    max_failures: count(0, 100) = 2
+    recipe: Recipe = Recipe()
+    runs: Annotated[list[RunEntry], AfterValidator(_nonempty("run"))]
+
+
+def _blank_is_missing(path: str) -> str:
+    if not path.strip():
+        raise PydanticCustomError("blank", "must be the path of a checkpoint file")
+    return path
+
+
+class ModelEntry(Section):
+    """A network trained elsewhere: a registered network name and the user's checkpoint file."""
+
+    network: NetworkName
+    label: Text | None = None
+    checkpoint: Annotated[Text, AfterValidator(_blank_is_missing)]
+    overrides: NetOverrides = NetOverrides()
+
+
+class SingleDeletion(Section):
+    runs: StudyRuns = None
+
+
+class RandomDraws(SingleDeletion):
+    k_max: count(1, 10**6) = 10                  # k = 1..k_max blocks deleted / pairs swapped
+    draws: count(1, 10**6) = 10                  # draws per k
+
+
+class Gradients(SingleDeletion):
+    draws: count(1, 10**6) = 10                  # draws per path length k
+    batch_size: count(1, 10**6) = 128            # training images per forward
+
+
+STUDIES = ("single_deletion", "random_deletion", "reorder", "gradients")
+# which paper figure each study reproduces
+FIGURES = {"intact": "baseline", "single_deletion": "F3/F8", "random_deletion": "F5a", "reorder": "F5b",
+           "gradients": "F6b"}
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A study resolved against the spec's runs."""
+
+    study: str
+    runs: tuple[str, ...]        # run ids
+    k_max: int = 0
+    draws: int = 0
+    batch_size: int = 128
+
+
+def _study(section: type[BaseModel]):
+    return Annotated[section | None, BeforeValidator(_null_is_empty)]
+
+
+class StudiesSpec(Section):
+    """The studies: section: which studies, and the settings every evaluation shares."""
+
+    single_deletion: _study(SingleDeletion) = None   # F3 / F8
+    random_deletion: _study(RandomDraws) = None      # F5a
+    reorder: _study(RandomDraws) = None              # F5b
+    gradients: _study(Gradients) = None              # F6b
+    test_examples: count(1, 10**7) | None = None     # default: the whole test set
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    recalibrate_bn: Flag = False
+    calibration_examples: count(1, 10**7) = 512
+    exclude_blocks: tuple[count(0, 10**6), ...] = ()  # kept out of the random pools (F5a, F5b)
+    evaluators: Evaluators = Evaluators()
+    plans_per_batch: count(1, 10**6) = 64
+    max_in_flight: count(1, 1000) = 2                # batches queued per evaluator
+    _runs: dict[str, tuple[str, ...]] = PrivateAttr(default_factory=dict)   # study -> run ids, set by parse_spec
+
+    @property
+    def studies(self) -> tuple[StudySpec, ...]:
+        resolved = []
+        for name in STUDIES:
+            section = getattr(self, name)
+            if section is not None:
+                resolved.append(StudySpec(name, self._runs.get(name, ()), getattr(section, "k_max", 0),
+                                          getattr(section, "draws", 0), getattr(section, "batch_size", 128)))
+        return tuple(resolved)
+
+    def study(self, name: str) -> StudySpec | None:
+        return next((s for s in self.studies if s.study == name), None)
+
+
+class SpecDocument(Section):
+    """A spec as written in YAML (``unravel schema`` prints its JSON schema)."""
+
+    name: Annotated[Text, AfterValidator(_check_name)]
+    data: Annotated[DataSpec, BeforeValidator(_null_is_empty)] = DataSpec()
+    training: TrainingSection | None = None
+    models: Annotated[list[ModelEntry], AfterValidator(_nonempty("network (network, checkpoint)"))] | None = None
+    studies: Annotated[StudiesSpec, BeforeValidator(_null_is_empty)] = StudiesSpec()
+
+    @model_validator(mode="after")
+    def _something_to_study(self) -> "SpecDocument":
+        if self.training is None and self.models is None:
+            raise rule("training", "is required (or models:, to study networks trained elsewhere)")
+        return self
+
+
+def json_schema() -> dict:
+    """The JSON schema of a spec, for editors that check YAML as it is typed."""
+    schema = SpecDocument.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "unravel experiment spec"
+    return schema
+
+
+# -- pydantic's errors in the house's words, in one place ----------------------------------------
+
+_NOUNS = {"dataset": "dataset", "network": "network", "modes": "mode"}   # fields whose bad value is "unknown X"
+
+
+def _path(loc: tuple, at: str = "") -> str:
+    text = ""
+    for i, step in enumerate(loc):
+        text += f"[{step}]" if isinstance(step, int) and i else (f".{step}" if text else str(step))
+    if at:
+        text += at if at.startswith("[") or not text else f".{at}"
+    return text
+
+
+@lru_cache(maxsize=1)
+def _document_schema() -> dict:
+    return SpecDocument.model_json_schema()
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """The keys the schema allows where ``loc`` points (best effort: [] if the walk is lost)."""
+    schema = root = _document_schema()
+    for step in loc:
+        while True:
+            if "$ref" in schema:
+                schema = root["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+            elif "anyOf" in schema:
+                schema = next((s for s in schema["anyOf"] if s.get("type") != "null"), {})
+            else:
+                break
+        schema = schema.get("items", {}) if isinstance(step, int) else schema.get("properties", {}).get(step, {})
+    while "$ref" in schema or "anyOf" in schema:
+        schema = (root["$defs"][schema["$ref"].rsplit("/", 1)[-1]] if "$ref" in schema
+                  else next((s for s in schema["anyOf"] if s.get("type") != "null"), {}))
+    return sorted(schema.get("properties", {}))
+
+
+def _got(value: Any) -> str:
+    return "a boolean" if isinstance(value, bool) else f"{type(value).__name__} {value!r}"[:120]
+
+
+def _problem(e: dict, loc: tuple) -> str:
+    kind, value, ctx = e["type"], e.get("input"), e.get("ctx") or {}
+    if kind == "missing":
+        return "is required"
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        allowed = _allowed_keys(loc[:-1])
+        return f"unknown key (allowed: {', '.join(allowed)})" if allowed else "unknown key"
+    if kind in ("model_type", "model_attributes_type", "dict_type", "dataclass_type"):
+        return f"must be a mapping, got {type(value).__name__}"
+    if kind in ("list_type", "tuple_type"):
+        return f"must be list, got {type(value).__name__}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"must be int, got {_got(value)}"
+    if kind in ("float_type", "float_parsing"):
+        return f"must be a number, got {_got(value)}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"must be bool, got {_got(value)}"
+    if kind == "string_type":
+        return f"must be str, got {_got(value)}"
+    if kind == "literal_error":
+        choices = ctx.get("expected", "").replace("'", "")
+        if not isinstance(value, str):
+            return f"must be str, got {_got(value)}"
+        noun = _NOUNS.get(next((s for s in reversed(loc) if isinstance(s, str)), ""))
+        if noun:
+            return f"unknown {noun} {value!r} (known: {choices.replace(' or ', ', ')})"
+        return f"must be {choices}, got {value!r}"
+    if kind in ("too_short", "too_long"):
+        bound = ctx.get("min_length", ctx.get("max_length"))
+        return f"must hold {'at least' if kind == 'too_short' else 'at most'} {bound} items, got {ctx.get('actual_length')}"
+    if kind in ("value_error", "assertion_error"):
+        return str(ctx.get("error", e["msg"]))
+    return e["msg"]
+
+
+def _one_line(error: ValidationError, where: str = "") -> str:
+    """The first error as 'field.path: problem'; ``where`` prefixes a config built inside a section."""
+    e = error.errors(include_url=False)[0]
+    loc = tuple(e["loc"])
+    path = _path(loc, (e.get("ctx") or {}).get("at", ""))
+    if where:
+        path = f"{where}.{path}" if path and not path.startswith("[") else where + path
+    return f"{path or 'spec'}: {' '.join(_problem(e, loc).split())}"
+
+
+# -- the experiment: runs expanded, studies resolved, cross-section rules checked ----------------
 
 @dataclass(frozen=True)
 class Trial:
@@ -73,43 +428,9 @@ class Trial:
 
 @dataclass(frozen=True)
 class TrainingSpec:
-    trials: tuple[Trial, ...]
-    cpu: float = 1.0
-    gpu: float = 0.0
+    trials: tuple[Trial, ...] = ()
+    resources: Resources = Resources()
     max_failures: int = 2
-
-
-STUDIES = ("single_deletion", "random_deletion", "reorder", "gradients")
-# which paper figure each study reproduces
-FIGURES = {"intact": "baseline", "single_deletion": "F3/F8", "random_deletion": "F5a", "reorder": "F5b",
-           "gradients": "F6b"}
-
-
-@dataclass(frozen=True)
-class StudySpec:
-    study: str
-    runs: tuple[str, ...] | None   # labels or run ids; None: every run the study applies to
-    k_max: int = 0                 # random_deletion, reorder: k = 1..k_max
-    draws: int = 0                 # draws per k (gradients: per k as well)
-    batch_size: int = 128          # gradients: training images per forward
-
-
-@dataclass(frozen=True)
-class StudiesSpec:
-    studies: tuple[StudySpec, ...] = ()
-    test_examples: int | None = None      # None: the whole test set
-    precision: str = "auto"               # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
-    recalibrate_bn: bool = False
-    calibration_examples: int = 512
-    exclude_blocks: tuple[int, ...] = ()  # kept out of the random pools (F5a, F5b)
-    evaluators: int = 2
-    cpu: float = 1.0
-    gpu: float = 0.0
-    plans_per_batch: int = 64
-    max_in_flight: int = 2                # batches queued per evaluator
-
-    def study(self, name: str) -> StudySpec | None:
-        return next((s for s in self.studies if s.study == name), None)
 
 
 @dataclass(frozen=True)
@@ -131,267 +452,93 @@ class ExperimentSpec:
         return json.dumps(self.raw, sort_keys=True)
 
 
-# -- validation helpers ------------------------------------------------------------
-
 def _fail(where: str, problem: str) -> None:
     raise SpecError(f"{where}: {problem}")
-
-
-def _mapping(value: Any, where: str, allowed: set[str], required: set[str] = frozenset()) -> dict:
-    if not isinstance(value, dict):
-        _fail(where, f"must be a mapping, got {type(value).__name__}")
-    for key in value:
-        if key not in allowed:
-            _fail(f"{where}.{key}" if where else str(key), f"unknown key (allowed: {', '.join(sorted(allowed))})")
-    for key in required:
-        if key not in value:
-            _fail(f"{where}.{key}" if where else key, "is required")
-    return value
-
-
-def _typed(value: Any, kind: type | tuple, where: str) -> Any:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool) and bool not in kinds:
-        _fail(where, f"must be {' or '.join(k.__name__ for k in kinds)}, got a boolean")
-    if not isinstance(value, kinds):
-        _fail(where, f"must be {' or '.join(k.__name__ for k in kinds)}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _count(value: Any, where: str, low: int = 0, high: int = 10**9) -> int:
-    _typed(value, int, where)
-    if not low <= value <= high:
-        _fail(where, f"must be between {low} and {high:,}, got {value}")
-    return value
-
-
-def _number(value: Any, where: str, low: float, high: float) -> float:
-    _typed(value, (int, float), where)
-    if not math.isfinite(value) or not low <= value <= high:
-        _fail(where, f"must be a number between {low:g} and {high:g}, got {value}")
-    return float(value)
-
-
-def _amount(value: Any, where: str) -> float:
-    """A resource request: a finite number >= 0, whole above 1 (Ray splits only one GPU or CPU)."""
-    amount = _number(value, where, 0, 10_000)
-    if amount > 1 and amount != int(amount):
-        _fail(where, f"above 1 must be a whole number, got {value}")
-    return amount
-
-
-def _check_rule(value: Any, rule: Any, where: str) -> None:
-    """A field rule: a type (str, bool), (int|float, low, high), or ([int], low, high, max_items);
-    a rule in a set also admits null."""
-    if isinstance(rule, set):
-        if value is None:
-            return
-        (rule,) = rule
-    if rule in (str, bool):
-        _typed(value, rule, where)
-    elif rule[0] is int:
-        _count(value, where, rule[1], rule[2])
-    elif rule[0] is float:
-        _number(value, where, rule[1], rule[2])
-    else:
-        kind, low, high, most = rule
-        if not isinstance(value, list) or not 1 <= len(value) <= most:
-            _fail(where, f"must be a list of 1 to {most} numbers, got {value!r}")
-        for i, item in enumerate(value):
-            _check_rule(item, (kind[0], low, high), f"{where}[{i}]")
 
 
 def _short_hash(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:8]
 
 
-# -- sections ----------------------------------------------------------------------
-
-_IMAGE_FOLDER_KEYS = {"image_size", "resize", "num_classes", "workers"}
-
-
-def _data(raw: Any) -> DataSpec:
-    d = _mapping(raw if raw is not None else {}, "data", {"dataset", "root", "download"} | _IMAGE_FOLDER_KEYS)
-    dataset = _typed(d.get("dataset", "digits"), str, "data.dataset")
-    if dataset not in DATASETS:
-        _fail("data.dataset", f"unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")
-    root = _typed(d.get("root", "data"), str, "data.root")
-    download = _typed(d.get("download", False), bool, "data.download")
-    if dataset not in STREAMED:
-        for key in sorted(_IMAGE_FOLDER_KEYS & set(d)):
-            _fail(f"data.{key}", f"applies only to dataset imagenet, not {dataset}")
-        return DataSpec(dataset, root, download)
-    if download:
-        _fail("data.download", "ImageNet cannot be downloaded; put its val/ (and train/) folders under data.root")
-    size = _count(d.get("image_size", 224), "data.image_size", 16, 4096)
-    resize = d.get("resize")
-    if resize is not None and _count(resize, "data.resize", 16, 8192) < size:
-        _fail("data.resize", f"must be at least data.image_size ({size}), got {resize}")
-    return DataSpec(dataset, root, False, size, resize, _count(d.get("num_classes", 1000), "data.num_classes", 2, 10**6),
-                    _count(d.get("workers", 0), "data.workers", 0, 256))
-
-
-_DATA_SHAPES = {"digits": (1, 10, 8), "cifar10": (3, 10, 32), "cifar100": (3, 100, 32)}
-
-
-def _data_shape(data: DataSpec) -> tuple[int, int, int]:
-    """(channels, classes, image size) the networks are built for."""
-    if data.dataset in STREAMED:
-        return 3, data.num_classes, data.image_size
-    return _DATA_SHAPES[data.dataset]
-# the network and recipe fields a spec may set, with their types and sane bounds (a width of
-# 64,000 channels would be built, to count its blocks, before any error)
-_NET_RULES = {
-    "arch": str, "torchvision_arch": str, "unit": str, "option": str, "shortcut": str, "bottleneck": bool,
-    "stochastic_depth": bool, "depth": (int, 2, 1202), "gate_bias": (float, -100, 100), "scale": (float, 0, 100),
-    "dropout_p": (float, 0, 1), "final_survival": (float, 0, 1), "widths": ([int], 1, 2048, 8),
-    "layers_per_stage": (int, 1, 100),
-}
-_TRAIN_RULES = {
-    "batch_size": (int, 1, 65_536), "lr": (float, 0, 100), "momentum": (float, 0, 1), "nesterov": bool,
-    "weight_decay": (float, 0, 1), "milestones": ([float], 0, 1, 100), "lr_decay": (float, 0, 1),
-    "warmup": {bool}, "warmup_lr": (float, 0, 100), "warmup_fraction": (float, 0, 1),
-    "active_blocks": {(int, 1, 100_000)}, "eval_every": {(int, 1, 10**8)}, "checkpoint_every": (int, 1, 10**6),
-}
-_NET_FIELDS = set(_NET_RULES)
-_TRAIN_FIELDS = set(_TRAIN_RULES)
-assert _NET_FIELDS == {f.name for f in dataclasses.fields(NetConfig)} - {"name", "in_channels", "num_classes",
-                                                                          "image_size"}
-assert _TRAIN_FIELDS == {f.name for f in dataclasses.fields(TrainConfig)} - {"mode", "seed", "iterations"}
-
-
-def _fields(raw: Any, where: str, rules: dict) -> dict:
-    """A mapping of network or recipe fields, each checked against its rule."""
-    values = _mapping(raw, where, set(rules))
-    for key, value in values.items():
-        _check_rule(value, rules[key], f"{where}.{key}")
-    return values
-
-
-def _net_config(network: str, overrides: dict, mode: str, data: DataSpec, where: str) -> NetConfig:
-    in_channels, classes, size = _data_shape(data)
-    fields = dict(overrides)
-    if mode == "stochastic_depth":
-        fields["stochastic_depth"] = True
-    try:
-        return network_config(network, in_channels=in_channels, num_classes=classes, image_size=size, **fields)
-    except (ValueError, TypeError) as e:
-        _fail(where, str(e))
-    raise AssertionError
-
-
-def _training(raw: Any, data: DataSpec) -> TrainingSpec:
-    if data.dataset in STREAMED:
-        _fail("training", f"dataset {data.dataset} is evaluated from disk, not trained here; list networks trained "
-                          f"elsewhere under models: (network, checkpoint)")
-    t = _mapping(raw, "training", {"iterations", "seeds", "resources", "max_failures", "recipe", "runs"},
-                 required={"runs", "iterations"})
-    iterations = _count(t["iterations"], "training.iterations", 1, 10**8)
-    seeds_raw = t.get("seeds", 1)
-    if isinstance(seeds_raw, list):
-        if not seeds_raw:
-            _fail("training.seeds", "must list at least one seed (or be a count)")
-        seeds = [_count(s, f"training.seeds[{i}]", 0, 2**31 - 1) for i, s in enumerate(seeds_raw)]
-        if len(set(seeds)) != len(seeds):
-            _fail("training.seeds", f"has repeated seeds {seeds}")
-    else:
-        seeds = list(range(_count(seeds_raw, "training.seeds", 1, 1000)))
-    resources = _mapping(t.get("resources", {}), "training.resources", {"cpu", "gpu"})
-    cpu = _amount(resources.get("cpu", 1), "training.resources.cpu")
-    gpu = _amount(resources.get("gpu", 0), "training.resources.gpu")
-    if cpu + gpu == 0:
-        _fail("training.resources", f"needs some cpu or gpu, got cpu={cpu:g}, gpu={gpu:g}")
-    max_failures = _count(t.get("max_failures", 2), "training.max_failures", 0, 100)
-    recipe = _fields(t.get("recipe", {}), "training.recipe", _TRAIN_RULES)
-    runs = _typed(t["runs"], list, "training.runs")
-    if not runs:
-        _fail("training.runs", "must list at least one run")
-    trials: list[Trial] = []
-    for i, entry in enumerate(runs):
-        where = f"training.runs[{i}]"
-        e = _mapping(entry, where, {"network", "label", "overrides", "variants", "modes", "active_blocks"},
-                     required={"network"})
-        network = _typed(e["network"], str, f"{where}.network")
-        if network not in NETWORKS:
-            _fail(f"{where}.network", f"unknown network {network!r} (known: {', '.join(sorted(NETWORKS))})")
-        label = _typed(e.get("label", network), str, f"{where}.label")
-        overrides = _fields(e.get("overrides", {}), f"{where}.overrides", _NET_RULES)
-        variants = _typed(e.get("variants", [{}]), list, f"{where}.variants")
-        modes = _typed(e.get("modes", ["normal"]), list, f"{where}.modes")
-        for key, things in (("variants", variants), ("modes", modes)):
-            if not things:
-                _fail(f"{where}.{key}", "must list at least one (leave it out for the default)")
-        if "active_blocks" in e:
-            _check_rule(e["active_blocks"], _TRAIN_RULES["active_blocks"], f"{where}.active_blocks")
-        for j, mode in enumerate(modes):
-            if mode not in MODES:
-                _fail(f"{where}.modes[{j}]", f"unknown mode {mode!r} (known: {', '.join(MODES)})")
-        for j, variant in enumerate(variants):
-            v = _fields(variant, f"{where}.variants[{j}]", _NET_RULES)
-            for mode in modes:
-                net = _net_config(network, {**overrides, **v}, mode, data, f"{where}.variants[{j}]" if v else where)
-                for seed in seeds:
-                    try:
-                        train = TrainConfig.from_dict({**recipe, "iterations": iterations, "mode": mode, "seed": seed,
-                                                       **({"active_blocks": e["active_blocks"]} if "active_blocks" in e else {})})
-                    except (ValueError, TypeError) as err:
-                        field_name = str(err).split()[0]
-                        _fail(f"{where}.active_blocks" if field_name == "active_blocks" else
-                              f"training.recipe.{field_name}" if field_name in recipe else "training.recipe", str(err))
-                    if mode == "effective_paths" and train.active_blocks is not None and not (
-                            1 <= train.active_blocks <= _num_blocks(net)):
-                        _fail(f"{where}.active_blocks", f"must be between 1 and {_num_blocks(net)} (the network's "
-                                                        f"blocks), got {train.active_blocks}")
-                    if mode != "normal" and net.arch == "plain":
-                        _fail(f"{where}.modes", f"mode {mode!r} needs a residual network, not {network}")
-                    variant_json = json.dumps(v, sort_keys=True)
-                    tag = "" if not v else "." + ".".join(f"{k}-{v[k]}" for k in sorted(v))
-                    run_id = (f"{label}{tag}.{mode}.s{seed}." + _short_hash(net.to_json(), train.to_json(),
-                                                                             data.dataset))
-                    run_id = _safe_id(run_id)
-                    trials.append(Trial(run_id, label, network, variant_json, mode, seed, net, train))
-    ids = [t.run_id for t in trials]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
-    if dupes:
-        _fail("training.runs", f"two runs are identical ({dupes[0]}); give them different labels or settings")
-    return TrainingSpec(tuple(trials), cpu, gpu, max_failures)
-
-
 def _safe_id(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)  # a safe folder name
 
 
-def _models(raw: Any, data: DataSpec) -> tuple[Trial, ...]:
-    """Networks trained elsewhere: a registered network name and the user's checkpoint file."""
-    entries = _typed(raw, list, "models")
-    if not entries:
-        _fail("models", "must list at least one network (network, checkpoint)")
-    models = []
-    for i, entry in enumerate(entries):
-        where = f"models[{i}]"
-        e = _mapping(entry, where, {"network", "label", "checkpoint", "overrides"}, required={"network", "checkpoint"})
-        network = _typed(e["network"], str, f"{where}.network")
-        if network not in NETWORKS:
-            _fail(f"{where}.network", f"unknown network {network!r} (known: {', '.join(sorted(NETWORKS))})")
-        label = _typed(e.get("label", network), str, f"{where}.label")
-        checkpoint = _typed(e["checkpoint"], str, f"{where}.checkpoint")
-        if not checkpoint.strip():
-            _fail(f"{where}.checkpoint", "must be the path of a checkpoint file")
-        overrides = _fields(e.get("overrides", {}), f"{where}.overrides", _NET_RULES)
-        net = _net_config(network, overrides, "normal", data, where)
-        run_id = _safe_id(f"{label}.pretrained." + _short_hash(net.to_json(), checkpoint, data.dataset))
-        models.append(Trial(run_id, label, network, json.dumps(overrides, sort_keys=True), "pretrained", 0, net,
-                            None, checkpoint))
-    return tuple(models)
+def _net_config(network: str, overrides: dict, mode: str, data: DataSpec, where: str) -> NetConfig:
+    channels, classes, size = data.shape
+    fields = {**overrides, **({"stochastic_depth": True} if mode == "stochastic_depth" else {})}
+    try:
+        return network_config(network, in_channels=channels, num_classes=classes, image_size=size, **fields)
+    except ValidationError as e:
+        raise SpecError(_one_line(e, where)) from None
 
 
 @lru_cache(maxsize=256)  # many runs share a network (seeds, modes)
-def _num_blocks(cfg: NetConfig) -> int:
+def _blocks(cfg: NetConfig, exclude: tuple[int, ...] = ()) -> tuple[int, int, int]:
+    """(blocks, deletable blocks, same-shape pairs) of a network, outside the excluded blocks,
+    from its meta-device skeleton (no memory, even for depth 1202)."""
     from workloads.models import skeleton
-    return skeleton(cfg).num_blocks
+    from workloads.surgery import deletion_pool, swap_pairs
+    infos = skeleton(cfg).block_infos()
+    return len(infos), len(deletion_pool(infos, exclude)), len(swap_pairs(infos, exclude))
 
 
-def _select_trials(trials: tuple[Trial, ...], runs: tuple[str, ...] | None, where: str) -> list[Trial]:
+def _trials(section: TrainingSection, data: DataSpec) -> TrainingSpec:
+    if data.streamed:
+        _fail("training", f"dataset {data.dataset} is evaluated from disk, not trained here; list networks trained "
+                          f"elsewhere under models: (network, checkpoint)")
+    recipe = section.recipe.model_dump(exclude_unset=True)
+    trials: list[Trial] = []
+    for i, entry in enumerate(section.runs):
+        where = f"training.runs[{i}]"
+        label = entry.label if entry.label is not None else entry.network
+        overrides = entry.overrides.model_dump(mode="json", exclude_unset=True)
+        for j, variant in enumerate(entry.variants):
+            v = variant.model_dump(mode="json", exclude_unset=True)
+            for mode in entry.modes:
+                net = _net_config(entry.network, {**overrides, **v}, mode, data,
+                                  f"{where}.variants[{j}]" if v else where)
+                if mode != "normal" and net.arch == "plain":
+                    _fail(f"{where}.modes", f"mode {mode!r} needs a residual network, not {entry.network}")
+                active = entry.active_blocks if entry.active_blocks is not None else recipe.get("active_blocks")
+                if mode == "effective_paths" and active is not None and active > _blocks(net)[0]:
+                    _fail(f"{where}.active_blocks", f"must be between 1 and {_blocks(net)[0]} (the network's "
+                                                    f"blocks), got {active}")
+                for seed in section.seeds:
+                    try:
+                        train = TrainConfig(**{**recipe, "iterations": section.iterations, "mode": mode, "seed": seed,
+                                               **({"active_blocks": active} if active is not None else {})})
+                    except ValidationError as e:
+                        raise SpecError(_one_line(e, "training.recipe")) from None
+                    tag = "" if not v else "." + ".".join(f"{k}-{v[k]}" for k in sorted(v))
+                    run_id = _safe_id(f"{label}{tag}.{mode}.s{seed}." + _short_hash(net.to_json(), train.to_json(),
+                                                                                    data.dataset))
+                    trials.append(Trial(run_id, label, entry.network, json.dumps(v, sort_keys=True), mode, seed,
+                                        net, train))
+    _no_twins(trials, "training.runs", "give them different labels or settings")
+    return TrainingSpec(tuple(trials), section.resources, section.max_failures)
+
+
+def _no_twins(trials: list[Trial] | tuple[Trial, ...], where: str, advice: str) -> None:
+    ids = [t.run_id for t in trials]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        _fail(where, f"two runs are identical ({dupes[0]}); {advice}")
+
+
+def _imports(entries: list[ModelEntry], data: DataSpec) -> tuple[Trial, ...]:
+    models = []
+    for i, entry in enumerate(entries):
+        label = entry.label if entry.label is not None else entry.network
+        overrides = entry.overrides.model_dump(mode="json", exclude_unset=True)
+        net = _net_config(entry.network, overrides, "normal", data, f"models[{i}]")
+        run_id = _safe_id(f"{label}.pretrained." + _short_hash(net.to_json(), entry.checkpoint, data.dataset))
+        models.append(Trial(run_id, label, entry.network, json.dumps(overrides, sort_keys=True), "pretrained", 0, net,
+                            None, entry.checkpoint))
+    return tuple(models)
+
+
+def _select(trials: tuple[Trial, ...], runs: list[str] | None, where: str) -> list[Trial]:
     if runs is None:
         return list(trials)
     known = {t.label for t in trials} | {t.run_id for t in trials}
@@ -402,102 +549,59 @@ def _select_trials(trials: tuple[Trial, ...], runs: tuple[str, ...] | None, wher
     return [t for t in trials if t.label in runs or t.run_id in runs]
 
 
-def _studies(raw: Any, all_runs: tuple[Trial, ...], data: DataSpec) -> StudiesSpec:
-    keys = set(STUDIES) | {"test_examples", "precision", "recalibrate_bn", "calibration_examples", "exclude_blocks",
-                           "evaluators", "plans_per_batch", "max_in_flight"}
-    s = _mapping(raw if raw is not None else {}, "studies", keys)
-    test_examples = s.get("test_examples")
-    if test_examples is not None:
-        _count(test_examples, "studies.test_examples", 1, 10**7)
-    precision = _typed(s.get("precision", "auto"), str, "studies.precision")
-    if precision not in ("auto", "fp32", "bf16"):
-        _fail("studies.precision", f"must be auto, fp32 or bf16, got {precision!r}")
-    exclude = _typed(s.get("exclude_blocks", []), list, "studies.exclude_blocks")
-    for i, b in enumerate(exclude):
-        _count(b, f"studies.exclude_blocks[{i}]", 0, 10**6)
-    ev = _mapping(s.get("evaluators", {}), "studies.evaluators", {"count", "cpu", "gpu"})
-    count = _count(ev.get("count", 2), "studies.evaluators.count", 1, 10_000)
-    gpu = _amount(ev.get("gpu", 0), "studies.evaluators.gpu")
-    # a GPU evaluator only drives its GPU: it needs no CPU of its own (Ray would reserve one)
-    cpu = _amount(ev.get("cpu", 0 if gpu > 0 else 1), "studies.evaluators.cpu")
-    if cpu + gpu == 0:
-        _fail("studies.evaluators", f"needs some cpu or gpu, got cpu={cpu:g}, gpu={gpu:g}")
-    studies: list[StudySpec] = []
-    if exclude and all_runs:
-        most = max(_num_blocks(t.net_config) for t in all_runs)
+def _resolve_studies(studies: StudiesSpec, runs: tuple[Trial, ...], data: DataSpec) -> StudiesSpec:
+    """Each study's runs, checked against what the study needs of them."""
+    exclude = studies.exclude_blocks
+    if exclude and runs:
+        most = max(_blocks(t.net_config)[0] for t in runs)
         for i, b in enumerate(exclude):
             if b >= most:
                 _fail(f"studies.exclude_blocks[{i}]", f"block {b} does not exist (the largest network has {most} "
                                                       f"blocks, numbered from 0)")
+    if studies.recalibrate_bn and data.streamed:
+        _fail("studies.recalibrate_bn", f"is not supported with dataset {data.dataset}: each plan would need its own "
+                                        f"pass over the images on disk")
+    resolved: dict[str, tuple[str, ...]] = {}
     for name in STUDIES:
-        if name not in s:
+        section = getattr(studies, name)
+        if section is None:
             continue
         where = f"studies.{name}"
-        allowed = {"runs"} | ({"k_max", "draws"} if name in ("random_deletion", "reorder") else set()) | (
-            {"draws", "batch_size"} if name == "gradients" else set())
-        st = _mapping(s[name] if s[name] is not None else {}, where, allowed)
-        runs_raw = st.get("runs")
-        runs = None if runs_raw in (None, "all") else tuple(
-            _typed(r, str, f"{where}.runs[{i}]") for i, r in enumerate(_typed(runs_raw, list, f"{where}.runs")))
-        chosen = _select_trials(all_runs, runs, where)
-        if runs is None and name != "single_deletion":  # F5a, F5b, F6b are about residual networks
+        chosen = _select(runs, section.runs, where)
+        if section.runs is None and name != "single_deletion":  # F5a, F5b, F6b are about residual networks
             chosen = [t for t in chosen if t.net_config.arch != "plain"]
-        draws = _count(st.get("draws", 10), f"{where}.draws", 1, 10**6) if "draws" in allowed else 0
-        k_max = 0
-        if "k_max" in allowed:
-            k_max = _count(st.get("k_max", 10), f"{where}.k_max", 1, 10**6)
+        if name in ("random_deletion", "reorder"):
             for t in chosen:
-                deletable, pairs = _blocks(t.net_config, tuple(exclude))
+                _, deletable, pairs = _blocks(t.net_config, tuple(exclude))
                 limit = deletable if name == "random_deletion" else pairs
-                if k_max > limit:
+                if section.k_max > limit:
                     what = "deletable blocks" if name == "random_deletion" else "same-shape pairs to swap"
-                    _fail(f"{where}.k_max", f"k_max={k_max} is larger than the {limit} {what} of run {t.label!r}")
+                    _fail(f"{where}.k_max", f"k_max={section.k_max} is larger than the {limit} {what} of run "
+                                            f"{t.label!r}")
         if name == "gradients":
             for t in chosen:
                 if t.net_config.arch == "plain":
                     _fail(f"{where}.runs", f"run {t.label!r} is a plain network: it has no paths to choose")
-        batch_size = _count(st.get("batch_size", 128), f"{where}.batch_size", 1, 10**6) if name == "gradients" else 128
-        studies.append(StudySpec(name, tuple(t.run_id for t in chosen), k_max, draws, batch_size))
-    recalibrate = _typed(s.get("recalibrate_bn", False), bool, "studies.recalibrate_bn")
-    if recalibrate and data.dataset in STREAMED:
-        _fail("studies.recalibrate_bn", f"is not supported with dataset {data.dataset}: each plan would need its own "
-                                        f"pass over the images on disk")
-    return StudiesSpec(
-        tuple(studies), test_examples, precision, recalibrate,
-        _count(s.get("calibration_examples", 512), "studies.calibration_examples", 1, 10**7), tuple(exclude),
-        count, cpu, gpu, _count(s.get("plans_per_batch", 64), "studies.plans_per_batch", 1, 10**6),
-        _count(s.get("max_in_flight", 2), "studies.max_in_flight", 1, 1000))
-
-
-@lru_cache(maxsize=256)  # many runs share a network (seeds, modes)
-def _blocks(cfg: NetConfig, exclude: tuple[int, ...] = ()) -> tuple[int, int]:
-    """(deletable blocks, same-shape pairs) of a network, outside the excluded blocks."""
-    from workloads.models import skeleton
-    from workloads.surgery import deletion_pool, swap_pairs
-    infos = skeleton(cfg).block_infos()
-    return len(deletion_pool(infos, exclude)), len(swap_pairs(infos, exclude))
+        resolved[name] = tuple(t.run_id for t in chosen)
+    studies = studies.model_copy()
+    studies._runs = resolved
+    return studies
 
 
 def parse_spec(raw: Any, path: str = "") -> ExperimentSpec:
+    """A spec document (parsed YAML) as a validated experiment; SpecError with one line if not."""
     if not isinstance(raw, dict):
         _fail("spec", f"must be a mapping of sections (name, data, training, models, studies), "
                       f"got {type(raw).__name__}")
-    top = _mapping(raw, "", {"name", "data", "training", "models", "studies"}, required={"name"})
-    name = _typed(top["name"], str, "name")
-    if not name or len(name) > 100 or not all(c.isalnum() or c in "-_." for c in name) or name in (".", ".."):
-        _fail("name", f"must be 1 to 100 letters, digits, '-', '_' or '.' (it names the results folder), "
-                      f"got {name[:40]!r}{'...' if len(name) > 40 else ''}")
-    if "training" not in top and "models" not in top:
-        _fail("training", "is required (or models:, to study networks trained elsewhere)")
-    data = _data(top.get("data"))
-    training = _training(top["training"], data) if "training" in top else TrainingSpec(())
-    models = _models(top["models"], data) if "models" in top else ()
-    ids = [t.run_id for t in training.trials + models]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
-    if dupes:
-        _fail("models", f"two runs are identical ({dupes[0]}); give them different labels")
-    studies = _studies(top.get("studies"), training.trials + models, data)
-    return ExperimentSpec(name, data, training, studies, raw=raw, path=path, models=models)
+    try:
+        doc = SpecDocument.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError(_one_line(e)) from None
+    training = _trials(doc.training, doc.data) if doc.training is not None else TrainingSpec()
+    models = _imports(doc.models, doc.data) if doc.models is not None else ()
+    _no_twins(training.trials + models, "models", "give them different labels")
+    studies = _resolve_studies(doc.studies, training.trials + models, doc.data)
+    return ExperimentSpec(doc.name, doc.data, training, studies, raw=raw, path=path, models=models)
 
 
 def load_spec(path: str | Path) -> ExperimentSpec:
@@ -555,7 +659,7 @@ def check_inputs(spec: ExperimentSpec) -> None:
         if not (root / folder).is_dir():
             _fail("data.root", f"no {title} files in {root} (expected {root / folder}/); put torchvision's "
                                f"{title} files there, or set data.download: true on a machine with internet")
-    if d.dataset in STREAMED:
+    if d.streamed:
         classes = class_folders(root / "val")
         if not classes:
             _fail("data.root", f"no ImageNet-style folder {root / 'val'}/<class>/<image> (point data.root at the "
@@ -588,10 +692,11 @@ def check_resources(spec: ExperimentSpec, nodes: list[dict[str, float]],
     """
     asks = []
     if spec.training.trials and "training" in parts:
-        asks.append(("training.resources", spec.training.cpu, spec.training.gpu))
+        asks.append(("training.resources", spec.training.resources))
     if spec.studies.studies and "studies" in parts:
-        asks.append(("studies.evaluators", spec.studies.cpu, spec.studies.gpu))
-    for where, cpu, gpu in asks:
+        asks.append(("studies.evaluators", spec.studies.evaluators))
+    for where, ask in asks:
+        cpu, gpu = ask.cpu, ask.gpu
         if any(n.get("CPU", 0) >= cpu and n.get("GPU", 0) >= gpu for n in nodes):
             continue
         have = ", ".join(f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU" for n in nodes) or "none"

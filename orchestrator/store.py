@@ -1,15 +1,21 @@
-"""Parquet tables under an experiment's output folder; the only place results are written.
+"""The output folder of an experiment: every file in it is named, shaped and written here.
 
-Every write goes to a temporary name in the same folder and is renamed into place, so a
-reader (pandas, pyarrow, DuckDB) never sees half a file. Schemas are explicit and carry
-a version in their metadata. One process writes an output folder at a time (a lock file);
-a file that cannot be read is reported by name, never read as data.
+Tables are Parquet with explicit, versioned schemas, and their rows are made by the
+constructors below (a row with a key its schema lacks, or without one it has, is a bug, not
+a silently dropped column). Every write goes to a temporary name in the same folder and is
+renamed into place (``atomic_path``, the one way anything is written), so a reader (pandas,
+pyarrow, DuckDB) never sees half a file. One process writes an output folder at a time (a
+lock file); a file that cannot be read is reported by name, never read as data. Besides the
+tables, OUT holds ``spec.json`` (the spec that made it), ``imported/`` (users' checkpoints
+converted) and ``tune/`` (Ray Tune's state), each at a path this module gives.
 """
 from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,6 +69,59 @@ PART_SCHEMAS: dict[str, pa.Schema] = {
 }
 
 
+# every table an experiment can have, as `unravel query` names its views
+TABLES = (*SCHEMAS, *PART_SCHEMAS)
+SPEC_FILE = "spec.json"
+LOCK_FILE = ".unravel.lock"
+IMPORTED = "imported"      # users' checkpoints, converted: imported/<run_id>/model.pt beside source.json
+TUNE = "tune"              # Ray Tune's experiment state and trial checkpoints
+
+
+# -- row constructors: the one place each table's rows are made --------------------------------------
+
+def run_row(trial, *, dataset: str, iterations: int, epochs: int, test_error: float, test_loss: float,
+            num_blocks: int, parameters: int, checkpoint: str, train_seconds: float) -> dict:
+    """A runs row for a trial (``orchestrator.spec.Trial``), trained here or imported."""
+    return {"run_id": trial.run_id, "label": trial.label, "network": trial.network, "variant": trial.variant,
+            "mode": trial.mode, "seed": trial.seed, "dataset": dataset, "iterations": iterations, "epochs": epochs,
+            "test_error": test_error, "test_loss": test_loss, "num_blocks": num_blocks, "parameters": parameters,
+            "checkpoint": checkpoint, "train_seconds": train_seconds, "net_config": trial.net_config.to_json(),
+            "train_config": trial.train_config.to_json() if trial.train_config else ""}
+
+
+def epoch_rows(run_id: str, history: list[dict]) -> list[dict]:
+    """The epochs rows of one run, from the history its training loop kept."""
+    return [{"run_id": run_id, **{k: m[k] for k in SCHEMAS["epochs"].names if k != "run_id"}} for m in history]
+
+
+def lesion_row(unit, plan, result, *, precision: str, bn_recalibrated: bool, seconds: float) -> dict:
+    """A lesion row: one plan (``workloads.surgery.Plan``) evaluated on the test set."""
+    return {"unit_key": unit.key, "k": unit.k, "draw": unit.draw, "deleted": sorted(plan.deleted),
+            "order": list(plan.order), "kendall_tau": plan.kendall_tau, "active_blocks": plan.active_blocks,
+            "error": result.error, "loss": result.loss, "examples": result.examples, "precision": precision,
+            "bn_recalibrated": bn_recalibrated, "seconds": seconds}
+
+
+def gradient_row(unit, result, *, seconds: float) -> dict:
+    """A gradients row: one draw's log10 gradient norm at path length k."""
+    return {"unit_key": unit.key, "k": result.k, "draw": unit.draw, "chosen": list(result.chosen),
+            "log10_norm": result.log10_norm, "batch_size": result.batch_size, "seconds": seconds}
+
+
+def error_row(unit, exc: BaseException, traceback: str = "") -> dict:
+    """An errors row: one failed attempt at a unit (errors are history: attempts add rows)."""
+    return {"unit_key": unit.key, "run_id": unit.run_id, "study": unit.study, "k": unit.k, "draw": unit.draw,
+            "error": f"{type(exc).__name__}: {str(exc)[:2000]}", "traceback": traceback[-4000:], "time": time.time()}
+
+
+def _checked(schema: pa.Schema, rows: list[dict]) -> list[dict]:
+    for r in rows:
+        if r.keys() != set(schema.names):
+            extra, missing = sorted(r.keys() - set(schema.names)), sorted(set(schema.names) - r.keys())
+            raise ValueError(f"a row that does not fit its table: extra {extra}, missing {missing}")
+    return rows
+
+
 def _part_schema(table: str) -> pa.Schema:
     return PART_SCHEMAS[table].with_metadata({"unravel.table": table, "unravel.schema_version": SCHEMA_VERSION})
 
@@ -74,7 +133,7 @@ def part_path(out: str | Path, table: str, study: str, run_id: str, batch_key: s
 def write_part(out: str | Path, table: str, study: str, run_id: str, batch_key: str, rows: list[dict]) -> Path:
     """One finished batch, one file; a batch redone after a crash replaces its own file."""
     schema = _part_schema(table)
-    data = pa.Table.from_pylist([{k: r[k] for k in schema.names} for r in rows], schema=schema)
+    data = pa.Table.from_pylist(_checked(schema, rows), schema=schema)
     path = part_path(out, table, study, run_id, batch_key)
     write_atomic(data, path)
     return path
@@ -83,7 +142,7 @@ def write_part(out: str | Path, table: str, study: str, run_id: str, batch_key: 
 def write_errors(out: str | Path, batch_key: str, rows: list[dict]) -> Path:
     """Error rows are history: each failed attempt adds a file."""
     schema = _part_schema("errors")
-    data = pa.Table.from_pylist([{k: r[k] for k in schema.names} for r in rows], schema=schema)
+    data = pa.Table.from_pylist(_checked(schema, rows), schema=schema)
     path = Path(out) / "errors" / f"part-{batch_key}-{uuid.uuid4().hex[:8]}.parquet"
     write_atomic(data, path)
     return path
@@ -151,7 +210,7 @@ def _arrow(name: str, rows: list[dict] | pd.DataFrame) -> pa.Table:
     schema = SCHEMAS[name].with_metadata({"unravel.table": name, "unravel.schema_version": SCHEMA_VERSION})
     if isinstance(rows, pd.DataFrame):
         return pa.Table.from_pandas(rows[schema.names], schema=schema, preserve_index=False)
-    return pa.Table.from_pylist(rows, schema=schema)
+    return pa.Table.from_pylist(_checked(schema, rows), schema=schema)
 
 
 @contextmanager
@@ -211,7 +270,7 @@ def read_table(out: str | Path, name: str) -> pd.DataFrame:
 def remove_temporaries(out: str | Path) -> int:
     """Delete the temporary files a killed writer left behind (never read: they are not parts)."""
     out = Path(out)
-    stale = [p for folder in ("lesion", "gradients", "errors", "imported") if (out / folder).exists()
+    stale = [p for folder in (*PART_SCHEMAS, IMPORTED) if (out / folder).exists()
              for p in (out / folder).rglob(".*.tmp")] + list(out.glob(".*.tmp"))
     for p in stale:
         p.unlink(missing_ok=True)
@@ -228,7 +287,7 @@ def writer_lock(out: str | Path) -> Iterator[None]:
     refused at once instead of racing the first. The lock goes with the process, even on SIGKILL."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".unravel.lock", "a+") as f:
+    with open(out / LOCK_FILE, "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -246,6 +305,51 @@ def writer_lock(out: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def discard_if_unused(out: str | Path) -> None:
+    """Remove OUT if nothing but the lock file is in it (a command that made it, then met bad input)."""
+    out = Path(out)
+    try:
+        (out / LOCK_FILE).unlink(missing_ok=True)
+        out.rmdir()  # only if empty
+    except OSError:
+        pass
+
+
+# -- the other files of an experiment ----------------------------------------------------------------
+
+def save_spec(out: str | Path, raw: dict, path: str = "") -> None:
+    """Keep the spec beside its results, so `unravel status OUT` and the report know what was asked."""
+    text = json.dumps({"path": path, "spec": raw}, indent=1, sort_keys=True)
+    with atomic_path(Path(out) / SPEC_FILE) as tmp:
+        tmp.write_text(text)
+
+
+def read_spec(out: str | Path) -> dict | None:
+    """The spec document that made OUT (None if OUT holds none)."""
+    path = Path(out) / SPEC_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())["spec"]
+    except (OSError, ValueError, KeyError) as e:
+        raise CorruptResult(f"{path}: unreadable ({e}); rerun unravel lesion or run to write it again") from None
+
+
+def imported_checkpoint(out: str | Path, run_id: str) -> Path:
+    return Path(out) / IMPORTED / run_id / "model.pt"
+
+
+def tune_dir(out: str | Path, experiment: str) -> Path:
+    """Where Ray Tune keeps an experiment's state (absolute: Tune resolves paths itself)."""
+    return Path(out).resolve() / TUNE / experiment
+
+
+def has_results(out: str | Path, run_id: str) -> bool:
+    """Whether any study result of ``run_id`` is in OUT."""
+    pattern = f"study=*/run_id={run_id}/part-*.parquet"
+    return any(next((Path(out) / table).glob(pattern), None) is not None for table in ("lesion", "gradients"))
 
 
 def is_disk_full(exc: BaseException) -> bool:

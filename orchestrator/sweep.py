@@ -7,7 +7,6 @@ so a rerun after a crash or Ctrl-C computes only what is missing, and nothing tw
 """
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass
@@ -66,15 +65,9 @@ def run_studies(spec: ExperimentSpec, out: str | Path, progress: bool = True) ->
     # checkpoints travel once, through the object store; every batch of a run refers to the same object
     checkpoints = {r: ray.put(Path(path).read_bytes())
                    for r, path in zip(runs["run_id"], runs["checkpoint"]) if r in {b.run_id for b in work}}
-    grad = s.study("gradients")
-    actor = evaluator_actor(s.cpu, s.gpu)
-    threads = max(1, int(s.cpu)) if s.gpu == 0 else 1
-    count = min(s.evaluators, len(work))
-    evaluators = [actor.remote(spec.data.dataset, str(Path(spec.data.root).expanduser().resolve()),
-                               spec.data.download, s.test_examples, s.precision, s.recalibrate_bn,
-                               s.calibration_examples, s.exclude_blocks, threads,
-                               grad.batch_size if grad else 128, loader_options=spec.data.loader_options)
-                  for _ in range(count)]
+    actor = evaluator_actor(s.evaluators)
+    count = min(s.evaluators.count, len(work))
+    evaluators = [actor.remote(spec.data, s) for _ in range(count)]
     bar = tqdm(total=len(units), initial=len(units) - len(todo), desc="study units", unit="unit",
                dynamic_ncols=True, disable=not progress)
     computed = failed = 0
@@ -159,9 +152,7 @@ def _await_restart(evaluator, timeout: float = 120.0) -> None:
 
 
 def _failed(batch: Batch, exc: BaseException) -> list[dict]:
-    return [{"unit_key": u.key, "run_id": u.run_id, "study": u.study, "k": u.k, "draw": u.draw,
-             "error": f"{type(exc).__name__}: {str(exc)[:2000]}", "traceback": "", "time": time.time()}
-            for u in batch.units]
+    return [store.error_row(u, exc) for u in batch.units]
 
 
 def status(spec: ExperimentSpec, out: str | Path) -> list[dict]:
@@ -182,11 +173,3 @@ def status(spec: ExperimentSpec, out: str | Path) -> list[dict]:
         else:
             r["left"] += 1
     return list(rows.values())
-
-
-def save_spec(spec: ExperimentSpec, out: Path) -> None:
-    """Keep the spec beside its results, so `unravel status OUT` and the report know what was asked."""
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".spec.json.tmp"
-    tmp.write_text(json.dumps({"path": spec.path, "spec": spec.raw}, indent=1, sort_keys=True))
-    tmp.replace(out / "spec.json")

@@ -19,6 +19,7 @@ from ray import tune
 from tqdm import tqdm
 
 from workloads.data import load_dataset
+from workloads.models import skeleton
 from workloads.runtime import set_threads
 from workloads.train.loop import Trainer
 
@@ -102,16 +103,25 @@ class TrainingOutcome:
     seconds: float
 
 
-def experiment_dir(spec: ExperimentSpec, out: Path) -> Path:
-    return out.resolve() / "tune" / spec.name
+def _reattach(tuner: tune.Tuner, callbacks: list) -> None:
+    """Callbacks are not saved with a Tune experiment, and ``Tuner.restore`` takes none
+    (ray-project/ray#41364): the one place that reaches into the restored run config. If a Ray
+    upgrade moves it, training goes on without the progress bar rather than failing."""
+    try:
+        tuner._local_tuner.get_run_config().callbacks = callbacks  # noqa: SLF001 - no public hook
+    except AttributeError:
+        import warnings
+        warnings.warn("this Ray version offers no way to re-attach the training progress bar on resume",
+                      stacklevel=2)
 
 
 def run_training(spec: ExperimentSpec, out: str | Path, resume: bool = False, progress: bool = True) -> TrainingOutcome:
     """Train every trial of the spec (or resume them) and write the runs and epochs tables."""
     quiet_tune()
     out = Path(out)
-    exp = experiment_dir(spec, out)
-    trainable = tune.with_resources(train_trial, {"cpu": spec.training.cpu, "gpu": spec.training.gpu})
+    exp = store.tune_dir(out, spec.name)
+    resources = spec.training.resources
+    trainable = tune.with_resources(train_trial, {"cpu": resources.cpu, "gpu": resources.gpu})
     started = time.perf_counter()
     trials = [t.to_dict() for t in spec.training.trials]
     bar = _Progress(len(trials)) if progress else None
@@ -121,11 +131,10 @@ def run_training(spec: ExperimentSpec, out: str | Path, resume: bool = False, pr
             raise FileExistsError(f"{exp} holds an earlier training sweep; pass --resume to continue it "
                                   f"or choose another --out")
         tuner = tune.Tuner.restore(str(exp), trainable, resume_unfinished=True, resume_errored=True)
-        # callbacks are not part of the saved state: attach the progress bar again
-        tuner._local_tuner.get_run_config().callbacks = callbacks  # noqa: SLF001 - no public hook
+        _reattach(tuner, callbacks)
     else:
-        common = {"dataset": spec.data.dataset, "data_root": str(Path(spec.data.root).expanduser().resolve()),
-                  "download": spec.data.download, "cpu": spec.training.cpu, "gpu": spec.training.gpu}
+        common = {"dataset": spec.data.dataset, "data_root": spec.data.resolved_root,
+                  "download": spec.data.download, "cpu": resources.cpu, "gpu": resources.gpu}
         tuner = tune.Tuner(
             trainable,
             param_space={**common, "trial": tune.grid_search(trials)},
@@ -161,17 +170,13 @@ def _collect(spec: ExperimentSpec, out: Path, grid, seconds: float) -> TrainingO
             failed[trial.run_id] = str(result.error or "no final checkpoint")
             continue
         location = os.path.join(result.checkpoint.path, MODEL_FILE)
-        from workloads.models import build_network
-        net = build_network(trial.net_config)
-        runs.append({"run_id": trial.run_id, "label": trial.label, "network": trial.network,
-                     "variant": trial.variant, "mode": trial.mode, "seed": trial.seed, "dataset": final["dataset"],
-                     "iterations": int(final["iterations"]), "epochs": len(final["history"]),
-                     "test_error": float(final["test_error"]), "test_loss": float(final["test_loss"]),
-                     "num_blocks": net.num_blocks, "parameters": sum(p.numel() for p in net.parameters()),
-                     "checkpoint": location, "train_seconds": float(final["train_seconds"]),
-                     "net_config": trial.net_config.to_json(), "train_config": trial.train_config.to_json()})
-        for m in final["history"]:
-            epochs.append({"run_id": trial.run_id, **{k: m[k] for k in store.SCHEMAS["epochs"].names if k != "run_id"}})
+        shape = skeleton(trial.net_config)  # counted on the meta device: no weights are made
+        runs.append(store.run_row(
+            trial, dataset=final["dataset"], iterations=int(final["iterations"]), epochs=len(final["history"]),
+            test_error=float(final["test_error"]), test_loss=float(final["test_loss"]), num_blocks=shape.num_blocks,
+            parameters=sum(p.numel() for p in shape.parameters()), checkpoint=location,
+            train_seconds=float(final["train_seconds"])))
+        epochs += store.epoch_rows(trial.run_id, final["history"])
     all_runs = store.replace_runs(out, runs)
     store.write_table(out, "epochs", epochs)
     store.write_table(out, "training_errors", [{"run_id": k, "error": v} for k, v in sorted(failed.items())])

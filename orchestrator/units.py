@@ -12,9 +12,6 @@ import hashlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from pathlib import Path
-
-from workloads.data import STREAMED
 from workloads.models import skeleton
 from workloads.surgery import deletion_pool, random_deletion, random_swaps
 
@@ -53,9 +50,9 @@ def settings_of(spec: ExperimentSpec, study: str) -> str:
     """The spec settings that change a unit's result: part of its key, so changing them recomputes."""
     s = spec.studies
     data = ""
-    if spec.data.dataset in STREAMED:  # images read from disk: which folder, and how they are resized
+    if spec.data.streamed:  # images read from disk: which folder, and how they are resized
         d = spec.data
-        data = f"|data={Path(d.root).expanduser().resolve()}:{d.image_size}:{d.resize}"
+        data = f"|data={d.resolved_root}:{d.image_size}:{d.resize}"
     if study == "gradients":
         return f"batch={s.study('gradients').batch_size}{data}"
     text = f"test={s.test_examples}|precision={s.precision}|bn={s.recalibrate_bn}:{s.calibration_examples}{data}"
