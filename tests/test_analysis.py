@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from orchestrator import store
 from orchestrator.analysis.claims import all_claims, critical_blocks, gradient_profile
-from orchestrator.analysis.data import Results
+from orchestrator.analysis.results import Results
 from orchestrator.analysis.report import write_report
 from orchestrator.cli import main
 from workloads.models import network_config

@@ -14,7 +14,7 @@ from scipy.stats import spearmanr
 
 from workloads.surgery.paths import contribution_fractions, effective_range, log10_mean, log10_total_contribution
 
-from .data import Results
+from .results import Results
 
 # thresholds, in error points (percentage points) unless said otherwise
 CRITICAL_RISE = 10.0        # a block whose deletion costs more than this is "critical"

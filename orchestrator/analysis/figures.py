@@ -13,7 +13,7 @@ from workloads.surgery.paths import (contribution_fractions, log10_total_contrib
                                      path_length_distribution, surviving_fraction)
 
 from .claims import EFFECTIVE_MASS, critical_blocks, effective_paths, gradient_profile, residual_runs  # noqa: E402
-from .data import Results  # noqa: E402
+from .results import Results  # noqa: E402
 
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
 plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "axes.grid": True, "grid.alpha": 0.3,

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .claims import (CRITICAL_RISE, all_claims, critical_blocks, residual_runs)
-from .data import Results
+from .results import Results
 from .figures import all_figures
 
 # Identity Mappings, CIFAR-10 error % (PAPERS.md): unit variants for 110 / 164, shortcut variants on 110 (a)
