@@ -1,6 +1,7 @@
 """Analysis on tables built here (known inputs, known aggregates), the query command, and one
 end-to-end run of the real CLI whose report must match its tables."""
 import json
+from collections import Counter
 
 import pandas as pd
 import pytest
@@ -8,7 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 from orchestrator import store
-from orchestrator.analysis.claims import all_claims, critical_blocks, gradient_profile
+from orchestrator.analysis.claims import all_claims
 from orchestrator.analysis.results import Results
 from orchestrator.analysis.report import write_report
 from orchestrator.cli import main
@@ -58,7 +59,7 @@ def known(tmp_path):
 
 def test_claims_from_known_tables(known):
     results = Results.load(known)
-    assert critical_blocks(results, "res.normal.s0.x") == [0]
+    assert results.critical_blocks("res.normal.s0.x") == (0,)
     claims = {c.key: c for c in all_claims(results)}
     assert claims["F3-resnet"].verdict.startswith("partly reproduced")
     assert "critical blocks [1]" in claims["F3-resnet"].result  # 1-based in the text
@@ -67,7 +68,7 @@ def test_claims_from_known_tables(known):
     assert claims["F5b"].verdict == "reproduced" and "Spearman(tau, error) -1.00" in claims["F5b"].result
     assert claims["F6b"].verdict == "reproduced" and f"x{10 ** -0.7:.2f} per block" in claims["F6b"].result
     assert claims["F8"].verdict == "not run"
-    prof = gradient_profile(results, "res.normal.s0.x")
+    prof = results.gradient_profile("res.normal.s0.x")
     assert prof["log10_mean"].tolist() == pytest.approx([-0.7 * k - 1 for k in range(1, 10)])
 
 
@@ -83,6 +84,33 @@ def test_report_and_figures_from_known_tables(known):
         assert f"figures/{name}.png" in text
     html = (known / "report.html").read_text()
     assert "<table>" in html and "<img" in html and "partly reproduced" in html
+
+
+def test_the_report_builds_no_weights_and_each_skeleton_once(known, monkeypatch):
+    """Analysis needs a network's blocks, never its weights: one meta-device skeleton per network, and
+    each fact (here the effective-path range) computed once for the claims, figures and report together."""
+    import torch
+
+    from orchestrator.analysis import results as results_module
+    from workloads.models import registry
+
+    build = registry.build_network
+
+    def weightless_only(*args, **kwargs):
+        assert torch.get_default_device().type == "meta", "analysis built a network with weights"
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "build_network", weightless_only)
+    monkeypatch.setattr("workloads.models.build_network", weightless_only)
+    skeletons, ranges = Counter(), Counter()
+    monkeypatch.setattr(results_module, "skeleton", lambda cfg: skeletons.update([cfg.to_json()]) or registry.skeleton(cfg))
+    effective_range = results_module.effective_range
+    monkeypatch.setattr(results_module, "effective_range",
+                        lambda *a: ranges.update(["calls"]) or effective_range(*a))
+    write_report(known)
+    configs = store.read_table(known, "runs")["net_config"]
+    assert skeletons == Counter(set(configs))
+    assert ranges == Counter(calls=1)  # one residual run has gradients
 
 
 def test_query_command_formats(known):

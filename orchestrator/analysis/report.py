@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .claims import (CRITICAL_RISE, all_claims, critical_blocks, residual_runs)
-from .results import Results
+from .claims import all_claims, residual_runs
+from .results import CRITICAL_RISE, Results
 from .figures import all_figures
 
 # Identity Mappings, CIFAR-10 error % (PAPERS.md): unit variants for 110 / 164, shortcut variants on 110 (a)
@@ -102,15 +102,11 @@ def write_report(out: str | Path) -> Path:
     lines += ["One line per claim:", ""] + [f"- {c.line}" for c in claims] + [""]
     # critical blocks, found from the data
     crit_lines = []
-    f3_runs = set(results.study("single_deletion")["run_id"]) if len(results.lesion) else set()
+    f3_runs = set(results.study("single_deletion")["run_id"])
     for r in residual_runs(results, None):
         if r in f3_runs:
-            blocks = critical_blocks(results, r)
-            d = results.study("single_deletion")
-            rows = d[d["run_id"] == r]
-            costs = {int(b[0]): 100 * (e - results.intact_error(r)) for b, e in zip(rows["deleted"], rows["error"])}
-            down = results.downsampling_blocks(r)
-            down = [b for b in down if b in costs]
+            blocks, costs = results.critical_blocks(r), results.single_deletion_rises(r)
+            down = [b for b in results.structure(r).downsampling if b in costs]
             crit_cost = ", ".join(f"+{costs[b]:.0f}" for b in blocks) or "-"
             down_cost = ", ".join(f"+{costs[b]:.1f}" for b in down) or "-"
             crit_lines.append(f"- {results.title(r)}: critical {[b + 1 for b in blocks] or 'none'} ({crit_cost} "
