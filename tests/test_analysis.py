@@ -1,7 +1,11 @@
 """Analysis on tables built here (known inputs, known aggregates), the query command, and one
 end-to-end run of the real CLI whose report must match its tables."""
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -111,6 +115,30 @@ def test_the_report_builds_no_weights_and_each_skeleton_once(known, monkeypatch)
     configs = store.read_table(known, "runs")["net_config"]
     assert skeletons == Counter(set(configs))
     assert ranges == Counter(calls=1)  # one residual run has gradients
+
+
+def test_figures_leave_the_matplotlib_backend_and_style_alone(known):
+    """A notebook's backend and style are the user's: importing and drawing select and change neither
+    (run in a fresh interpreter, where the backend is still unresolved)."""
+    code = f"""
+import sys
+from pathlib import Path
+import matplotlib
+before = dict(matplotlib.rcParams.copy())
+from orchestrator.analysis.figures import all_figures
+from orchestrator.analysis.results import Results
+made = all_figures(Results.load({str(known)!r}), Path({str(known)!r}) / "figures")
+assert len(made) == 6, made
+assert matplotlib.rcParams._get_backend_or_none() is None, matplotlib.rcParams._get_backend_or_none()
+after = dict(matplotlib.rcParams.copy())
+assert before == after, sorted(k for k in before if before[k] != after[k])
+assert "matplotlib.pyplot" not in sys.modules
+"""
+    root = Path(__file__).parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, env={**env, "PYTHONPATH": str(root)},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_query_command_formats(known):
