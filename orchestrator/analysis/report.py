@@ -4,11 +4,11 @@ Built from the tables alone; every number in it is computed here from them.
 """
 from __future__ import annotations
 
-import html
 import json
 import time
 from pathlib import Path
 
+import markdown
 import numpy as np
 import pandas as pd
 
@@ -28,6 +28,9 @@ CAPTIONS = {
     "F7": "Fraction of paths of each length that survive deleting 1, 10 and 20 blocks (exact).",
     "training": "Test (solid) and train (dotted) error per epoch.",
 }
+CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
+       "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+       "font-size:90%;vertical-align:top}th{background:#f3f3f3}img{max-width:100%}")
 
 
 def _table(frame: pd.DataFrame) -> list[str]:
@@ -138,53 +141,7 @@ def write_report(out: str | Path) -> Path:
 
 
 def markdown_to_html(md: str) -> str:
-    """The small subset of Markdown this report uses: headings, tables, lists, images, bold, code."""
-    import re
-
-    def inline(text: str) -> str:
-        text = html.escape(text)
-        text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
-        return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
-
-    body, in_table, in_list = [], False, False
-    for line in md.splitlines():
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if set("".join(cells)) <= set("-"):
-                continue
-            if not in_table:
-                body.append("<table>")
-                in_table = True
-                body.append("<tr>" + "".join(f"<th>{inline(c)}</th>" for c in cells) + "</tr>")
-            else:
-                body.append("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            body.append("</table>")
-            in_table = False
-        if line.startswith("- "):
-            if not in_list:
-                body.append("<ul>")
-                in_list = True
-            body.append(f"<li>{inline(line[2:])}</li>")
-            continue
-        if in_list:
-            body.append("</ul>")
-            in_list = False
-        m = re.match(r"!\[(.*?)\]\((.*?)\)", line)
-        if m:
-            body.append(f'<img src="{html.escape(m.group(2))}" alt="{html.escape(m.group(1))}" style="max-width:100%">')
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{inline(line[level:].strip())}</h{level}>")
-        elif line.strip():
-            body.append(f"<p>{inline(line)}</p>")
-    if in_table:
-        body.append("</table>")
-    if in_list:
-        body.append("</ul>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
-             "font-size:90%;vertical-align:top}th{background:#f3f3f3}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>unravel report</title><style>{style}</style>" \
-           f"</head><body>{''.join(body)}</body></html>"
+    """One self-contained page (the images are beside it in figures/)."""
+    body = markdown.markdown(md, extensions=["tables"], output_format="html")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>unravel report</title><style>{CSS}</style>"
+            f"</head><body>{body}</body></html>")
