@@ -90,6 +90,21 @@ def test_report_and_figures_from_known_tables(known):
     assert "<table>" in html and "<img" in html and "partly reproduced" in html
 
 
+def test_report_sections_for_effective_paths_and_variants(known):
+    """Veit et al. Table 1 and the Identity Mappings variants, beside the papers' numbers."""
+    runs = store.read_table(known, "runs").to_dict("records")
+    eff = {**_run("res.effective_paths.s0.w", "resnet20", mode="effective_paths", widths=(4, 8, 16)),
+           "label": "res", "test_error": 0.03}
+    variants = [{**_run(f"v.normal.s{seed}.q", "resnet110", widths=(2, 2, 2), unit="c"),
+                 "label": "v", "variant": json.dumps({"unit": "c"}), "seed": seed, "test_error": 0.07 + 0.01 * seed}
+                for seed in range(2)]
+    store.write_table(known, "runs", runs + [eff] + variants)
+    text = write_report(known).read_text()
+    assert "## Training on effective paths only (Veit et al. Table 1)" in text
+    assert "Here: 3.00% vs 1.00% (median over seeds)" in text
+    assert "## Identity Mappings: variants" in text and "| v | unit=c | 2 | 7.50% | 7.84% |" in text
+
+
 def test_the_report_builds_no_weights_and_each_skeleton_once(known, monkeypatch):
     """Analysis needs a network's blocks, never its weights: one meta-device skeleton per network, and
     each fact (here the effective-path range) computed once for the claims, figures and report together."""
