@@ -1,6 +1,11 @@
 """Analysis on tables built here (known inputs, known aggregates), the query command, and one
 end-to-end run of the real CLI whose report must match its tables."""
 import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -8,8 +13,8 @@ import yaml
 from click.testing import CliRunner
 
 from orchestrator import store
-from orchestrator.analysis.claims import all_claims, critical_blocks, gradient_profile
-from orchestrator.analysis.data import Results
+from orchestrator.analysis.claims import all_claims
+from orchestrator.analysis.results import Results
 from orchestrator.analysis.report import write_report
 from orchestrator.cli import main
 from workloads.models import network_config
@@ -58,7 +63,7 @@ def known(tmp_path):
 
 def test_claims_from_known_tables(known):
     results = Results.load(known)
-    assert critical_blocks(results, "res.normal.s0.x") == [0]
+    assert results.critical_blocks("res.normal.s0.x") == (0,)
     claims = {c.key: c for c in all_claims(results)}
     assert claims["F3-resnet"].verdict.startswith("partly reproduced")
     assert "critical blocks [1]" in claims["F3-resnet"].result  # 1-based in the text
@@ -67,7 +72,7 @@ def test_claims_from_known_tables(known):
     assert claims["F5b"].verdict == "reproduced" and "Spearman(tau, error) -1.00" in claims["F5b"].result
     assert claims["F6b"].verdict == "reproduced" and f"x{10 ** -0.7:.2f} per block" in claims["F6b"].result
     assert claims["F8"].verdict == "not run"
-    prof = gradient_profile(results, "res.normal.s0.x")
+    prof = results.gradient_profile("res.normal.s0.x")
     assert prof["log10_mean"].tolist() == pytest.approx([-0.7 * k - 1 for k in range(1, 10)])
 
 
@@ -83,6 +88,72 @@ def test_report_and_figures_from_known_tables(known):
         assert f"figures/{name}.png" in text
     html = (known / "report.html").read_text()
     assert "<table>" in html and "<img" in html and "partly reproduced" in html
+
+
+def test_report_sections_for_effective_paths_and_variants(known):
+    """Veit et al. Table 1 and the Identity Mappings variants, beside the papers' numbers."""
+    runs = store.read_table(known, "runs").to_dict("records")
+    eff = {**_run("res.effective_paths.s0.w", "resnet20", mode="effective_paths", widths=(4, 8, 16)),
+           "label": "res", "test_error": 0.03}
+    variants = [{**_run(f"v.normal.s{seed}.q", "resnet110", widths=(2, 2, 2), unit="c"),
+                 "label": "v", "variant": json.dumps({"unit": "c"}), "seed": seed, "test_error": 0.07 + 0.01 * seed}
+                for seed in range(2)]
+    store.write_table(known, "runs", runs + [eff] + variants)
+    text = write_report(known).read_text()
+    assert "## Training on effective paths only (Veit et al. Table 1)" in text
+    assert "Here: 3.00% vs 1.00% (median over seeds)" in text
+    assert "## Identity Mappings: variants" in text and "| v | unit=c | 2 | 7.50% | 7.84% |" in text
+
+
+def test_the_report_builds_no_weights_and_each_skeleton_once(known, monkeypatch):
+    """Analysis needs a network's blocks, never its weights: one meta-device skeleton per network, and
+    each fact (here the effective-path range) computed once for the claims, figures and report together."""
+    import torch
+
+    from orchestrator.analysis import results as results_module
+    from workloads.models import registry
+
+    build = registry.build_network
+
+    def weightless_only(*args, **kwargs):
+        assert torch.get_default_device().type == "meta", "analysis built a network with weights"
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "build_network", weightless_only)
+    monkeypatch.setattr("workloads.models.build_network", weightless_only)
+    skeletons, ranges = Counter(), Counter()
+    monkeypatch.setattr(results_module, "skeleton", lambda cfg: skeletons.update([cfg.to_json()]) or registry.skeleton(cfg))
+    effective_range = results_module.effective_range
+    monkeypatch.setattr(results_module, "effective_range",
+                        lambda *a: ranges.update(["calls"]) or effective_range(*a))
+    write_report(known)
+    configs = store.read_table(known, "runs")["net_config"]
+    assert skeletons == Counter(set(configs))
+    assert ranges == Counter(calls=1)  # one residual run has gradients
+
+
+def test_figures_leave_the_matplotlib_backend_and_style_alone(known):
+    """A notebook's backend and style are the user's: importing and drawing select and change neither
+    (run in a fresh interpreter, where the backend is still unresolved)."""
+    code = f"""
+import sys
+from pathlib import Path
+import matplotlib
+before = dict(matplotlib.rcParams.copy())
+from orchestrator.analysis.figures import all_figures
+from orchestrator.analysis.results import Results
+made = all_figures(Results.load({str(known)!r}), Path({str(known)!r}) / "figures")
+assert len(made) == 6, made
+assert matplotlib.rcParams._get_backend_or_none() is None, matplotlib.rcParams._get_backend_or_none()
+after = dict(matplotlib.rcParams.copy())
+assert before == after, sorted(k for k in before if before[k] != after[k])
+assert "matplotlib.pyplot" not in sys.modules
+"""
+    root = Path(__file__).parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, env={**env, "PYTHONPATH": str(root)},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_query_command_formats(known):

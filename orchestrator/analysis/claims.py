@@ -5,19 +5,16 @@ that decided it and the paper's reference value beside them (PAPERS.md).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from workloads.surgery.paths import contribution_fractions, effective_range, log10_mean, log10_total_contribution
+from .results import CRITICAL_RISE, EFFECTIVE_MASS, Results
 
-from .data import Results
-
-# thresholds, in error points (percentage points) unless said otherwise
-CRITICAL_RISE = 10.0        # a block whose deletion costs more than this is "critical"
+# thresholds, in error points (percentage points) unless said otherwise; CRITICAL_RISE and
+# EFFECTIVE_MASS, which define a run's facts, are stated in results.py
 ROBUST_RISE = 5.0           # "no noticeable change": a rise below this ...
 ROBUST_SHARE = 0.9          # ... for at least this share of the ordinary blocks
 PLAIN_COLLAPSE = 0.7        # plain net: median error after one deletion at least this (chance ~0.9)
@@ -25,7 +22,6 @@ SMOOTH_RHO = 0.9            # F5a: Spearman correlation of mean error with k at 
 SMOOTH_STEP = 15.0          # F5a: no step between consecutive k larger than this
 TAU_RHO = -0.5              # F5b: Spearman correlation of error with Kendall tau at most this
 GRAD_R2 = 0.9               # F6b: straight line in log10 norm vs k explains at least this
-EFFECTIVE_MASS = 0.9        # F6c: the range of path lengths holding this share of the gradient
 
 
 @dataclass
@@ -41,46 +37,33 @@ class Claim:
         return f"{self.paper}: {self.result}: {self.verdict}"
 
 
-def critical_blocks(results: Results, run_id: str) -> list[int]:
-    """Non-downsampling blocks whose single deletion costs more than CRITICAL_RISE points."""
-    f3 = results.study("single_deletion")
-    rows = f3[f3["run_id"] == run_id]
-    base = results.intact_error(run_id)
-    down = set(results.downsampling_blocks(run_id))
-    return sorted(int(d[0]) for d, e in zip(rows["deleted"], rows["error"])
-                  if 100 * (e - base) > CRITICAL_RISE and int(d[0]) not in down)
-
-
 def residual_runs(results: Results, mode: str | None = "normal") -> list[str]:
-    """Residual runs trained in ``mode``; ``normal`` includes networks trained normally elsewhere
-    and imported (mode ``pretrained``)."""
+    """Residual runs trained in ``mode`` (None: any); ``normal`` includes networks trained normally
+    elsewhere and imported (mode ``pretrained``)."""
     modes = {mode, "pretrained"} if mode == "normal" else {mode}
     return [r for r, m in zip(results.runs["run_id"], results.runs["mode"])
-            if not results.is_plain(r) and (mode is None or m in modes)]
+            if not results.structure(r).plain and (mode is None or m in modes)]
 
 
 def plain_runs(results: Results) -> list[str]:
-    return [r for r in results.runs["run_id"] if results.is_plain(r)]
+    return [r for r in results.runs["run_id"] if results.structure(r).plain]
 
 
 def f3_resnet(results: Results) -> Claim:
     paper = "F3 single-block deletion barely hurts a ResNet (except downsampling blocks)"
-    f3 = results.study("single_deletion")
-    runs = [r for r in residual_runs(results) if r in set(f3["run_id"])]
+    runs = [r for r in residual_runs(results) if r in set(results.study("single_deletion")["run_id"])]
     if not runs:
         return Claim("F3-resnet", paper, "no single-deletion results on a residual run", "not run", "")
     parts, ok, any_critical = [], True, False
     for r in runs:
-        rows = f3[f3["run_id"] == r]
-        base = results.intact_error(r)
-        down, crit = set(results.downsampling_blocks(r)), set(critical_blocks(results, r))
-        rest = [100 * (e - base) for d, e in zip(rows["deleted"], rows["error"]) if int(d[0]) not in down | crit]
+        crit = results.critical_blocks(r)
+        apart = set(results.structure(r).downsampling) | set(crit)
+        rest = [rise for b, rise in results.single_deletion_rises(r).items() if b not in apart]
         share = float(np.mean([x < ROBUST_RISE for x in rest])) if rest else 0.0
         ok &= share >= ROBUST_SHARE
         any_critical |= bool(crit)
         parts.append(f"{results.run(r)['label']}: {share:.0%} of {len(rest)} ordinary blocks rise < {ROBUST_RISE:g} "
-                     f"points (max {max(rest, default=0):.1f}); critical blocks "
-                     f"{sorted(b + 1 for b in crit) or 'none'}")
+                     f"points (max {max(rest, default=0):.1f}); critical blocks {[b + 1 for b in crit] or 'none'}")
     verdict = ("partly reproduced: not for the critical blocks" if ok and any_critical
                else "reproduced" if ok else "not reproduced")
     return Claim("F3-resnet", paper, "; ".join(parts), verdict,
@@ -101,36 +84,38 @@ def f3_plain(results: Results) -> Claim:
                  f"median error after one deletion >= {100 * PLAIN_COLLAPSE:.0f}%")
 
 
+def _smooth(rows: pd.DataFrame) -> tuple[bool, str]:
+    """F5a's test on random deletions: (smooth enough, the numbers that decided)."""
+    means = rows.groupby("k")["error"].mean()
+    rho = spearmanr(means.index, means.values).statistic if len(means) > 2 else float("nan")
+    step = 100 * float(np.max(np.abs(np.diff(means.values)))) if len(means) > 1 else 0.0
+    at10 = f", k=10 {100 * means.get(10, float('nan')):.1f}%" if 10 in means.index else ""
+    return bool(rho >= SMOOTH_RHO and step <= SMOOTH_STEP), f"Spearman {rho:.2f}, largest step {step:.1f} points{at10}"
+
+
 def f5a(results: Results) -> Claim:
     paper = "F5a error rises smoothly with the number of deleted blocks (k=10 -> ~20%)"
     d = results.study("random_deletion")
     runs = [r for r in residual_runs(results) if r in set(d["run_id"])]
     if not runs:
         return Claim("F5a", paper, "no random-deletion results", "not run", "")
-    parts, ok, ok_avoiding = [], True, True
-
-    def smooth(rows: pd.DataFrame) -> tuple[bool, str, pd.Series]:
-        means = rows.groupby("k")["error"].mean()
-        rho = spearmanr(means.index, means.values).statistic if len(means) > 2 else float("nan")
-        step = 100 * float(np.max(np.abs(np.diff(means.values)))) if len(means) > 1 else 0.0
-        at10 = f", k=10 {100 * means.get(10, float('nan')):.1f}%" if 10 in means.index else ""
-        return bool(rho >= SMOOTH_RHO and step <= SMOOTH_STEP), f"Spearman {rho:.2f}, largest step {step:.1f} points{at10}", means
-
+    parts, ok, ok_avoiding, any_avoiding = [], True, True, False
     for r in runs:
         rows = d[d["run_id"] == r]
-        good, text, _ = smooth(rows)
+        good, text = _smooth(rows)
         ok &= good
         part = f"{results.run(r)['label']}: {text}"
-        crit = set(critical_blocks(results, r)) if r in set(results.study("single_deletion")["run_id"]) else set()
+        crit = set(results.critical_blocks(r))
         if crit:
             avoiding = rows[rows["deleted"].map(lambda b: not crit & set(int(x) for x in b))]
             if avoiding["k"].nunique() > 2:
-                good_a, text_a, _ = smooth(avoiding)
+                good_a, text_a = _smooth(avoiding)
                 ok_avoiding &= good_a
+                any_avoiding = True
                 part += f" (draws avoiding critical blocks: {text_a})"
         parts.append(part)
-    verdict = "reproduced" if ok else ("partly reproduced: only away from the critical blocks" if ok_avoiding
-                                       and any("avoiding" in p for p in parts) else "not reproduced")
+    verdict = ("reproduced" if ok else "partly reproduced: only away from the critical blocks"
+               if ok_avoiding and any_avoiding else "not reproduced")
     return Claim("F5a", paper, "; ".join(parts), verdict,
                  f"Spearman(k, mean error) >= {SMOOTH_RHO} and no step > {SMOOTH_STEP:g} points")
 
@@ -152,63 +137,42 @@ def f5b(results: Results) -> Claim:
                  f"Spearman(tau, error) <= {TAU_RHO}")
 
 
-def gradient_profile(results: Results, run_id: str) -> pd.DataFrame:
-    """Per path length k: mean log10 norm (mean of norms, in log space), std, draws."""
-    g = results.gradients[results.gradients["run_id"] == run_id]
-    g = g[np.isfinite(g["log10_norm"])]
-    rows = [{"k": int(k), "log10_mean": log10_mean(v["log10_norm"]), "log10_std": float(v["log10_norm"].std(ddof=0)),
-             "draws": len(v)} for k, v in g.groupby("k")]
-    return pd.DataFrame(rows)
-
-
 def f6(results: Results) -> list[Claim]:
     paper_b = "F6b gradient magnitude falls exponentially with path length"
     paper_c = "F6c almost all gradient comes from short paths (5-17 of 54 blocks, 0.45% of paths)"
-    runs = [r for r in residual_runs(results) if r in set(results.gradients.get("run_id", []))]
+    runs = [r for r in residual_runs(results) if r in set(results.gradients["run_id"])]
     if not runs:
         return [Claim("F6b", paper_b, "no gradient results", "not run", ""),
                 Claim("F6c", paper_c, "no gradient results", "not run", "")]
     parts_b, parts_c, ok_b, ok_c = [], [], True, True
     for r in runs:
-        prof = gradient_profile(results, r)
-        n = int(results.run(r)["num_blocks"])
+        prof, n = results.gradient_profile(r), results.structure(r).num_blocks
         slope, intercept = np.polyfit(prof["k"], prof["log10_mean"], 1)
         pred = slope * prof["k"] + intercept
         ss = float(((prof["log10_mean"] - prof["log10_mean"].mean()) ** 2).sum())
         r2 = 1 - float(((prof["log10_mean"] - pred) ** 2).sum()) / ss if ss else 0.0
         ok_b &= bool(slope < 0 and r2 >= GRAD_R2)
         parts_b.append(f"{results.run(r)['label']}: x{10 ** slope:.2f} per block (R^2 {r2:.2f})")
-        lo, hi, share = effective_paths(prof, n)
-        ok_c &= hi < n / 2
-        parts_c.append(f"{results.run(r)['label']}: {EFFECTIVE_MASS:.0%} of the gradient from paths of {lo}-{hi} "
-                       f"blocks, {100 * share:.2f}% of all paths")
+        eff = results.effective_paths(r)
+        ok_c &= eff.hi < n / 2
+        parts_c.append(f"{results.run(r)['label']}: {EFFECTIVE_MASS:.0%} of the gradient from paths of "
+                       f"{eff.lo}-{eff.hi} blocks, {100 * eff.share:.2f}% of all paths")
     return [Claim("F6b", paper_b, "; ".join(parts_b), "reproduced" if ok_b else "not reproduced",
                   f"slope < 0 and R^2 >= {GRAD_R2} for log10 norm vs k"),
             Claim("F6c", paper_c, "; ".join(parts_c), "reproduced" if ok_c else "not reproduced",
                   f"the {EFFECTIVE_MASS:.0%} range lies below n/2 (the typical path length)")]
 
 
-def effective_paths(profile: pd.DataFrame, n: int) -> tuple[int, int, float]:
-    """(lo, hi, share of all paths) of the path lengths that carry EFFECTIVE_MASS of the gradient."""
-    log_norm = np.full(n + 1, -np.inf)
-    log_norm[profile["k"].to_numpy()] = profile["log10_mean"].to_numpy()
-    fractions = contribution_fractions(log10_total_contribution(n, log_norm))
-    lo, hi = effective_range(fractions, EFFECTIVE_MASS)
-    share = sum(math.comb(n, k) for k in range(lo, hi + 1)) / 2 ** n
-    return lo, hi, share
-
-
 def f8(results: Results) -> Claim:
     paper = "F8 stochastic depth makes single-block deletion slightly less harmful"
-    f3 = results.study("single_deletion")
-    sd = [r for r in residual_runs(results, "stochastic_depth") if r in set(f3["run_id"])]
-    normal = [r for r in residual_runs(results, "normal") if r in set(f3["run_id"])]
+    f3_runs = set(results.study("single_deletion")["run_id"])
+    sd = [r for r in residual_runs(results, "stochastic_depth") if r in f3_runs]
+    normal = [r for r in residual_runs(results, "normal") if r in f3_runs]
     if not sd or not normal:
         return Claim("F8", paper, "needs single deletions on a normal and a stochastic-depth run", "not run", "")
 
     def mean_rise(r):
-        rows = f3[f3["run_id"] == r]
-        return 100 * float((rows["error"] - results.intact_error(r)).mean())
+        return float(np.mean(list(results.single_deletion_rises(r).values())))
 
     a, b = np.mean([mean_rise(r) for r in normal]), np.mean([mean_rise(r) for r in sd])
     return Claim("F8", paper, f"mean rise per deletion {a:.2f} points normally, {b:.2f} with stochastic depth",

@@ -1,32 +1,37 @@
-"""The papers' figures from the tables: PNG and PDF, colour-blind-safe (Okabe-Ito) palette."""
+"""The papers' figures from the tables: PNG and PDF, colour-blind-safe (Okabe-Ito) palette.
+
+Drawn with matplotlib's object-oriented API (Figure, not pyplot), so making them never selects
+or changes a backend, and the style applies only inside all_figures: a notebook keeps its own.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from workloads.surgery.paths import path_length_distribution, surviving_fraction
 
-from workloads.surgery.paths import (contribution_fractions, log10_total_contribution,  # noqa: E402
-                                     path_length_distribution, surviving_fraction)
-
-from .claims import EFFECTIVE_MASS, critical_blocks, effective_paths, gradient_profile, residual_runs  # noqa: E402
-from .data import Results  # noqa: E402
+from .claims import EFFECTIVE_MASS, residual_runs
+from .results import Results
 
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
-plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "axes.grid": True, "grid.alpha": 0.3,
-                     "axes.prop_cycle": matplotlib.cycler(color=PALETTE), "font.size": 9})
+STYLE = {"figure.dpi": 110, "savefig.dpi": 150, "axes.grid": True, "grid.alpha": 0.3,
+         "axes.prop_cycle": matplotlib.cycler(color=PALETTE), "font.size": 9}
 
 
-def _save(fig, folder: Path, name: str) -> str:
+def _save(fig: Figure, folder: Path, name: str) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     for ext in ("png", "pdf"):
         fig.savefig(folder / f"{name}.{ext}")
-    plt.close(fig)
     return f"{name}.png"
+
+
+def _figure(figsize: tuple[float, float]):
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
 
 
 def _label(results: Results, r: str) -> str:
@@ -39,16 +44,16 @@ def f3(results: Results, folder: Path) -> str | None:
     d = results.study("single_deletion")
     if not len(d):
         return None
-    fig, ax = plt.subplots(figsize=(7.5, 3.8))
-    for i, r in enumerate(sorted(set(d["run_id"]), key=lambda r: (results.is_plain(r), r))):
+    fig, ax = _figure(figsize=(7.5, 3.8))
+    for i, r in enumerate(sorted(set(d["run_id"]), key=lambda r: (results.structure(r).plain, r))):
         rows = d[d["run_id"] == r].assign(block=lambda x: x["deleted"].map(lambda b: int(b[0]) + 1)).sort_values("block")
         color = PALETTE[i % len(PALETTE)]
         ax.plot(rows["block"], 100 * rows["error"], "o-", ms=3, lw=1, color=color, label=_label(results, r))
         ax.axhline(100 * results.intact_error(r), color=color, ls=":", lw=1)
-        if not results.is_plain(r):
-            for b in results.downsampling_blocks(r):
+        if not results.structure(r).plain:
+            for b in results.structure(r).downsampling:
                 ax.axvline(b + 1, color="0.5", ls="--", lw=0.8)
-            for b in critical_blocks(results, r):
+            for b in results.critical_blocks(r):
                 e = rows[rows["block"] == b + 1]["error"]
                 ax.plot([b + 1], 100 * e, "s", mfc="none", mec=color, ms=8)
     ax.set_xlabel("deleted block (1-based position; dashed: downsampling blocks; squares: critical)")
@@ -63,7 +68,7 @@ def f5a(results: Results, folder: Path) -> str | None:
     d = results.study("random_deletion")
     if not len(d):
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig, ax = _figure(figsize=(6, 3.8))
     for i, r in enumerate(sorted(set(d["run_id"]))):
         rows = d[d["run_id"] == r]
         stats = rows.groupby("k")["error"].agg(["mean", "std"])
@@ -71,7 +76,7 @@ def f5a(results: Results, folder: Path) -> str | None:
         ax.plot(stats.index, 100 * stats["mean"], "o-", ms=3, color=color, label=_label(results, r))
         ax.fill_between(stats.index, 100 * (stats["mean"] - stats["std"]), 100 * (stats["mean"] + stats["std"]),
                         color=color, alpha=0.15)
-        crit = set(critical_blocks(results, r)) if r in set(results.study("single_deletion")["run_id"]) else set()
+        crit = set(results.critical_blocks(r))
         if crit:
             avoid = rows[rows["deleted"].map(lambda b: not crit & set(b))]
             if len(avoid):
@@ -90,7 +95,7 @@ def f5b(results: Results, folder: Path) -> str | None:
     d = results.study("reorder")
     if not len(d):
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig, ax = _figure(figsize=(6, 3.8))
     for i, r in enumerate(sorted(set(d["run_id"]))):
         rows = d[d["run_id"] == r]
         color = PALETTE[i % len(PALETTE)]
@@ -110,26 +115,23 @@ def f5b(results: Results, folder: Path) -> str | None:
 
 
 def f6(results: Results, folder: Path) -> str | None:
-    runs = [r for r in residual_runs(results, None) if len(results.gradients) and r in set(results.gradients["run_id"])]
+    runs = [r for r in residual_runs(results, None) if r in set(results.gradients["run_id"])]
     if not runs:
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    fig = Figure(figsize=(12, 3.6))
+    axes = fig.subplots(1, 3)
     for i, r in enumerate(runs):
         color = PALETTE[i % len(PALETTE)]
-        n = int(results.run(r)["num_blocks"])
-        prof = gradient_profile(results, r)
+        prof, n, eff = results.gradient_profile(r), results.structure(r).num_blocks, results.effective_paths(r)
         k = np.arange(n + 1)
         axes[0].plot(k, 100 * path_length_distribution(n), color=color, label=f"{_label(results, r)} (n={n})")
         axes[1].plot(prof["k"], prof["log10_mean"], "o-", ms=2.5, color=color, label=_label(results, r))
         axes[1].fill_between(prof["k"], prof["log10_mean"] - prof["log10_std"], prof["log10_mean"] + prof["log10_std"],
                              color=color, alpha=0.15)
-        log_norm = np.full(n + 1, -np.inf)
-        log_norm[prof["k"].to_numpy()] = prof["log10_mean"].to_numpy()
-        frac = contribution_fractions(log10_total_contribution(n, log_norm))
-        lo, hi, share = effective_paths(prof, n)
-        axes[2].plot(k, 100 * frac, color=color, label=f"{_label(results, r)}: {EFFECTIVE_MASS:.0%} from "
-                                                       f"lengths {lo}-{hi} ({100 * share:.2f}% of paths)")
-        axes[2].axvspan(lo, hi, color=color, alpha=0.12)
+        axes[2].plot(k, 100 * eff.fractions, color=color,
+                     label=f"{_label(results, r)}: {EFFECTIVE_MASS:.0%} from lengths {eff.lo}-{eff.hi} "
+                           f"({100 * eff.share:.2f}% of paths)")
+        axes[2].axvspan(eff.lo, eff.hi, color=color, alpha=0.12)
     axes[0].set(xlabel="path length (residual branches on the path)", ylabel="share of all paths (%)",
                 title="F6a: path lengths are Binomial(n, 1/2)")
     axes[1].set(xlabel="path length k", ylabel="log10 gradient norm at block 1 input",
@@ -144,8 +146,8 @@ def f6(results: Results, folder: Path) -> str | None:
 
 def f7(results: Results, folder: Path) -> str | None:
     runs = residual_runs(results, None)
-    n = int(max((results.run(r)["num_blocks"] for r in runs), default=54))
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    n = max((results.structure(r).num_blocks for r in runs), default=54)
+    fig, ax = _figure(figsize=(6, 3.8))
     x = np.arange(0, n + 1)
     for i, d in enumerate((1, 10, 20)):
         if d >= n:
@@ -160,7 +162,7 @@ def f7(results: Results, folder: Path) -> str | None:
 def training_curves(results: Results, folder: Path) -> str | None:
     if not len(results.epochs):
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig, ax = _figure(figsize=(6, 3.8))
     for i, (r, rows) in enumerate(results.epochs.groupby("run_id")):
         color = PALETTE[i % len(PALETTE)]
         ax.plot(rows["epoch"], 100 * rows["test_error"], color=color, label=_label(results, r))
@@ -172,9 +174,11 @@ def training_curves(results: Results, folder: Path) -> str | None:
 
 
 def all_figures(results: Results, folder: Path) -> dict[str, str]:
+    """Each figure's PNG name by key, for the figures the tables have data for."""
     made = {}
-    for name, fn in [("F3", f3), ("F5a", f5a), ("F5b", f5b), ("F6", f6), ("F7", f7), ("training", training_curves)]:
-        path = fn(results, folder)
-        if path:
-            made[name] = path
+    with matplotlib.rc_context(STYLE):  # figures read the style when drawn and saved
+        for name, fn in [("F3", f3), ("F5a", f5a), ("F5b", f5b), ("F6", f6), ("F7", f7), ("training", training_curves)]:
+            path = fn(results, folder)
+            if path:
+                made[name] = path
     return made

@@ -4,17 +4,17 @@ Built from the tables alone; every number in it is computed here from them.
 """
 from __future__ import annotations
 
-import html
 import json
 import time
 from pathlib import Path
 
+import markdown
 import numpy as np
 import pandas as pd
 
-from .claims import (CRITICAL_RISE, all_claims, critical_blocks, residual_runs)
-from .data import Results
+from .claims import Claim, all_claims, residual_runs
 from .figures import all_figures
+from .results import CRITICAL_RISE, Results
 
 # Identity Mappings, CIFAR-10 error % (PAPERS.md): unit variants for 110 / 164, shortcut variants on 110 (a)
 PAPER_UNITS = {"a": (6.61, 5.93), "b": (8.17, 6.50), "c": (7.84, 6.14), "d": (6.71, 5.91), "e": (6.37, 5.46)}
@@ -28,6 +28,9 @@ CAPTIONS = {
     "F7": "Fraction of paths of each length that survive deleting 1, 10 and 20 blocks (exact).",
     "training": "Test (solid) and train (dotted) error per epoch.",
 }
+CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
+       "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+       "font-size:90%;vertical-align:top}th{background:#f3f3f3}img{max-width:100%}")
 
 
 def _table(frame: pd.DataFrame) -> list[str]:
@@ -39,6 +42,73 @@ def _table(frame: pd.DataFrame) -> list[str]:
 
 def _pct(x: float) -> str:
     return "" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.2f}%"
+
+
+def header(results: Results) -> list[str]:
+    return [f"# unravel report: {results.spec.get('name', results.out.name)}", "",
+            f"Generated {time.strftime('%Y-%m-%d %H:%M')} from the Parquet tables in `{results.out}`; "
+            "every number below is computed from them.", ""]
+
+
+def what_was_run(results: Results) -> list[str]:
+    lines = ["## What was run", ""]
+    runs = results.runs
+    if len(runs):
+        view = pd.DataFrame({
+            "run": runs["label"], "mode": runs["mode"], "seed": runs["seed"], "network": runs["network"],
+            "blocks": runs["num_blocks"], "parameters": runs["parameters"].map("{:,}".format), "epochs": runs["epochs"],
+            "test error": runs["test_error"].map(_pct), "training (s)": runs["train_seconds"].map("{:.0f}".format)})
+        lines += [f"Dataset: **{results.dataset}**. Training: {len(runs)} runs, "
+                  f"{runs['train_seconds'].sum():.0f} s of training in all.", ""] + _table(view) + [""]
+    counts = [{"study": study, "units": len(g), "runs": g["run_id"].nunique(),
+               "device time (s)": f"{g['seconds'].sum():.0f}"}
+              for frame in (results.lesion, results.gradients) for study, g in frame.groupby("study")]
+    if counts:
+        lines += ["Studies:", ""] + _table(pd.DataFrame(counts)) + [""]
+    if len(results.errors):
+        lines += [f"**{results.errors['unit_key'].nunique()} units failed** (see the `errors` table).", ""]
+    return lines
+
+
+def claims_section(claims: list[Claim]) -> list[str]:
+    return (["## The papers' claims, tested", ""]
+            + _table(pd.DataFrame([{"claim": c.paper, "this experiment": c.result, "verdict": f"**{c.verdict}**"}
+                                   for c in claims])) + [""]
+            + ["Thresholds:", ""] + [f"- {c.key}: {c.rule}" for c in claims if c.rule] + [""]
+            + ["One line per claim:", ""] + [f"- {c.line}" for c in claims] + [""])
+
+
+def critical_blocks_section(results: Results) -> list[str]:
+    f3_runs = set(results.study("single_deletion")["run_id"])
+    lines = []
+    for r in residual_runs(results, None):
+        if r in f3_runs:
+            blocks, costs = results.critical_blocks(r), results.single_deletion_rises(r)
+            down = [b for b in results.structure(r).downsampling if b in costs]
+            crit_cost = ", ".join(f"+{costs[b]:.0f}" for b in blocks) or "-"
+            down_cost = ", ".join(f"+{costs[b]:.1f}" for b in down) or "-"
+            lines.append(f"- {results.title(r)}: critical {[b + 1 for b in blocks] or 'none'} ({crit_cost} "
+                         f"points); downsampling {[b + 1 for b in down]} ({down_cost} points)")
+    if not lines:
+        return []
+    return ["## Critical blocks (found from the data)", "",
+            f"A non-downsampling block whose deletion alone raises the error by more than {CRITICAL_RISE:g} "
+            "points (1-based positions). CIFAR-10 shows no such block in the paper; on the bundled digits the "
+            "first block (sometimes the first three) is critical. Figure F5a shows the random deletions both over "
+            "the paper's pool and over the draws that avoid these blocks.", ""] + lines + [""]
+
+
+def effective_path_training(results: Results) -> list[str]:
+    """Veit et al. Table 1: training on effective paths only against normal training."""
+    runs = results.runs
+    eff = runs[runs["mode"] == "effective_paths"]
+    if not len(eff):
+        return []
+    normal = runs[(runs["mode"] == "normal") & runs["label"].isin(eff["label"])]
+    return ["## Training on effective paths only (Veit et al. Table 1)", "",
+            f"Paper: 5.96% (23 of 54 blocks per mini-batch) vs 6.10% normally. Here: "
+            f"{_pct(float(eff['test_error'].median()))} vs {_pct(float(normal['test_error'].median())) or 'n/a'} "
+            "(median over seeds).", ""]
 
 
 def identity_mapping_tables(results: Results) -> list[str]:
@@ -65,130 +135,29 @@ def identity_mapping_tables(results: Results) -> list[str]:
     return lines + _table(pd.DataFrame(rows)) + [""]
 
 
-def write_report(out: str | Path) -> Path:
-    out = Path(out)
-    results = Results.load(out)
-    figures = all_figures(results, out / "figures")
-    claims = all_claims(results)
-    lines = [f"# unravel report: {results.spec.get('name', out.name)}", "",
-             f"Generated {time.strftime('%Y-%m-%d %H:%M')} from the Parquet tables in `{out}`; "
-             "every number below is computed from them.", ""]
-    # what was run
-    lines += ["## What was run", ""]
-    if len(results.runs):
-        view = pd.DataFrame({
-            "run": results.runs["label"], "mode": results.runs["mode"], "seed": results.runs["seed"],
-            "network": results.runs["network"], "blocks": results.runs["num_blocks"],
-            "parameters": results.runs["parameters"].map("{:,}".format), "epochs": results.runs["epochs"],
-            "test error": results.runs["test_error"].map(_pct),
-            "training (s)": results.runs["train_seconds"].map("{:.0f}".format)})
-        lines += [f"Dataset: **{results.dataset}**. Training: {len(results.runs)} runs, "
-                  f"{results.runs['train_seconds'].sum():.0f} s of training in all.", ""] + _table(view) + [""]
-    counts = []
-    for name, frame in (("lesion", results.lesion), ("gradients", results.gradients)):
-        if len(frame):
-            for study, g in frame.groupby("study"):
-                counts.append({"study": study, "units": len(g), "runs": g["run_id"].nunique(),
-                               "device time (s)": f"{g['seconds'].sum():.0f}"})
-    if counts:
-        lines += ["Studies:", ""] + _table(pd.DataFrame(counts)) + [""]
-    if len(results.errors):
-        lines += [f"**{results.errors['unit_key'].nunique()} units failed** (see the `errors` table).", ""]
-    # verdicts
-    lines += ["## The papers' claims, tested", ""]
-    lines += _table(pd.DataFrame([{"claim": c.paper, "this experiment": c.result, "verdict": f"**{c.verdict}**"}
-                                  for c in claims])) + [""]
-    lines += ["Thresholds:", ""] + [f"- {c.key}: {c.rule}" for c in claims if c.rule] + [""]
-    lines += ["One line per claim:", ""] + [f"- {c.line}" for c in claims] + [""]
-    # critical blocks, found from the data
-    crit_lines = []
-    f3_runs = set(results.study("single_deletion")["run_id"]) if len(results.lesion) else set()
-    for r in residual_runs(results, None):
-        if r in f3_runs:
-            blocks = critical_blocks(results, r)
-            d = results.study("single_deletion")
-            rows = d[d["run_id"] == r]
-            costs = {int(b[0]): 100 * (e - results.intact_error(r)) for b, e in zip(rows["deleted"], rows["error"])}
-            down = results.downsampling_blocks(r)
-            down = [b for b in down if b in costs]
-            crit_cost = ", ".join(f"+{costs[b]:.0f}" for b in blocks) or "-"
-            down_cost = ", ".join(f"+{costs[b]:.1f}" for b in down) or "-"
-            crit_lines.append(f"- {results.title(r)}: critical {[b + 1 for b in blocks] or 'none'} ({crit_cost} "
-                              f"points); downsampling {[b + 1 for b in down]} ({down_cost} points)")
-    if crit_lines:
-        lines += ["## Critical blocks (found from the data)", "",
-                  f"A non-downsampling block whose deletion alone raises the error by more than {CRITICAL_RISE:g} "
-                  "points (1-based positions). CIFAR-10 shows no such block in the paper; on the bundled digits the "
-                  "first block (sometimes the first three) is critical. Figure F5a shows the random deletions both over "
-                  "the paper's pool and over the draws that avoid these blocks.", ""] + crit_lines + [""]
-    # effective-path training (Table 1)
-    eff = results.runs[results.runs["mode"] == "effective_paths"]
-    if len(eff):
-        normal = results.runs[(results.runs["mode"] == "normal") & results.runs["label"].isin(eff["label"])]
-        lines += ["## Training on effective paths only (Veit et al. Table 1)", "",
-                  f"Paper: 5.96% (23 of 54 blocks per mini-batch) vs 6.10% normally. Here: "
-                  f"{_pct(float(eff['test_error'].median()))} vs {_pct(float(normal['test_error'].median())) or 'n/a'} "
-                  "(median over seeds).", ""]
-    lines += identity_mapping_tables(results)
-    # figures
-    lines += ["## Figures", ""]
+def figures_section(figures: dict[str, str]) -> list[str]:
+    lines = ["## Figures", ""]
     for key, path in figures.items():
         lines += [f"### {key}", "", f"![{key}](figures/{path})", "", CAPTIONS.get(key, ""),
                   f"(PDF: `figures/{path[:-4]}.pdf`)", ""]
-    md = "\n".join(lines)
+    return lines
+
+
+def write_report(out: str | Path) -> Path:
+    """report.md and report.html in OUT, the sections in order (each function returns its Markdown lines)."""
+    out = Path(out)
+    results = Results.load(out)
+    figures = all_figures(results, out / "figures")
+    md = "\n".join(header(results) + what_was_run(results) + claims_section(all_claims(results))
+                   + critical_blocks_section(results) + effective_path_training(results)
+                   + identity_mapping_tables(results) + figures_section(figures))
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(markdown_to_html(md))
     return out / "report.md"
 
 
 def markdown_to_html(md: str) -> str:
-    """The small subset of Markdown this report uses: headings, tables, lists, images, bold, code."""
-    import re
-
-    def inline(text: str) -> str:
-        text = html.escape(text)
-        text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
-        return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
-
-    body, in_table, in_list = [], False, False
-    for line in md.splitlines():
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if set("".join(cells)) <= set("-"):
-                continue
-            if not in_table:
-                body.append("<table>")
-                in_table = True
-                body.append("<tr>" + "".join(f"<th>{inline(c)}</th>" for c in cells) + "</tr>")
-            else:
-                body.append("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            body.append("</table>")
-            in_table = False
-        if line.startswith("- "):
-            if not in_list:
-                body.append("<ul>")
-                in_list = True
-            body.append(f"<li>{inline(line[2:])}</li>")
-            continue
-        if in_list:
-            body.append("</ul>")
-            in_list = False
-        m = re.match(r"!\[(.*?)\]\((.*?)\)", line)
-        if m:
-            body.append(f'<img src="{html.escape(m.group(2))}" alt="{html.escape(m.group(1))}" style="max-width:100%">')
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{inline(line[level:].strip())}</h{level}>")
-        elif line.strip():
-            body.append(f"<p>{inline(line)}</p>")
-    if in_table:
-        body.append("</table>")
-    if in_list:
-        body.append("</ul>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
-             "font-size:90%;vertical-align:top}th{background:#f3f3f3}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>unravel report</title><style>{style}</style>" \
-           f"</head><body>{''.join(body)}</body></html>"
+    """One self-contained page (the images are beside it in figures/)."""
+    body = markdown.markdown(md, extensions=["tables"], output_format="html")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>unravel report</title><style>{CSS}</style>"
+            f"</head><body>{body}</body></html>")

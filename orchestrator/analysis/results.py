@@ -1,0 +1,143 @@
+"""The result tables of one experiment, read from disk, with the facts analysis needs per run.
+
+Each fact is computed once per Results and shared by the claims, the figures and the report.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from workloads.models import NetConfig, skeleton
+from workloads.surgery.paths import (contribution_fractions, effective_range, log10_mean, log10_total_contribution,
+                                     probability_in_range)
+
+from .. import store
+
+# the two thresholds that define a run's facts (claims.py states the ones that decide verdicts)
+CRITICAL_RISE = 10.0        # error points: a non-downsampling block whose deletion costs more is "critical"
+EFFECTIVE_MASS = 0.9        # F6c: the range of path lengths holding this share of the gradient
+
+
+@dataclass(frozen=True)
+class Structure:
+    """What analysis needs of a network's blocks, read from its meta-device skeleton (no weights)."""
+
+    num_blocks: int
+    downsampling: tuple[int, ...]   # 0-based positions of the blocks that change shape
+    plain: bool
+
+    @classmethod
+    def of(cls, cfg: NetConfig) -> "Structure":
+        net = skeleton(cfg)
+        return cls(net.num_blocks, tuple(i.index for i in net.block_infos() if i.changes_shape), cfg.arch == "plain")
+
+
+@dataclass(frozen=True, eq=False)
+class EffectivePaths:
+    """The path lengths lo..hi that carry EFFECTIVE_MASS of the gradient (F6c)."""
+
+    lo: int
+    hi: int
+    share: float                # of all 2^n paths
+    fractions: np.ndarray       # each length's share of the total gradient, k = 0..n
+
+
+def _once(method):
+    """Memoise a Results method per instance and arguments (the tables do not change once loaded)."""
+    @functools.wraps(method)
+    def memoised(self: "Results", *args):
+        key = (method.__name__, *args)
+        if key not in self._memo:
+            self._memo[key] = method(self, *args)
+        return self._memo[key]
+    return memoised
+
+
+@dataclass
+class Results:
+    out: Path
+    runs: pd.DataFrame
+    epochs: pd.DataFrame
+    lesion: pd.DataFrame
+    gradients: pd.DataFrame
+    errors: pd.DataFrame
+    spec: dict
+    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    @classmethod
+    def load(cls, out: str | Path) -> "Results":
+        out = Path(out)
+        spec_file = out / "spec.json"
+        spec = json.loads(spec_file.read_text())["spec"] if spec_file.exists() else {}
+        return cls(out, store.read_table(out, "runs"), store.read_table(out, "epochs"), store.read_parts(out, "lesion"),
+                   store.read_parts(out, "gradients"), store.read_parts(out, "errors"), spec)
+
+    @functools.cached_property
+    def _runs_by_id(self) -> pd.DataFrame:
+        return self.runs.set_index("run_id")
+
+    def run(self, run_id: str) -> pd.Series:
+        return self._runs_by_id.loc[run_id]
+
+    def structure(self, run_id: str) -> Structure:
+        return self._structure(self.run(run_id)["net_config"])
+
+    @_once
+    def _structure(self, net_config: str) -> Structure:
+        # keyed by the config, so seeds of one network share one skeleton
+        return Structure.of(NetConfig.from_json(net_config))
+
+    @_once
+    def study(self, name: str) -> pd.DataFrame:
+        return self.lesion[self.lesion["study"] == name]
+
+    @_once
+    def intact_error(self, run_id: str) -> float:
+        rows = self.lesion[(self.lesion["run_id"] == run_id) & (self.lesion["study"] == "intact")]
+        return float(rows["error"].iloc[0]) if len(rows) else float(self.run(run_id)["test_error"])
+
+    @_once
+    def single_deletion_rises(self, run_id: str) -> dict[int, float]:
+        """Error points each single-block deletion adds to the intact network, by 0-based block."""
+        rows = self.study("single_deletion")
+        rows = rows[rows["run_id"] == run_id]
+        base = self.intact_error(run_id)
+        return {int(d[0]): 100 * (e - base) for d, e in zip(rows["deleted"], rows["error"])}
+
+    @_once
+    def critical_blocks(self, run_id: str) -> tuple[int, ...]:
+        """Non-downsampling blocks whose single deletion costs more than CRITICAL_RISE points."""
+        down = set(self.structure(run_id).downsampling)
+        return tuple(sorted(b for b, rise in self.single_deletion_rises(run_id).items()
+                            if rise > CRITICAL_RISE and b not in down))
+
+    @_once
+    def gradient_profile(self, run_id: str) -> pd.DataFrame:
+        """Per path length k: mean log10 norm (mean of norms, in log space), std, draws."""
+        g = self.gradients[self.gradients["run_id"] == run_id]
+        g = g[np.isfinite(g["log10_norm"])]
+        return pd.DataFrame([{"k": int(k), "log10_mean": log10_mean(v["log10_norm"]),
+                              "log10_std": float(v["log10_norm"].std(ddof=0)), "draws": len(v)}
+                             for k, v in g.groupby("k")])
+
+    @_once
+    def effective_paths(self, run_id: str) -> EffectivePaths:
+        prof, n = self.gradient_profile(run_id), self.structure(run_id).num_blocks
+        log_norm = np.full(n + 1, -np.inf)  # lengths never measured contribute nothing
+        log_norm[prof["k"].to_numpy()] = prof["log10_mean"].to_numpy()
+        fractions = contribution_fractions(log10_total_contribution(n, log_norm))
+        lo, hi = effective_range(fractions, EFFECTIVE_MASS)
+        return EffectivePaths(lo, hi, probability_in_range(n, lo, hi), fractions)
+
+    def title(self, run_id: str) -> str:
+        r = self.run(run_id)
+        return f"{r['label']} ({r['mode'].replace('_', ' ')}, seed {r['seed']}) on {r['dataset']}"
+
+    @property
+    def dataset(self) -> str:
+        return str(self.runs["dataset"].iloc[0]) if len(self.runs) else "?"
