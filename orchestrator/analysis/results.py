@@ -5,7 +5,6 @@ Each fact is computed once per Results and shared by the claims, the figures and
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,8 +71,7 @@ class Results:
     @classmethod
     def load(cls, out: str | Path) -> "Results":
         out = Path(out)
-        spec_file = out / "spec.json"
-        spec = json.loads(spec_file.read_text())["spec"] if spec_file.exists() else {}
+        spec = store.read_spec(out) or {}
         return cls(out, store.read_table(out, "runs"), store.read_table(out, "epochs"), store.read_parts(out, "lesion"),
                    store.read_parts(out, "gradients"), store.read_parts(out, "errors"), spec)
 
