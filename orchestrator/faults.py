@@ -2,13 +2,17 @@
 a crash hurts most (between writing a result and renaming it into place, inside a training epoch).
 
 ``UNRAVEL_FAULTS="kill_before_rename=3"`` SIGKILLs this process at its 3rd atomic rename;
-``UNRAVEL_FAULTS="raise_in_epoch=3"`` makes a training trial raise in its 3rd epoch. Several are
-separated by commas. Unset (always, outside the fault tests) a point costs one lookup.
+``UNRAVEL_FAULTS="raise_in_epoch=3"`` makes a training trial raise in its 3rd epoch;
+``UNRAVEL_FAULTS="hold_in_epoch.long=3"`` holds the trials labelled ``long`` in their 3rd epoch
+(a window to kill a sweep in, without a network slow enough to open one). A point named
+``name.label`` applies only to runs of that label. Several are separated by commas. Unset
+(always, outside the fault tests) a point costs one lookup.
 """
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 ENV = "UNRAVEL_FAULTS"
 _seen: dict[str, int] = {}
@@ -37,7 +41,18 @@ def kill_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def raise_point(name: str, value: int) -> None:
-    """Raise ``InjectedFault`` when ``value`` equals the number armed for ``name``."""
-    if _armed().get(name) == value:
+def _hit(name: str, value: int, label: str) -> bool:
+    armed = _armed()
+    return value in (armed.get(name), armed.get(f"{name}.{label}"))
+
+
+def raise_point(name: str, value: int, label: str = "") -> None:
+    """Raise ``InjectedFault`` when ``value`` equals the number armed for ``name`` (or ``name.label``)."""
+    if _hit(name, value, label):
         raise InjectedFault(f"fault injected by {ENV} at {name}={value}")
+
+
+def hold_point(name: str, value: int, label: str = "", seconds: float = 600.0) -> None:
+    """Sleep (until killed, or ``seconds``) when ``value`` equals the number armed for ``name``."""
+    if _hit(name, value, label):
+        time.sleep(seconds)

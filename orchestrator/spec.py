@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, Field, PrivateAttr, ValidationError, create_model,
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, PrivateAttr, ValidationError, create_model,
                       model_validator)
 from pydantic_core import PydanticCustomError
 

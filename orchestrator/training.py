@@ -47,7 +47,8 @@ def train_trial(config: dict) -> None:
     every = trial.train_config.checkpoint_every
 
     def report(metrics: dict, tr: Trainer) -> None:
-        faults.raise_point("raise_in_epoch", metrics["epoch"])
+        faults.raise_point("raise_in_epoch", metrics["epoch"], trial.label)
+        faults.hold_point("hold_in_epoch", metrics["epoch"], trial.label)
         done = tr.iteration >= total
         row = {**metrics, "run_id": trial.run_id, "done": done}
         if not done and metrics["epoch"] % every:

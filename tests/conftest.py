@@ -108,3 +108,24 @@ def write_image_folder(root, classes: int = 4, val_per_class: int = 3, train_per
                 pixels = rng.integers(0, 256, size=(size, size + 8, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(folder / f"{split}_{c}_{i}.JPEG", quality=90)
     return Path(root)
+
+
+@pytest.fixture(scope="session")
+def trained(ray_session, tmp_path_factory):
+    """The sweep tests' two runs (sweep_cases.BASE), trained once for the whole session."""
+    from orchestrator.spec import parse_spec
+    from orchestrator.training import run_training
+    from sweep_cases import BASE
+    out = tmp_path_factory.mktemp("trained")
+    outcome = run_training(parse_spec(BASE), out, progress=False)
+    assert not outcome.failed
+    return out
+
+
+@pytest.fixture
+def out(trained, tmp_path):
+    """A fresh results folder holding the trained runs."""
+    import shutil
+    dst = tmp_path / "out"
+    shutil.copytree(trained, dst)
+    return dst

@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from test_sweep import BASE, trained  # noqa: F401  (module-scoped trained runs)
+from sweep_cases import BASE
 
 HERE = Path(__file__).parent
 
 
-def test_a_node_removed_mid_sweep_still_completes_exactly_once(trained, tmp_path):  # noqa: F811
+def test_a_node_removed_mid_sweep_still_completes_exactly_once(trained, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(trained, out)
     raw = {**BASE, "studies": {**BASE["studies"], "random_deletion": {"k_max": 9, "draws": 6},

@@ -20,7 +20,7 @@ from orchestrator.cli import main
 from orchestrator.spec import parse_spec
 from orchestrator.sweep import run_studies
 from orchestrator.units import expand
-from test_sweep import BASE, out, table_keys, trained, with_studies  # noqa: F401  (module-scoped trained runs)
+from sweep_cases import BASE, table_keys, with_studies
 
 HERE = Path(__file__).parent
 
@@ -94,9 +94,9 @@ def test_driver_killed_between_writing_a_part_and_renaming_it(out, ray_session, 
     raw = with_studies(plans_per_batch=4, evaluators={"count": 1, "cpu": 1})
     total = len(expand(parse_spec(raw)))
     args = ["lesion", str(write_spec(tmp_path, raw)), "--out", str(out), "--address", ray_session]
-    code, err = finish(cli(*args, env={"UNRAVEL_FAULTS": "kill_before_rename=3"}))
+    code, err = finish(cli(*args, env={"UNRAVEL_FAULTS": "kill_before_rename=4"}))
     assert code == -signal.SIGKILL, err[-2000:]
-    assert len(list(out.rglob(".part-*.tmp"))) == 1  # the third part: written, fsynced, never renamed
+    assert len(list(out.rglob(".part-*.tmp"))) == 1  # spec.json, two parts, then the third part: written, fsynced, never renamed
     assert len(list(out.rglob("part-*.parquet"))) == 2
     code, err = finish(cli(*args))
     assert code == 0, err[-2000:]
@@ -151,7 +151,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
-def test_a_full_disk_stops_the_sweep_cleanly_and_a_rerun_completes(trained, small_disk, tmp_path):  # noqa: F811
+def test_a_full_disk_stops_the_sweep_cleanly_and_a_rerun_completes(trained, small_disk, tmp_path):
     out = small_disk / "out"
     out.mkdir()
     for name in ("runs.parquet", "epochs.parquet"):  # checkpoints stay where training wrote them

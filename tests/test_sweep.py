@@ -1,10 +1,4 @@
 """Studies fanned out over Ray actors into Parquet: exactly once, resumable, failures recorded."""
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import duckdb
@@ -17,50 +11,7 @@ from orchestrator import store
 from orchestrator.cli import main
 from orchestrator.spec import SpecError, parse_spec
 from orchestrator.sweep import run_studies, status
-from orchestrator.training import run_training
-from orchestrator.units import expand
-
-BASE = {
-    "name": "studies",
-    "training": {
-        "iterations": 30, "recipe": {"eval_every": 10}, "resources": {"cpu": 1},
-        "runs": [{"network": "preact_resnet20", "label": "res", "overrides": {"widths": [4, 8, 16]}},
-                 {"network": "plain15", "label": "plain", "overrides": {"widths": [4, 8, 16]}}],
-    },
-    "studies": {
-        "test_examples": 120,
-        "single_deletion": {},
-        "random_deletion": {"k_max": 3, "draws": 2},
-        "reorder": {"k_max": 2, "draws": 2},
-        "gradients": {"draws": 2, "batch_size": 16},
-        "evaluators": {"count": 2, "cpu": 1},
-        "plans_per_batch": 5,
-    },
-}
-
-
-def with_studies(**changes) -> dict:
-    return {**BASE, "studies": {**BASE["studies"], **changes}}
-
-
-@pytest.fixture(scope="module")
-def trained(ray_session, tmp_path_factory):
-    out = tmp_path_factory.mktemp("trained")
-    outcome = run_training(parse_spec(BASE), out, progress=False)
-    assert not outcome.failed
-    return out
-
-
-@pytest.fixture
-def out(trained, tmp_path):
-    """A fresh results folder holding the trained runs (training happens once per module)."""
-    dst = tmp_path / "out"
-    shutil.copytree(trained, dst)
-    return dst
-
-
-def table_keys(out: Path) -> list[str]:
-    return (store.read_parts(out, "lesion")["unit_key"].tolist() + store.read_parts(out, "gradients")["unit_key"].tolist())
+from sweep_cases import BASE, table_keys, with_studies
 
 
 def test_units_per_study_and_tables(out):
@@ -186,31 +137,6 @@ def test_cli_lesion_and_status(out, tmp_path):
     st = runner.invoke(main, ["status", str(out)])
     assert st.exit_code == 0 and "single_deletion" in st.output
     assert [int(x) for x in st.output.split("\n")[1].split()[1:]] == [2, 2, 0, 0]  # intact: units done failed left
-
-
-def test_driver_sigkilled_mid_sweep_then_rerun_is_exactly_once(out, ray_session, tmp_path):
-    raw = with_studies(random_deletion={"k_max": 9, "draws": 30}, plans_per_batch=2,
-                       evaluators={"count": 1, "cpu": 1})
-    spec = tmp_path / "s.yaml"
-    spec.write_text(yaml.safe_dump(raw))
-    total = len(expand(parse_spec(raw)))
-    cmd = [sys.executable, "-m", "orchestrator.cli", "lesion", str(spec), "--out", str(out), "--address", ray_session]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 180
-        while time.time() < deadline and len(list((out / "lesion").rglob("part-*.parquet"))) < 6:
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    partial = len(table_keys(out))
-    assert 0 < partial < total
-    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    keys = table_keys(out)
-    assert len(keys) == len(set(keys)) == total
 
 
 @pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("experiments/*.yaml")), ids=lambda p: p.name)

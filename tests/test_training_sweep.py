@@ -95,7 +95,7 @@ KILL = {
     "training": {
         "iterations": 40, "recipe": {"eval_every": 4}, "resources": {"cpu": 1},
         "runs": [{"network": "preact_resnet20", "label": "short", "overrides": {"widths": [2, 4, 8]}},
-                 {"network": "preact_resnet110", "label": "long"}],
+                 {"network": "preact_resnet20", "label": "long", "overrides": {"widths": [2, 4, 8]}}],
     },
 }
 
@@ -110,10 +110,12 @@ def _state_files(out: Path, label: str) -> list[Path]:
 
 def test_sigkilled_sweep_resumes_from_checkpoints(ray_session, tmp_path):
     spec = tmp_path / "kill.yaml"
-    spec.write_text(yaml.safe_dump(KILL))  # "long" is a bigger network: still training when "short" is done
+    spec.write_text(yaml.safe_dump(KILL))
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "orchestrator.cli", "train", str(spec), "--out", str(out), "--address", ray_session]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # "long" holds in its 6th epoch (a fault point): still training when "short" is done
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "UNRAVEL_FAULTS": "hold_in_epoch.long=6"})
     try:
         deadline = time.time() + 240
         while time.time() < deadline:

@@ -1,14 +1,15 @@
 """Datasets: CIFAR-10/100 (torchvision) and the bundled digits as device-resident tensors;
-ImageNet-style folders streamed from disk."""
+ImageNet-style folders streamed from disk.
+
+Each loader is imported when its dataset is asked for: torchvision and scikit-learn cost a
+second or more each to import, paid by every Ray worker that would not use them otherwise.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 from .augment import augment
-from .cifar import load_cifar
 from .dataset import DataNotFound, TensorDataset
-from .digits import load_digits
-from .imagefolder import StreamedImageFolder
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet")
 STREAMED = ("imagenet",)   # evaluated from disk in chunks; not trainable here
@@ -19,12 +20,25 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = False, *
     """A dataset by name: ``digits`` needs nothing on disk; CIFAR reads torchvision's files under root;
     ``imagenet`` reads an ImageFolder tree (root/val, root/train) lazily."""
     if name == "digits":
+        from .digits import load_digits
         return load_digits()
     if name in ("cifar10", "cifar100"):
+        from .cifar import load_cifar
         return load_cifar(root, name, download)
     if name == "imagenet":
+        from .imagefolder import StreamedImageFolder
         return StreamedImageFolder(root, image_size, resize, workers)
     raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+
+
+_LAZY = {"load_cifar": ".cifar", "load_digits": ".digits", "StreamedImageFolder": ".imagefolder"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["DATASETS", "STREAMED", "DataNotFound", "StreamedImageFolder", "TensorDataset", "augment", "load_cifar",

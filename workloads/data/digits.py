@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits as _sklearn_digits
-from sklearn.model_selection import train_test_split
 
 from .dataset import TensorDataset, normalise
 
@@ -16,6 +14,8 @@ from .dataset import TensorDataset, normalise
 def load_digits(test_fraction: float = 0.25, seed: int = 0) -> TensorDataset:
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"digits test_fraction must be in (0, 1), got {test_fraction}")
+    from sklearn.datasets import load_digits as _sklearn_digits  # imported here: a second at import time
+    from sklearn.model_selection import train_test_split
     bunch = _sklearn_digits()
     images = bunch.images.astype(np.float32) / 16.0
     x_train, x_test, y_train, y_test = train_test_split(images, bunch.target, test_size=test_fraction,

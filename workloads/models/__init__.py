@@ -2,7 +2,14 @@
 from .blocks import Block, BlockInfo, BlockNetwork
 from .checkpoint import CheckpointError, load_checkpoint, network_from_weights, read_weights, state_dict_of
 from .registry import NETWORKS, NetConfig, build_network, network_config, skeleton
-from .torchvision_adapter import from_torchvision
+
+
+def __getattr__(name: str):
+    if name == "from_torchvision":  # imports torchvision (a second): only when asked for
+        from .torchvision_adapter import from_torchvision
+        return from_torchvision
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["Block", "BlockInfo", "BlockNetwork", "CheckpointError", "NETWORKS", "NetConfig", "build_network",
            "from_torchvision", "load_checkpoint", "network_config", "network_from_weights", "read_weights",

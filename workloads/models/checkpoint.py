@@ -17,7 +17,6 @@ import torch
 
 from .blocks import BlockNetwork
 from .registry import NetConfig, build_network, torchvision_model
-from .torchvision_adapter import from_torchvision
 
 # plain attribute holders that training scripts save beside the weights (torchvision's reference
 # script saves its argparse.Namespace): no code runs to rebuild them
@@ -92,6 +91,7 @@ def network_from_weights(cfg: NetConfig, weights: dict[str, torch.Tensor], name:
     parameter names (a state_dict from ``torchvision.models.resnet50().state_dict()``)."""
     what = cfg.name or cfg.torchvision_arch or cfg.arch
     if cfg.arch == "torchvision":
+        from .torchvision_adapter import from_torchvision
         model = torchvision_model(cfg)
         _load_strict(model, weights, name, f"{what} with {cfg.num_classes} classes")
         return from_torchvision(model).eval()

@@ -13,7 +13,6 @@ import json
 from typing import Annotated, Literal
 
 import torch
-import torchvision
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
@@ -22,7 +21,6 @@ from .blocks import BlockNetwork
 from .plain import plain_net
 from .resnet import UNITS, blocks_per_stage, cifar_resnet
 from .shortcuts import SHORTCUT_VARIANTS
-from .torchvision_adapter import from_torchvision
 
 TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2")
 
@@ -111,6 +109,7 @@ def network_config(name: str, **overrides) -> NetConfig:
 
 def torchvision_model(cfg: NetConfig) -> torch.nn.Module:
     """The torchvision model itself (its own parameter names, to load a user's state_dict)."""
+    import torchvision  # a second to import: only for torchvision networks
     model = getattr(torchvision.models, cfg.torchvision_arch)(weights=None, num_classes=cfg.num_classes)
     if cfg.in_channels != 3:
         model.conv1 = type(model.conv1)(cfg.in_channels, 64, 7, 2, 3, bias=False)
@@ -130,5 +129,6 @@ def build_network(config: NetConfig | str, **overrides) -> BlockNetwork:
     if cfg.arch == "plain":
         return plain_net(cfg)
     if cfg.arch == "torchvision":
+        from .torchvision_adapter import from_torchvision
         return from_torchvision(torchvision_model(cfg))
     return cifar_resnet(cfg)

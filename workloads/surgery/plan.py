@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
-from scipy.stats import kendalltau
 
 from ..models.blocks import BlockInfo
 
@@ -48,6 +47,7 @@ class Plan:
         """Kendall's tau between this order and the original, over all positions."""
         if list(self.order) == sorted(self.order):
             return 1.0
+        from scipy.stats import kendalltau  # half a second to import: only where a tau is asked for
         return float(kendalltau(range(len(self.order)), self.order).statistic)
 
     @property
