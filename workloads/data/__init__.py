@@ -7,9 +7,13 @@ second or more each to import, paid by every Ray worker that would not use them 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .augment import augment
 from .dataset import DataNotFound, TensorDataset
+
+if TYPE_CHECKING:
+    from .imagefolder import StreamedImageFolder
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet")
 STREAMED = ("imagenet",)   # evaluated from disk in chunks; not trainable here
