@@ -11,7 +11,8 @@ from pathlib import Path
 
 import click
 
-from .spec import SpecError, check_inputs, load_spec
+from .preflight import check_inputs
+from .spec import SpecError, load_spec
 
 ADDRESS = click.option("--address", default=None, metavar="ADDR",
                        help="Ray cluster to attach to (default: $RAY_ADDRESS, else a private local Ray).")
@@ -42,7 +43,7 @@ def _connect(spec, address: str | None, parts: tuple[str, ...] = ("training", "s
     import ray
 
     from .cluster import connect
-    from .spec import check_resources
+    from .preflight import check_resources
     where = connect(address)
     try:
         check_resources(spec, [n["Resources"] for n in ray.nodes() if n.get("Alive")], parts)

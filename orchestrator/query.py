@@ -29,6 +29,3 @@ def connect(out: str | Path) -> duckdb.DuckDBPyConnection:
 def _quote(path: Path) -> str:
     return str(path).replace("'", "''")
 
-
-def views(out: str | Path) -> list[str]:
-    return [r[0] for r in connect(out).execute("select view_name from duckdb_views() where not internal").fetchall()]

@@ -5,12 +5,11 @@ models give ``unravel schema``). The rules that span sections (a study's k_max a
 networks' blocks, the labels a study names, the modes a network supports) are checked as the
 runs are expanded. Every mistake is one line naming the field
 (``training.runs[1].network: unknown network 'resnet21'``): pydantic's wording is turned into
-the house's in one place, ``_one_line``.
+the house's in one place, ``spec_messages``.
 """
 from __future__ import annotations
 
 import hashlib
-import os
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -28,14 +27,11 @@ from workloads.models import NETWORKS, NetConfig, network_config
 from workloads.train.modes import MODES
 from workloads.train.recipe import TrainConfig
 
+from .spec_messages import one_line, rule
+
 
 class SpecError(ValueError):
     """A spec that cannot run; the message names the field and the problem."""
-
-
-def rule(at: str, message: str) -> PydanticCustomError:
-    """A broken rule of a section, reported at ``at`` below the section (e.g. ``runs[0].modes``)."""
-    return PydanticCustomError("rule", message.replace("{", "{{").replace("}", "}}"), {"at": at})
 
 
 def _nonempty(what: str):
@@ -235,9 +231,6 @@ class Gradients(SingleDeletion):
 
 
 STUDIES = ("single_deletion", "random_deletion", "reorder", "gradients")
-# which paper figure each study reproduces
-FIGURES = {"intact": "baseline", "single_deletion": "F3/F8", "random_deletion": "F5a", "reorder": "F5b",
-           "gradients": "F6b"}
 
 
 @dataclass(frozen=True)
@@ -246,9 +239,9 @@ class StudySpec:
 
     study: str
     runs: tuple[str, ...]        # run ids
-    k_max: int = 0
+    k_max: int = 0               # 0 where the study has no such setting (its defaults are in its section)
     draws: int = 0
-    batch_size: int = 128
+    batch_size: int = 0
 
 
 def _study(section: type[BaseModel]):
@@ -279,7 +272,7 @@ class StudiesSpec(Section):
             section = getattr(self, name)
             if section is not None:
                 resolved.append(StudySpec(name, self._runs.get(name, ()), getattr(section, "k_max", 0),
-                                          getattr(section, "draws", 0), getattr(section, "batch_size", 128)))
+                                          getattr(section, "draws", 0), getattr(section, "batch_size", 0)))
         return tuple(resolved)
 
     def study(self, name: str) -> StudySpec | None:
@@ -308,92 +301,6 @@ def json_schema() -> dict:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "unravel experiment spec"
     return schema
-
-
-# -- pydantic's errors in the house's words, in one place ----------------------------------------
-
-_NOUNS = {"dataset": "dataset", "network": "network", "modes": "mode"}   # fields whose bad value is "unknown X"
-
-
-def _path(loc: tuple, at: str = "") -> str:
-    text = ""
-    for i, step in enumerate(loc):
-        text += f"[{step}]" if isinstance(step, int) and i else (f".{step}" if text else str(step))
-    if at:
-        text += at if at.startswith("[") or not text else f".{at}"
-    return text
-
-
-@lru_cache(maxsize=1)
-def _document_schema() -> dict:
-    return SpecDocument.model_json_schema()
-
-
-def _allowed_keys(loc: tuple) -> list[str]:
-    """The keys the schema allows where ``loc`` points (best effort: [] if the walk is lost)."""
-    schema = root = _document_schema()
-    for step in loc:
-        while True:
-            if "$ref" in schema:
-                schema = root["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
-            elif "anyOf" in schema:
-                schema = next((s for s in schema["anyOf"] if s.get("type") != "null"), {})
-            else:
-                break
-        schema = schema.get("items", {}) if isinstance(step, int) else schema.get("properties", {}).get(step, {})
-    while "$ref" in schema or "anyOf" in schema:
-        schema = (root["$defs"][schema["$ref"].rsplit("/", 1)[-1]] if "$ref" in schema
-                  else next((s for s in schema["anyOf"] if s.get("type") != "null"), {}))
-    return sorted(schema.get("properties", {}))
-
-
-def _got(value: Any) -> str:
-    return "a boolean" if isinstance(value, bool) else f"{type(value).__name__} {value!r}"[:120]
-
-
-def _problem(e: dict, loc: tuple) -> str:
-    kind, value, ctx = e["type"], e.get("input"), e.get("ctx") or {}
-    if kind == "missing":
-        return "is required"
-    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
-        allowed = _allowed_keys(loc[:-1])
-        return f"unknown key (allowed: {', '.join(allowed)})" if allowed else "unknown key"
-    if kind in ("model_type", "model_attributes_type", "dict_type", "dataclass_type"):
-        return f"must be a mapping, got {type(value).__name__}"
-    if kind in ("list_type", "tuple_type"):
-        return f"must be list, got {type(value).__name__}"
-    if kind in ("int_type", "int_parsing", "int_from_float"):
-        return f"must be int, got {_got(value)}"
-    if kind in ("float_type", "float_parsing"):
-        return f"must be a number, got {_got(value)}"
-    if kind in ("bool_type", "bool_parsing"):
-        return f"must be bool, got {_got(value)}"
-    if kind == "string_type":
-        return f"must be str, got {_got(value)}"
-    if kind == "literal_error":
-        choices = ctx.get("expected", "").replace("'", "")
-        if not isinstance(value, str):
-            return f"must be str, got {_got(value)}"
-        noun = _NOUNS.get(next((s for s in reversed(loc) if isinstance(s, str)), ""))
-        if noun:
-            return f"unknown {noun} {value!r} (known: {choices.replace(' or ', ', ')})"
-        return f"must be {choices}, got {value!r}"
-    if kind in ("too_short", "too_long"):
-        bound = ctx.get("min_length", ctx.get("max_length"))
-        return f"must hold {'at least' if kind == 'too_short' else 'at most'} {bound} items, got {ctx.get('actual_length')}"
-    if kind in ("value_error", "assertion_error"):
-        return str(ctx.get("error", e["msg"]))
-    return e["msg"]
-
-
-def _one_line(error: ValidationError, where: str = "") -> str:
-    """The first error as 'field.path: problem'; ``where`` prefixes a config built inside a section."""
-    e = error.errors(include_url=False)[0]
-    loc = tuple(e["loc"])
-    path = _path(loc, (e.get("ctx") or {}).get("at", ""))
-    if where:
-        path = f"{where}.{path}" if path and not path.startswith("[") else where + path
-    return f"{path or 'spec'}: {' '.join(_problem(e, loc).split())}"
 
 
 # -- the experiment: runs expanded, studies resolved, cross-section rules checked ----------------
@@ -470,7 +377,7 @@ def _net_config(network: str, overrides: dict, mode: str, data: DataSpec, where:
     try:
         return network_config(network, in_channels=channels, num_classes=classes, image_size=size, **fields)
     except ValidationError as e:
-        raise SpecError(_one_line(e, where)) from None
+        raise SpecError(one_line(e, NetConfig, where)) from None
 
 
 @lru_cache(maxsize=256)  # many runs share a network (seeds, modes)
@@ -509,7 +416,7 @@ def _trials(section: TrainingSection, data: DataSpec) -> TrainingSpec:
                         train = TrainConfig(**{**recipe, "iterations": section.iterations, "mode": mode, "seed": seed,
                                                **({"active_blocks": active} if active is not None else {})})
                     except ValidationError as e:
-                        raise SpecError(_one_line(e, "training.recipe")) from None
+                        raise SpecError(one_line(e, TrainConfig, "training.recipe")) from None
                     tag = "" if not v else "." + ".".join(f"{k}-{v[k]}" for k in sorted(v))
                     run_id = _safe_id(f"{label}{tag}.{mode}.s{seed}." + _short_hash(net.to_json(), train.to_json(),
                                                                                     data.dataset))
@@ -596,7 +503,7 @@ def parse_spec(raw: Any, path: str = "") -> ExperimentSpec:
     try:
         doc = SpecDocument.model_validate(raw)
     except ValidationError as e:
-        raise SpecError(_one_line(e)) from None
+        raise SpecError(one_line(e, SpecDocument)) from None
     training = _trials(doc.training, doc.data) if doc.training is not None else TrainingSpec()
     models = _imports(doc.models, doc.data) if doc.models is not None else ()
     _no_twins(training.trials + models, "models", "give them different labels")
@@ -642,64 +549,3 @@ class _StrictSafeLoader(yaml.SafeLoader):
                                                         key_node.start_mark)
             seen.add(key) if isinstance(key, (str, int, float, bool)) else None
         return super().construct_mapping(node, deep)
-
-
-# -- what a spec needs from the machine: checked by the CLI before anything starts -------------
-
-_CIFAR_FOLDERS = {"cifar10": ("CIFAR-10", "cifar-10-batches-py"), "cifar100": ("CIFAR-100", "cifar-100-python")}
-
-
-def check_inputs(spec: ExperimentSpec) -> None:
-    """The files a spec names (data, imported checkpoints) exist: a one-line SpecError if not."""
-    from workloads.data.imagefolder import class_folders, empty_class
-    d = spec.data
-    root = Path(d.root).expanduser()
-    if d.dataset in _CIFAR_FOLDERS and not d.download:
-        title, folder = _CIFAR_FOLDERS[d.dataset]
-        if not (root / folder).is_dir():
-            _fail("data.root", f"no {title} files in {root} (expected {root / folder}/); put torchvision's "
-                               f"{title} files there, or set data.download: true on a machine with internet")
-    if d.streamed:
-        classes = class_folders(root / "val")
-        if not classes:
-            _fail("data.root", f"no ImageNet-style folder {root / 'val'}/<class>/<image> (point data.root at the "
-                               f"folder that holds val/ and train/)")
-        if len(classes) != d.num_classes:
-            _fail("data.num_classes", f"is {d.num_classes}, but {root / 'val'} holds {len(classes)} class folders")
-        train = class_folders(root / "train")
-        if spec.studies.study("gradients") and not train:
-            _fail("studies.gradients", f"draws training images, and {root / 'train'} holds no class folders")
-        if train and train != classes:
-            _fail("data.root", f"{root / 'train'} and {root / 'val'} hold different class folders")
-        for split in ("val", "train") if train else ("val",):
-            empty = empty_class(root / split)
-            if empty:
-                _fail("data.root", f"{root / split / empty} holds no image (every class folder needs one)")
-    for i, m in enumerate(spec.models):
-        path = Path(m.checkpoint).expanduser()
-        if not path.is_file():
-            _fail(f"models[{i}].checkpoint", f"no such file {m.checkpoint}")
-        if not os.access(path, os.R_OK):
-            _fail(f"models[{i}].checkpoint", f"{m.checkpoint} is not readable (permissions)")
-
-
-def check_resources(spec: ExperimentSpec, nodes: list[dict[str, float]],
-                    parts: tuple[str, ...] = ("training", "studies")) -> None:
-    """Every trial and evaluator fits on some node (Ray would otherwise wait forever, silently).
-
-    ``nodes``: the resources of each live node, as ``ray.nodes()[i]["Resources"]``; ``parts``:
-    what the command will run.
-    """
-    asks = []
-    if spec.training.trials and "training" in parts:
-        asks.append(("training.resources", spec.training.resources))
-    if spec.studies.studies and "studies" in parts:
-        asks.append(("studies.evaluators", spec.studies.evaluators))
-    for where, ask in asks:
-        cpu, gpu = ask.cpu, ask.gpu
-        if any(n.get("CPU", 0) >= cpu and n.get("GPU", 0) >= gpu for n in nodes):
-            continue
-        have = ", ".join(f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU" for n in nodes) or "none"
-        kind = "gpu" if gpu and not any(n.get("GPU", 0) >= gpu for n in nodes) else "cpu"
-        _fail(f"{where}.{kind}", f"asks for {cpu:g} CPU and {gpu:g} GPU per worker, and no node of the cluster has "
-                                 f"that (nodes: {have}); start such workers or lower the request")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,87 +47,108 @@ def pending_units(spec: ExperimentSpec, out: Path) -> tuple[list[Unit], list[Uni
 
 
 def run_studies(spec: ExperimentSpec, out: str | Path, progress: bool = True) -> SweepOutcome:
+    """Compute every unit of the spec not yet in OUT, writing each finished batch as it comes."""
     out = Path(out)
     started = time.perf_counter()
     runs = store.read_table(out, "runs")
     units, todo = pending_units(spec, out)
-    per_study: dict[str, int] = {}
-    for u in units:
-        per_study[u.study] = per_study.get(u.study, 0) + 1
+    per_study = dict(Counter(u.study for u in units))
+    _check_runs_exist(spec, out, runs, todo)
+    if not todo:
+        return SweepOutcome(len(units), len(units), 0, 0, time.perf_counter() - started, per_study)
+    work = batches(todo, spec.studies.plans_per_batch)
+    bar = tqdm(total=len(units), initial=len(units) - len(todo), desc="study units", unit="unit",
+               dynamic_ncols=True, disable=not progress)
+    dispatcher = _Dispatcher(spec, out, work, runs, bar)
+    try:
+        dispatcher.run()
+    finally:
+        bar.close()
+        dispatcher.stop()
+    return SweepOutcome(len(units), len(units) - len(todo), dispatcher.computed, dispatcher.failed,
+                        time.perf_counter() - started, per_study, dispatcher.busy, len(work))
+
+
+def _check_runs_exist(spec: ExperimentSpec, out: Path, runs, todo: list[Unit]) -> None:
     missing = sorted({u.run_id for u in todo} - set(runs["run_id"]))
     if missing:
         imported = {m.run_id for m in spec.models}
         how = "unravel lesion or run imports it" if missing[0] in imported else "train first (unravel train, or run)"
         raise FileNotFoundError(f"no run {missing[0]} in {out / 'runs.parquet'}: {how}")
-    if not todo:
-        return SweepOutcome(len(units), len(units), 0, 0, time.perf_counter() - started, per_study)
-    s = spec.studies
-    work = batches(todo, s.plans_per_batch)
-    # checkpoints travel once, through the object store; every batch of a run refers to the same object
-    checkpoints = {r: ray.put(Path(path).read_bytes())
-                   for r, path in zip(runs["run_id"], runs["checkpoint"]) if r in {b.run_id for b in work}}
-    actor = evaluator_actor(s.evaluators)
-    count = min(s.evaluators.count, len(work))
-    evaluators = [actor.remote(spec.data, s) for _ in range(count)]
-    bar = tqdm(total=len(units), initial=len(units) - len(todo), desc="study units", unit="unit",
-               dynamic_ncols=True, disable=not progress)
-    computed = failed = 0
-    busy = 0.0
-    queue = list(reversed(work))
-    attempts: dict[str, int] = {}
-    in_flight: dict[ray.ObjectRef, tuple[Batch, int]] = {}
-    load = [0] * count
 
-    def submit(i: int) -> None:
-        batch = queue.pop()
-        ref = evaluators[i].run.remote(batch, checkpoints[batch.run_id])
-        in_flight[ref] = (batch, i)
-        load[i] += 1
 
-    try:
-        for i in range(count):
-            while queue and load[i] < s.max_in_flight:
-                submit(i)
-        while in_flight:
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
+class _Dispatcher:
+    """Keeps at most ``max_in_flight`` batches queued per evaluator, takes results as they finish,
+    writes them (the driver is the single writer), and resubmits a batch whose evaluator died."""
+
+    def __init__(self, spec: ExperimentSpec, out: Path, work: list[Batch], runs, bar):
+        s = spec.studies
+        self.out, self.bar, self.depth = out, bar, s.max_in_flight
+        # checkpoints travel once, through the object store; every batch of a run refers to the same object
+        wanted = {b.run_id for b in work}
+        self.checkpoints = {r: ray.put(Path(path).read_bytes())
+                            for r, path in zip(runs["run_id"], runs["checkpoint"]) if r in wanted}
+        actor = evaluator_actor(s.evaluators)
+        self.evaluators = [actor.remote(spec.data, s) for _ in range(min(s.evaluators.count, len(work)))]
+        self.queue = list(reversed(work))
+        self.in_flight: dict[ray.ObjectRef, tuple[Batch, int]] = {}
+        self.load = [0] * len(self.evaluators)
+        self.attempts: dict[str, int] = {}
+        self.computed = self.failed = 0
+        self.busy = 0.0   # the driver's own work: results taken, files written, batches sent
+
+    def fill(self, i: int) -> None:
+        while self.queue and self.load[i] < self.depth:
+            batch = self.queue.pop()
+            ref = self.evaluators[i].run.remote(batch, self.checkpoints[batch.run_id])
+            self.in_flight[ref] = (batch, i)
+            self.load[i] += 1
+
+    def run(self) -> None:
+        for i in range(len(self.evaluators)):
+            self.fill(i)
+        while self.in_flight:
+            ready, _ = ray.wait(list(self.in_flight), num_returns=1)
             tick = time.perf_counter()
-            ref = ready[0]
-            batch, i = in_flight.pop(ref)
-            load[i] -= 1
-            try:
-                rows, errors = ray.get(ref)
-            except EVALUATOR_LOST as e:
-                if getattr(e, "actor_init_failed", False):  # its constructor raised: no restart will help
-                    raise EvaluatorsCannotStart(f"the evaluators cannot start: {_cause(e)}") from None
-                # the evaluator (or its node) died: Ray restarts it; the batch goes back in the queue
-                attempts[batch.key] = attempts.get(batch.key, 0) + 1
-                if attempts[batch.key] <= MAX_BATCH_RETRIES:
-                    _await_restart(evaluators[i])
-                    queue.append(batch)
-                    while queue and load[i] < s.max_in_flight:
-                        submit(i)
-                    continue
-                rows, errors = [], _failed(batch, e)
-            except ray.exceptions.RayTaskError as e:
-                rows, errors = [], _failed(batch, e)
-            if rows:
-                store.write_part(out, batch.table, batch.study, batch.run_id, batch.key, rows)
-            if errors:
-                store.write_errors(out, batch.key, errors)
-            computed += len(rows)
-            failed += len(errors)
-            bar.update(len(rows) + len(errors))
-            if failed:
-                bar.set_postfix_str(f"{failed} failed")
-            while queue and load[i] < s.max_in_flight:
-                submit(i)
-            busy += time.perf_counter() - tick
-    finally:
-        bar.close()
-        for ev in evaluators:
+            batch, i = self.in_flight.pop(ready[0])
+            self.load[i] -= 1
+            outcome = self.take(ready[0], batch, i)
+            if outcome is not None:
+                self.write(batch, *outcome)
+            self.fill(i)
+            self.busy += time.perf_counter() - tick
+
+    def take(self, ref: ray.ObjectRef, batch: Batch, i: int) -> tuple[list[dict], list[dict]] | None:
+        """(rows, error rows) of a finished batch; None when it went back in the queue."""
+        try:
+            return ray.get(ref)
+        except EVALUATOR_LOST as e:
+            if getattr(e, "actor_init_failed", False):  # its constructor raised: no restart will help
+                raise EvaluatorsCannotStart(f"the evaluators cannot start: {_cause(e)}") from None
+            # the evaluator (or its node) died: Ray restarts it; the batch goes back in the queue
+            self.attempts[batch.key] = self.attempts.get(batch.key, 0) + 1
+            if self.attempts[batch.key] <= MAX_BATCH_RETRIES:
+                _await_restart(self.evaluators[i])
+                self.queue.append(batch)
+                return None
+            return [], _failed(batch, e)
+        except ray.exceptions.RayTaskError as e:
+            return [], _failed(batch, e)
+
+    def write(self, batch: Batch, rows: list[dict], errors: list[dict]) -> None:
+        if rows:
+            store.write_part(self.out, batch.table, batch.study, batch.run_id, batch.key, rows)
+        if errors:
+            store.write_errors(self.out, batch.key, errors)
+        self.computed += len(rows)
+        self.failed += len(errors)
+        self.bar.update(len(rows) + len(errors))
+        if self.failed:
+            self.bar.set_postfix_str(f"{self.failed} failed")
+
+    def stop(self) -> None:
+        for ev in self.evaluators:
             ray.kill(ev)
-    return SweepOutcome(len(units), len(units) - len(todo), computed, failed, time.perf_counter() - started,
-                        per_study, busy, len(work))
 
 
 class EvaluatorsCannotStart(RuntimeError):

@@ -48,11 +48,6 @@ class TensorDataset:
         idx = torch.as_tensor(indices, dtype=torch.long)
         return self.train_images[idx], self.train_labels[idx]
 
-    def subset(self, train: int | None = None, test: int | None = None) -> "TensorDataset":
-        """The first ``train`` / ``test`` examples (the splits are already shuffled)."""
-        return TensorDataset(self.name, self.train_images[:train], self.train_labels[:train],
-                             self.test_images[:test], self.test_labels[:test], self.num_classes, self.augmentation)
-
 
 def normalise(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean/std normalisation with statistics of the training set."""

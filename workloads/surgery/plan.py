@@ -50,10 +50,6 @@ class Plan:
         from scipy.stats import kendalltau  # half a second to import: only where a tau is asked for
         return float(kendalltau(range(len(self.order)), self.order).statistic)
 
-    @property
-    def is_reordered(self) -> bool:
-        return any(b != p for p, b in enumerate(self.order))
-
     def steps(self) -> list[tuple[int, bool]]:
         """(block index, runs its residual branch) for each position, in execution order."""
         return [(b, b not in self.deleted) for b in self.order]
