@@ -133,7 +133,10 @@ def test_constant_scaling_and_dropout_shortcuts():
     assert torch.allclose(s, 0.5 * x) and torch.allclose(r, 0.5 * block.branch(x))
     drop = build_network("resnet20", shortcut="dropout").blocks[1].train()
     s, _ = drop.parts(torch.ones(1, 16, 8, 8))
-    assert set(s.unique().tolist()) <= {0.0, 2.0}  # inverted dropout with p = 0.5
+    assert set(s.unique().tolist()) == {0.0, 2.0}  # inverted dropout with p = 0.5, over 1,024 values
+    drop.eval()
+    s, _ = drop.parts(torch.ones(1, 16, 8, 8))
+    assert torch.equal(s, torch.ones(1, 16, 8, 8))  # no dropout at test time
 
 
 def test_conv_shortcut_is_a_1x1_conv_everywhere():
@@ -145,15 +148,17 @@ def test_conv_shortcut_is_a_1x1_conv_everywhere():
 def test_stochastic_depth_survival_decays_linearly_and_scales_at_test_time():
     net = build_network("resnet110", stochastic_depth=True)
     p = [b.survival for b in net.blocks]
-    assert p[0] == pytest.approx(1 - 0.5 / 54) and p[-1] == pytest.approx(0.5)
+    assert p == pytest.approx([1 - (i + 1) / 54 * 0.5 for i in range(54)])  # p_l = 1 - (l/L)(1 - p_L)
     block = net.blocks[-1]
-    x = torch.randn(1, 64, 4, 4)
+    x = torch.randn(2, 64, 4, 4)
+    # BN differs between modes, so each mode is compared against the branch itself in that mode
     block.train()
     _, r_train = block.parts(x)
+    assert torch.allclose(r_train, block.branch(x))  # training: the whole branch, when it survives
     block.eval()
     _, r_eval = block.parts(x)
-    # BN differs between modes, so compare against the branch itself in eval mode
     assert torch.allclose(r_eval, 0.5 * block.branch(x))
+    assert not torch.allclose(r_eval, block.branch(x))
 
 
 def test_torchvision_adapter_shares_the_users_modules():
