@@ -24,6 +24,17 @@ def test_every_registered_network_runs_forward(name):
     assert [i.index for i in infos] == list(range(len(infos)))
 
 
+def test_registry_cases_pick_up_a_new_name_and_refuse_an_unknown_family(monkeypatch):
+    """tests/registry_cases.py: a newly registered network joins the engine and gradient tests by
+    being registered; one whose family has no tiny rule fails collection instead of being skipped."""
+    from registry_cases import NoTinyRule, registry_cases
+    monkeypatch.setitem(NETWORKS, "resnet26", dict(arch="resnet", depth=26))
+    assert "resnet26" in [c.id for c in registry_cases()]
+    monkeypatch.setitem(NETWORKS, "vit_tiny", dict(arch="vit"))
+    with pytest.raises(NoTinyRule, match="'vit_tiny'"):
+        registry_cases()
+
+
 @pytest.mark.parametrize("name", ["resnet20", "plain15", "tv_resnet18"])
 def test_digits_shaped_networks(name):
     net = build_network(name, in_channels=1, num_classes=10).eval()
