@@ -51,13 +51,37 @@ def test_random_crop_shifts_whole_images():
         assert any(torch.equal(out[i, 0], w) for w in windows)
 
 
-def test_augmentation_is_seeded_and_flips_only_for_cifar():
-    x = torch.randn(64, 3, 32, 32)
-    a = augment(x, "cifar", torch.Generator().manual_seed(1))
-    b = augment(x, "cifar", torch.Generator().manual_seed(1))
-    assert torch.equal(a, b)
-    flipped = sum(torch.equal(augment(x[:1], "cifar", torch.Generator().manual_seed(s))[0, :, 4:28, 4:28],
-                              x[0].flip(2)[:, 4:28, 4:28]) for s in range(0))
-    assert flipped == 0
+def _windows_matched(out: torch.Tensor, source: torch.Tensor, pad: int) -> torch.Tensor:
+    """Per image: is ``out`` one of the shifted windows of ``source`` zero-padded by ``pad``?"""
+    h, w = source.shape[-2:]
+    padded = torch.nn.functional.pad(source, (pad, pad, pad, pad))
+    hit = torch.zeros(len(out), dtype=torch.bool)
+    for r in range(2 * pad + 1):
+        for c in range(2 * pad + 1):
+            hit |= (out == padded[..., r:r + h, c:c + w]).flatten(1).all(1)
+    return hit
+
+
+@pytest.mark.parametrize("policy, pad, flips", [("cifar", 4, True), ("shift1", 1, False)])
+def test_augmentation_is_seeded_and_flips_only_for_cifar(policy, pad, flips):
+    x = torch.randn(128, 3, 16, 16)
+    a = augment(x, policy, torch.Generator().manual_seed(1))
+    assert torch.equal(a, augment(x, policy, torch.Generator().manual_seed(1)))
+    assert not torch.equal(a, augment(x, policy, torch.Generator().manual_seed(2)))
+    flipped = []
+    for seed in range(2):
+        out = augment(x, policy, torch.Generator().manual_seed(seed))
+        # random pixels: a window of the image and one of its mirror image never coincide,
+        # so each output is exactly one of the two
+        plain, mirrored = _windows_matched(out, x, pad), _windows_matched(out, x.flip(3), pad)
+        assert (plain ^ mirrored).all()
+        flipped += mirrored.tolist()
+    if flips:
+        assert 0.35 < sum(flipped) / len(flipped) < 0.65  # 256 fair coins
+    else:
+        assert not any(flipped)
+
+
+def test_unknown_augmentation_is_refused():
     with pytest.raises(ValueError, match="augmentation"):
-        augment(x, "mixup", torch.Generator())
+        augment(torch.randn(2, 3, 8, 8), "mixup", torch.Generator())

@@ -4,16 +4,30 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny
+from registry_cases import params, registry_cases, single_thread
 from workloads.surgery import (PlanTrie, delete_blocks, deletion_pool, evaluate_plans, forward_plan, intact,
-                               random_deletion, random_swaps, recalibrated_copy)
+                               random_deletion, random_swaps, recalibrated_copy, swap_pairs)
 from workloads.surgery.trie import naive_block_runs
 
 
-def study_plans(infos, swaps=2, draws=3):
-    plans = [intact(infos)] + [delete_blocks(infos, [i]) for i in deletion_pool(infos)]
-    plans += [random_deletion(infos, k, s) for k in (2, 4) for s in range(draws)]
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with single_thread():
+        yield
+
+
+def study_plans(infos, swaps=2, draws=3, singles=None):
+    """Every kind of plan a study makes; ``singles`` spreads that many single deletions over the
+    network (first and last included) instead of one per deletable block."""
+    pool = deletion_pool(infos)
+    if singles is not None and singles < len(pool):
+        pool = [pool[round(i * (len(pool) - 1) / max(singles - 1, 1))] for i in range(singles)]
+    ks = [k for k in (2, 4) if k <= len(deletion_pool(infos))]
+    swaps = min(swaps, len(swap_pairs(infos)))
+    plans = [intact(infos)] + [delete_blocks(infos, [i]) for i in pool]
+    plans += [random_deletion(infos, k, s) for k in ks for s in range(draws)]
     plans += [random_swaps(infos, k, s) for k in range(1, swaps + 1) for s in range(draws)]
-    plans += [random_deletion(infos, 2, 0)]  # a duplicate, computed once
+    plans += [random_deletion(infos, ks[0], 0)]  # a duplicate, computed once
     return plans
 
 
@@ -26,26 +40,17 @@ def naive(net, plans, x, y):
     return out
 
 
-@pytest.mark.parametrize("name, overrides, swaps", [
-    ("resnet20", {}, 2),
-    ("preact_resnet20", {}, 2),
-    ("resnet20", {"unit": "b", "option": "B"}, 2),
-    ("resnet20", {"shortcut": "exclusive_gating"}, 2),
-    ("resnet20", {"shortcut": "conv"}, 2),
-    ("resnet20", {"stochastic_depth": True}, 2),
-    ("resnet164", {"widths": (4, 8, 16)}, 2),
-    ("plain15", {"widths": (8, 16, 32)}, 2),
-    ("tv_resnet18", {}, 1),
-])
-def test_engine_equals_one_forward_per_plan(name, overrides, swaps, images):
-    net = tiny(name, **overrides)
-    x, y = images
-    if name.startswith("tv_"):
-        x = torch.nn.functional.interpolate(x, size=32)
-    plans = study_plans(net.block_infos(), swaps=swaps)
+@pytest.mark.parametrize("case", params(registry_cases()))
+def test_engine_equals_one_forward_per_plan(case, images):
+    """Every registered network (and each unit and shortcut variant), made tiny by registry_cases."""
+    budget = case.budget
+    x, y = case.inputs(images[0])[:budget.examples], images[1][:budget.examples]
+    net = case.build(x)
+    plans = study_plans(net.block_infos(), swaps=budget.swaps, draws=budget.draws, singles=budget.singles)
+    assert any(p.deleted for p in plans) and any(p.order != tuple(sorted(p.order)) for p in plans)
     got = evaluate_plans(net, plans, x, y, chunk_size=16)
     want = naive(net, plans, x, y)
-    for plan, r, (err, loss) in zip(plans, got, want):
+    for plan, r, (err, loss) in zip(plans, got, want, strict=True):
         assert r.examples == len(y)
         assert abs(r.error - err) <= 1 / len(y) + 1e-9, plan
         assert r.loss == pytest.approx(loss, rel=1e-4, abs=1e-5), plan

@@ -24,6 +24,17 @@ def test_every_registered_network_runs_forward(name):
     assert [i.index for i in infos] == list(range(len(infos)))
 
 
+def test_registry_cases_pick_up_a_new_name_and_refuse_an_unknown_family(monkeypatch):
+    """tests/registry_cases.py: a newly registered network joins the engine and gradient tests by
+    being registered; one whose family has no tiny rule fails collection instead of being skipped."""
+    from registry_cases import NoTinyRule, registry_cases
+    monkeypatch.setitem(NETWORKS, "resnet26", dict(arch="resnet", depth=26))
+    assert "resnet26" in [c.id for c in registry_cases()]
+    monkeypatch.setitem(NETWORKS, "vit_tiny", dict(arch="vit"))
+    with pytest.raises(NoTinyRule, match="'vit_tiny'"):
+        registry_cases()
+
+
 @pytest.mark.parametrize("name", ["resnet20", "plain15", "tv_resnet18"])
 def test_digits_shaped_networks(name):
     net = build_network(name, in_channels=1, num_classes=10).eval()
@@ -133,7 +144,10 @@ def test_constant_scaling_and_dropout_shortcuts():
     assert torch.allclose(s, 0.5 * x) and torch.allclose(r, 0.5 * block.branch(x))
     drop = build_network("resnet20", shortcut="dropout").blocks[1].train()
     s, _ = drop.parts(torch.ones(1, 16, 8, 8))
-    assert set(s.unique().tolist()) <= {0.0, 2.0}  # inverted dropout with p = 0.5
+    assert set(s.unique().tolist()) == {0.0, 2.0}  # inverted dropout with p = 0.5, over 1,024 values
+    drop.eval()
+    s, _ = drop.parts(torch.ones(1, 16, 8, 8))
+    assert torch.equal(s, torch.ones(1, 16, 8, 8))  # no dropout at test time
 
 
 def test_conv_shortcut_is_a_1x1_conv_everywhere():
@@ -145,15 +159,17 @@ def test_conv_shortcut_is_a_1x1_conv_everywhere():
 def test_stochastic_depth_survival_decays_linearly_and_scales_at_test_time():
     net = build_network("resnet110", stochastic_depth=True)
     p = [b.survival for b in net.blocks]
-    assert p[0] == pytest.approx(1 - 0.5 / 54) and p[-1] == pytest.approx(0.5)
+    assert p == pytest.approx([1 - (i + 1) / 54 * 0.5 for i in range(54)])  # p_l = 1 - (l/L)(1 - p_L)
     block = net.blocks[-1]
-    x = torch.randn(1, 64, 4, 4)
+    x = torch.randn(2, 64, 4, 4)
+    # BN differs between modes, so each mode is compared against the branch itself in that mode
     block.train()
     _, r_train = block.parts(x)
+    assert torch.allclose(r_train, block.branch(x))  # training: the whole branch, when it survives
     block.eval()
     _, r_eval = block.parts(x)
-    # BN differs between modes, so compare against the branch itself in eval mode
     assert torch.allclose(r_eval, 0.5 * block.branch(x))
+    assert not torch.allclose(r_eval, block.branch(x))
 
 
 def test_torchvision_adapter_shares_the_users_modules():
