@@ -7,9 +7,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import pandas as pd
 import pytest
-import yaml
 from click.testing import CliRunner
 
 from orchestrator import store
@@ -168,32 +166,3 @@ def test_query_command_formats(known):
     assert json.loads(js.output) == [{"n": 2}]
     bad = runner.invoke(main, ["query", str(known), "select nope from runs"])
     assert bad.exit_code == 2 and "query failed" in bad.output
-
-
-def test_end_to_end_run_through_the_cli(ray_session, tmp_path):
-    spec = {"name": "e2e", "data": {"dataset": "digits"},
-            "training": {"iterations": 20, "recipe": {"eval_every": 10}, "resources": {"cpu": 1},
-                         "runs": [{"network": "preact_resnet20", "label": "res", "overrides": {"widths": [4, 8, 16]},
-                                   "modes": ["normal", "stochastic_depth"]},
-                                  {"network": "plain15", "label": "plain", "overrides": {"widths": [4, 8, 16]}}]},
-            "studies": {"test_examples": 100, "single_deletion": {}, "random_deletion": {"k_max": 4, "draws": 2},
-                        "reorder": {"k_max": 3, "draws": 2}, "gradients": {"draws": 2, "batch_size": 16}}}
-    path = tmp_path / "e2e.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["run", str(path), "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    assert "report:" in result.output
-    for name in ("runs.parquet", "epochs.parquet", "lesion", "gradients", "report.md", "report.html", "figures"):
-        assert (out / name).exists(), name
-    text = (out / "report.md").read_text()
-    runs = pd.read_parquet(out / "runs.parquet")
-    lesion = pd.read_parquet(out / "lesion")
-    # the report's numbers are the tables' numbers
-    for row in runs.itertuples():
-        assert f"{100 * row.test_error:.2f}%" in text
-    plain_median = lesion[(lesion["study"] == "single_deletion") & lesion["run_id"].str.startswith("plain")]["error"].median()
-    assert f"median error {100 * plain_median:.1f}%" in text
-    assert "| single_deletion | " + str((lesion["study"] == "single_deletion").sum()) + " |" in text
-    for key in ("F3", "F5a", "F5b", "F6", "F7", "training"):
-        assert f"### {key}" in text

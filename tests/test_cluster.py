@@ -58,7 +58,7 @@ def test_job_submitted_to_a_ray_start_head(tmp_path):
                              *agent_ports],
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     spec = tmp_path / "job.yaml"
-    small = {**BASE, "name": "job",
+    small = {**BASE, "name": "job", "training": {**BASE["training"], "iterations": 10},
              "studies": {"test_examples": 60, "single_deletion": {}, "evaluators": {"count": 1, "cpu": 1}}}
     spec.write_text(yaml.safe_dump(small))
     out = tmp_path / "out"

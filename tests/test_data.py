@@ -17,6 +17,24 @@ def test_digits_split_is_fixed_and_normalised():
     assert a.augmentation == "shift1" and a.in_channels == 1 and a.num_classes == 10
 
 
+def test_digits_split_is_cached_and_the_cache_is_the_split(tmp_path, monkeypatch):
+    """Workers load digits from the cache without importing scikit-learn; a damaged cache is made again."""
+    import subprocess
+    import sys
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    fresh = load_dataset("digits")  # split by scikit-learn, then cached
+    (cached,) = list((tmp_path / "unravel").glob("digits-*.pt"))
+    probe = ("import sys; from workloads.data import load_dataset; d = load_dataset('digits'); "
+             "print('sklearn' in sys.modules, float(d.test_images.sum()), d.test_labels.tolist() == "
+             f"{fresh.test_labels.tolist()})")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "XDG_CACHE_HOME": str(tmp_path)}).stdout.split()
+    assert out[0] == "False" and float(out[1]) == pytest.approx(float(fresh.test_images.sum())) and out[2] == "True"
+    cached.write_bytes(b"damaged")
+    again = load_dataset("digits")
+    assert torch.equal(again.train_images, fresh.train_images) and cached.stat().st_size > 1000
+
+
 def test_cifar_through_torchvisions_real_loader(fake_cifar):
     data = load_dataset("cifar10", fake_cifar)
     assert data.train_images.shape == (30, 3, 32, 32) and data.test_images.shape == (10, 3, 32, 32)

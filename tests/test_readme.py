@@ -136,6 +136,23 @@ def test_the_demo_spec_runs_end_to_end(demo):
     assert "0 failed" in output
 
 
+def test_the_demo_report_is_computed_from_its_tables(demo):
+    """The report's numbers are the tables' numbers (the demo run's report, written by `unravel run`)."""
+    out, _, output = demo
+    assert "report:" in output
+    text = (out / "report.md").read_text()
+    runs = pd.read_parquet(out / "runs.parquet")
+    lesion = pd.read_parquet(out / "lesion")
+    for row in runs.itertuples():
+        assert f"{100 * row.test_error:.2f}%" in text
+    singles = lesion[lesion["study"] == "single_deletion"]
+    plain_median = singles[singles["run_id"].astype(str).str.startswith("plain")]["error"].median()
+    assert f"median error {100 * plain_median:.1f}%" in text
+    assert f"| single_deletion | {len(singles)} |" in text
+    for key in ("F3", "F5a", "F5b", "F6", "F7", "training"):
+        assert f"### {key}" in text
+
+
 # -- the README's Python ---------------------------------------------------------------------------------
 
 def run_block(code: str, namespace: dict, name: str):
