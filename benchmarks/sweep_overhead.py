@@ -56,7 +56,7 @@ def main(argv=None) -> int:
         units, todo = pending_units(experiment, work)
         s = experiment.studies
         runs = store.read_table(work, "runs")
-        blobs = {r: Path(c).read_bytes() for r, c in zip(runs["run_id"], runs["checkpoint"])}
+        blobs = {r: store.located(work, c).read_bytes() for r, c in zip(runs["run_id"], runs["checkpoint"])}
 
         evaluator = Evaluator(experiment.data, s)
         torch.set_num_threads(os.cpu_count())  # in process, one evaluator has every CPU

@@ -42,9 +42,12 @@ def _connect(spec, address: str | None, parts: tuple[str, ...] = ("training", "s
 
     import ray
 
-    from .cluster import connect
+    from .cluster import ClusterUnreachable, connect
     from .preflight import check_resources
-    where = connect(address)
+    try:
+        where = connect(address)
+    except ClusterUnreachable as e:
+        raise BadInput(str(e)) from None
     try:
         check_resources(spec, [n["Resources"] for n in ray.nodes() if n.get("Alive")], parts)
     except SpecError as e:
@@ -110,26 +113,54 @@ def main() -> None:
     """
 
 
+@contextmanager
+def _experiment(experiment, out: Path, address: str | None, parts: tuple[str, ...]):
+    """OUT locked, claimed for this experiment and Ray connected, in that order: a second writer, or
+    another experiment's folder, is refused before Ray starts. The spec is recorded only once the
+    cluster can run it, so bad input writes nothing."""
+    from . import store
+    with _writing(out):
+        _claim(experiment, out)
+        where = _connect(experiment, address, parts)
+        store.save_spec(out, experiment.raw, experiment.path)
+        yield where
+
+
+def _claim(experiment, out: Path) -> None:
+    """OUT is new, or holds this same experiment (its spec may have evolved: see the README)."""
+    from . import store
+    recorded = store.read_spec(out)
+    if not recorded:
+        return
+    name = recorded.get("name")
+    if name != experiment.name:
+        raise BadInput(f"{out} holds experiment {name!r}, not {experiment.name!r}; use another --out")
+    dataset = (recorded.get("data") or {}).get("dataset", "digits")
+    if dataset != experiment.data.dataset:
+        raise BadInput(f"{out} holds experiment {name!r} on {dataset}; a spec on {experiment.data.dataset} is a "
+                       f"different experiment: use another --out")
+
+
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @ADDRESS
 @OUT
-@click.option("--resume", is_flag=True, help="Continue an interrupted training sweep in OUT.")
+@click.option("--resume", is_flag=True, hidden=True)  # kept for scripts: training always continues OUT
 def train(spec: str, address: str | None, out: Path | None, resume: bool) -> None:
-    """Train every network of SPEC as Ray Tune trials; write the runs and epochs tables."""
+    """Train SPEC's networks as Ray Tune trials; write the runs and epochs tables.
+
+    Continues what OUT holds: finished trials are kept, interrupted ones continue from their last
+    checkpoint, and trials the spec gained (seeds, runs, variants) are trained.
+    """
     from .training import run_training
     experiment = _load(spec)
     if not experiment.training.trials:
         raise BadInput(f"{spec}: has no training: section (its models: are imported by unravel lesion or run)")
     out = _out(experiment, out)
-    where = _connect(experiment, address, ("training",))
-    n = len(experiment.training.trials)
-    click.echo(f"training {n} trial{'s' * (n != 1)} of '{experiment.name}' on {where}; results in {out}")
-    with _writing(out):
-        try:
-            outcome = run_training(experiment, out, resume=resume)
-        except FileExistsError as e:
-            raise BadInput(str(e)) from None
+    with _experiment(experiment, out, address, ("training",)) as where:
+        n = len(experiment.training.trials)
+        click.echo(f"training {n} trial{'s' * (n != 1)} of '{experiment.name}' on {where}; results in {out}")
+        outcome = run_training(experiment, out)
     _print_runs(outcome.runs)
     click.echo(f"tables: {out / 'runs.parquet'}, {out / 'epochs.parquet'}  ({outcome.seconds:.0f} s)")
     if outcome.failed:
@@ -153,9 +184,8 @@ def lesion(spec: str, address: str | None, out: Path | None) -> None:
     out = _out(experiment, out)
     if experiment.training.trials and not (out / "runs.parquet").exists():
         raise BadInput(f"{out / 'runs.parquet'} does not exist: train first (unravel train {spec} --out {out})")
-    where = _connect(experiment, address, ("studies",))
-    click.echo(f"studies of '{experiment.name}' on {where}; results in {out}")
-    with _writing(out):
+    with _experiment(experiment, out, address, ("studies",)) as where:
+        click.echo(f"studies of '{experiment.name}' on {where}; results in {out}")
         _import(experiment, out)
         code = _studies(experiment, out)
     sys.exit(code)
@@ -167,15 +197,15 @@ def lesion(spec: str, address: str | None, out: Path | None) -> None:
 @OUT
 def run(spec: str, address: str | None, out: Path | None) -> None:
     """Train SPEC's networks (and import its models:), then run its studies: the whole
-    experiment, resumable."""
+    experiment, resumable; rerun it after changing the spec to add what changed."""
     from .training import run_training
     experiment = _load(spec)
     out = _out(experiment, out)
-    click.echo(f"experiment '{experiment.name}' on {_connect(experiment, address)}; results in {out}")
     failed = {}
-    with _writing(out):
+    with _experiment(experiment, out, address, ("training", "studies")) as where:
+        click.echo(f"experiment '{experiment.name}' on {where}; results in {out}")
         if experiment.training.trials:
-            outcome = run_training(experiment, out, resume=True)
+            outcome = run_training(experiment, out)
             _print_runs(outcome.runs)
             failed = outcome.failed
             for run_id, error in failed.items():
@@ -210,7 +240,6 @@ def _studies(experiment, out: Path) -> int:
     """Run the studies; 1 if any unit failed (the rest is written), else 0."""
     from . import store
     from .sweep import EvaluatorsCannotStart, run_studies
-    store.save_spec(out, experiment.raw, experiment.path)
     try:
         outcome = run_studies(experiment, out)
     except FileNotFoundError as e:
@@ -274,6 +303,29 @@ def query(out: Path, sql: str, fmt: str) -> None:
         click.echo(frame.to_json(orient="records", indent=1))
     else:
         click.echo(frame.to_string(index=False) if len(frame) else "(no rows)")
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
+def prune(out: Path) -> None:
+    """Remove from OUT's tables the rows of earlier settings: runs and units the current spec
+    (OUT/spec.json) no longer asks for. Checkpoints and other files stay. Safe to interrupt and rerun."""
+    from . import store
+    from .current import current_ids
+    from .spec import parse_spec
+    with _writing(out):
+        raw = store.read_spec(out)
+        if raw is None:
+            raise BadInput(f"{out / store.SPEC_FILE} does not exist: OUT must be the folder of an unravel experiment")
+        try:
+            runs, keys = current_ids(parse_spec(raw))
+        except SpecError as e:
+            raise BadInput(f"{out / store.SPEC_FILE}: not a spec this version of unravel reads ({e})") from None
+        removed = store.prune(out, runs, keys)
+    total = sum(removed.values())
+    each = ", ".join(f"{name} {n:,}" for name, n in removed.items() if n)
+    click.echo(f"removed {total:,} rows of earlier settings ({each})" if total else "nothing to remove: every row "
+               "belongs to the current spec")
 
 
 @main.command()

@@ -7,6 +7,7 @@ started by ``ray start`` on this machine), its dashboard bound to 127.0.0.1.
 from __future__ import annotations
 
 import os
+import socket
 
 import ray
 
@@ -36,15 +37,36 @@ def quiet_tune() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
+class ClusterUnreachable(ConnectionError):
+    """No Ray cluster answers at the address given."""
+
+
+def probe(address: str, timeout: float = 10.0) -> None:
+    """Fail in bounded time where Ray would retry a dead address for minutes: a TCP connection
+    to ``host:port`` (or ``ray://host:port``) must open within ``timeout`` seconds."""
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" and other forms: left to Ray
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ClusterUnreachable(f"no Ray cluster answers at {address} ({e.strerror or e}); start one "
+                                 f"(ray start --head) or check --address / RAY_ADDRESS") from None
+
+
 def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
             dashboard: bool = True) -> str:
     """Initialise Ray once per process; returns a description of where work runs."""
     quiet_tune()
+    if address:
+        probe(address)  # a dead address is an error, even where this process holds a session already
     if ray.is_initialized():
         return "the Ray session already running in this process"
     address = address or os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": worker_env()}
     if address:
+        probe(address)
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
         return f"Ray cluster at {address}"
     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard,

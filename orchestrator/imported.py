@@ -83,7 +83,7 @@ def import_models(spec: ExperimentSpec, out: str | Path) -> pd.DataFrame:
         rows.append(store.run_row(
             model, dataset=spec.data.dataset, iterations=0, epochs=0, test_error=float("nan"),
             test_loss=float("nan"), num_blocks=shape.num_blocks, parameters=sum(p.numel() for p in shape.parameters()),
-            checkpoint=str(store.imported_checkpoint(out, model.run_id).resolve()), train_seconds=0.0))
+            checkpoint=store.relative(out, store.imported_checkpoint(out, model.run_id)), train_seconds=0.0))
     return store.replace_runs(out, rows)
 
 

@@ -73,6 +73,18 @@ def _check_name(name: str) -> str:
     return name
 
 
+def _check_label(label: str) -> str:
+    """A label names runs in folder names, tables and the report: plain characters, short enough for
+    a file name once the variant, mode, seed and hash are added."""
+    if not 1 <= len(label) <= 64 or not all(c.isalnum() or c in "-_." for c in label):
+        raise PydanticCustomError("label", "must be 1 to 64 letters, digits, '-', '_' or '.' (it names the run's "
+                                           "folders and table rows), got {shown}",
+                                  {"shown": repr(label[:40]) + "..." * (len(label) > 40)})
+    return label
+
+
+Label = Annotated[Text, AfterValidator(_check_label)]
+
 _IMAGE_FOLDER_KEYS = {"image_size", "resize", "num_classes", "workers"}
 _DATA_SHAPES = {"digits": (1, 10, 8), "cifar10": (3, 10, 32), "cifar100": (3, 100, 32)}
 
@@ -184,7 +196,7 @@ class RunEntry(Section):
     """One network to train: each variant x mode x seed becomes a trial."""
 
     network: NetworkName
-    label: Text | None = None                    # default: the network's name
+    label: Label | None = None                   # default: the network's name
     overrides: NetOverrides = NetOverrides()
     variants: Annotated[list[NetOverrides], AfterValidator(_nonempty("variant (leave it out for the default)"))] = \
         [NetOverrides()]
@@ -211,7 +223,7 @@ class ModelEntry(Section):
     """A network trained elsewhere: a registered network name and the user's checkpoint file."""
 
     network: NetworkName
-    label: Text | None = None
+    label: Label | None = None
     checkpoint: Annotated[Text, AfterValidator(_blank_is_missing)]
     overrides: NetOverrides = NetOverrides()
 

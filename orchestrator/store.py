@@ -247,13 +247,30 @@ def write_table(out: str | Path, name: str, rows: list[dict] | pd.DataFrame) -> 
     return path
 
 
+def replace_rows(out: str | Path, name: str, rows: list[dict], run_ids) -> pd.DataFrame:
+    """Write ``rows`` into a per-run table (runs, epochs, training_errors) in place of the rows of
+    ``run_ids``, keeping every other run's rows: one command never drops another's."""
+    existing = read_table(out, name)
+    kept = existing[~existing["run_id"].isin(set(run_ids))].to_dict("records")
+    write_table(out, name, sorted(kept + rows, key=lambda r: r["run_id"]))  # stable: epochs keep their order
+    return read_table(out, name)
+
+
 def replace_runs(out: str | Path, rows: list[dict]) -> pd.DataFrame:
     """Write ``rows`` into the runs table, replacing rows of the same run_id and keeping every other
     (trained and imported runs share the table; no run's row is ever dropped)."""
-    existing = read_table(out, "runs")
-    kept = existing[~existing["run_id"].isin({r["run_id"] for r in rows})].to_dict("records")
-    write_table(out, "runs", sorted(kept + rows, key=lambda r: r["run_id"]))
-    return read_table(out, "runs")
+    return replace_rows(out, "runs", rows, [r["run_id"] for r in rows])
+
+
+def relative(out: str | Path, path: str | Path) -> str:
+    """A path inside OUT as stored in a table: relative to OUT, so the folder can be moved or copied."""
+    path, root = Path(path).resolve(), Path(out).resolve()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def located(out: str | Path, stored: str) -> Path:
+    """A stored path (relative to OUT; absolute in tables written before 0.2) as a path to open."""
+    return Path(out) / stored
 
 
 def read_table(out: str | Path, name: str) -> pd.DataFrame:
@@ -265,6 +282,35 @@ def read_table(out: str | Path, name: str) -> pd.DataFrame:
     except (OSError, pa.ArrowException) as e:
         raise CorruptResult(f"{path}: unreadable table ({e}); rerun the command that writes it "
                             f"(unravel train or run for runs and epochs)") from None
+
+
+def prune(out: str | Path, run_ids: set[str], unit_keys: set[str]) -> dict[str, int]:
+    """Remove the rows of runs and units not in ``run_ids`` / ``unit_keys``; rows removed per table.
+
+    Each file is rewritten whole (or deleted when nothing of it stays) by the atomic path, so a
+    prune killed at any point leaves every file whole, and running it again finishes the job."""
+    removed = {}
+    for table in PART_SCHEMAS:
+        count = 0
+        for part in _parts(out, table):
+            data = pq.read_table(part)  # hive columns stay in the folder names, not in the file
+            keep = pa.array([k in unit_keys for k in data.column("unit_key").to_pylist()])
+            dropped = len(keep) - sum(keep.to_pylist())
+            if not dropped:
+                continue
+            if dropped == len(keep):
+                part.unlink()
+            else:
+                write_atomic(data.filter(keep), part)
+            count += dropped
+        removed[table] = count
+    for table in SCHEMAS:
+        frame = read_table(out, table)
+        stale = ~frame["run_id"].isin(run_ids)
+        if stale.any():
+            write_table(out, table, frame[~stale])
+        removed[table] = int(stale.sum())
+    return removed
 
 
 def remove_temporaries(out: str | Path) -> int:

@@ -86,7 +86,7 @@ class _Dispatcher:
         self.out, self.bar, self.depth = out, bar, s.max_in_flight
         # checkpoints travel once, through the object store; every batch of a run refers to the same object
         wanted = {b.run_id for b in work}
-        self.checkpoints = {r: ray.put(Path(path).read_bytes())
+        self.checkpoints = {r: ray.put(store.located(out, path).read_bytes())
                             for r, path in zip(runs["run_id"], runs["checkpoint"]) if r in wanted}
         actor = evaluator_actor(s.evaluators)
         self.evaluators = [actor.remote(spec.data, s) for _ in range(min(s.evaluators.count, len(work)))]

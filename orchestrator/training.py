@@ -2,13 +2,16 @@
 
 Each trial trains with ``workloads.train`` and reports once per epoch through
 ``tune.report``, with a checkpoint that carries the whole training state (weights,
-optimizer, random-generator state, history). An interrupted sweep resumes with
-``Tuner.restore`` from those checkpoints without retraining finished trials. The driver
-then writes the ``runs`` and ``epochs`` tables from the final checkpoints.
+optimizer, random-generator state, history). Every ``unravel train``/``run`` is a new Tune
+experiment (an *attempt*, ``OUT/tune/<name>/attempt-N``) over the spec's trials that are not
+finished: a trial finished in an earlier attempt is collected, not retrained; one interrupted
+there continues from its newest checkpoint. So a spec that gains seeds or runs trains just
+those, which ``Tuner.restore`` (fault tolerance for an unchanged grid, as Ray documents it)
+cannot. The driver then writes the ``runs`` and ``epochs`` tables from the final checkpoints.
 """
 from __future__ import annotations
 
-import os
+import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -33,16 +36,19 @@ MODEL_FILE = "model.pt"     # the final network: state_dict + configs + history
 
 def train_trial(config: dict) -> None:
     """The Tune trainable (function API). Runs in a Ray worker."""
-    trial = Trial.from_dict(config["trial"])
+    trial = Trial.from_dict(config["run"]["trial"])
     set_threads(max(1, int(config.get("cpu", 1))))
     use_gpu = config.get("gpu", 0) > 0 and torch.cuda.is_available()
     data = load_dataset(config["dataset"], config["data_root"], config["download"])
     trainer = Trainer(trial.net_config, trial.train_config, data, "cuda" if use_gpu else "cpu")
-    checkpoint = tune.get_checkpoint()
+    checkpoint = tune.get_checkpoint()  # this attempt's own, after a failure Tune retried
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             trainer.load_state_dict(torch.load(Path(d) / STATE_FILE, map_location=trainer.device,
                                                weights_only=True))
+    elif config["run"]["resume_from"]:  # an earlier attempt's newest state of this run
+        trainer.load_state_dict(torch.load(config["run"]["resume_from"], map_location=trainer.device,
+                                           weights_only=True))
     total = trial.train_config.iterations
     every = trial.train_config.checkpoint_every
 
@@ -104,81 +110,114 @@ class TrainingOutcome:
     seconds: float
 
 
-def _reattach(tuner: tune.Tuner, callbacks: list) -> None:
-    """Callbacks are not saved with a Tune experiment, and ``Tuner.restore`` takes none
-    (ray-project/ray#41364): the one place that reaches into the restored run config. If a Ray
-    upgrade moves it, training goes on without the progress bar rather than failing."""
+def _params(trial_dir: Path) -> dict | None:
     try:
-        tuner._local_tuner.get_run_config().callbacks = callbacks  # noqa: SLF001 - no public hook
-    except AttributeError:
-        import warnings
-        warnings.warn("this Ray version offers no way to re-attach the training progress bar on resume",
-                      stacklevel=2)
+        return json.loads((trial_dir / "params.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
-def run_training(spec: ExperimentSpec, out: str | Path, resume: bool = False, progress: bool = True) -> TrainingOutcome:
-    """Train every trial of the spec (or resume them) and write the runs and epochs tables."""
+def earlier_checkpoints(tune_root: Path) -> dict[str, Path]:
+    """The newest checkpoint folder of each run id over every earlier attempt (by the state's
+    iteration count: a later attempt may hold an older state than the one it resumed from)."""
+    newest: dict[str, tuple[int, Path]] = {}
+    for trial_dir in sorted(tune_root.glob("attempt-*/*/")):
+        params = _params(trial_dir)
+        try:
+            run_id = params["run"]["trial"]["run_id"]
+        except (TypeError, KeyError):
+            continue
+        for folder in trial_dir.glob("checkpoint_*"):
+            if not (folder / STATE_FILE).exists():
+                continue
+            try:
+                iteration = int(torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)["iteration"])
+            except Exception:  # noqa: BLE001 - a damaged state is never resumed from
+                continue
+            if run_id not in newest or iteration > newest[run_id][0]:
+                newest[run_id] = (iteration, folder)
+    return {run_id: folder for run_id, (_, folder) in newest.items()}
+
+
+def _next_attempt(tune_root: Path) -> str:
+    numbers = [int(p.name.split("-", 1)[1]) for p in tune_root.glob("attempt-*") if p.name.split("-", 1)[1].isdigit()]
+    return f"attempt-{max(numbers, default=0) + 1}"
+
+
+def run_training(spec: ExperimentSpec, out: str | Path, progress: bool = True) -> TrainingOutcome:
+    """Train the spec's trials not yet finished in OUT (continuing interrupted ones) and write the
+    runs, epochs and training_errors tables; finished runs are kept as they are."""
     quiet_tune()
     out = Path(out)
-    exp = store.tune_dir(out, spec.name)
+    started = time.perf_counter()
+    recorded = set(store.read_table(out, "runs")["run_id"])
+    pending = [t for t in spec.training.trials if t.run_id not in recorded]
+    tune_root = store.tune_dir(out, spec.name)
+    found = earlier_checkpoints(tune_root) if pending else {}
+    done_before = [(t, found[t.run_id]) for t in pending if t.run_id in found and (found[t.run_id] / MODEL_FILE).exists()]
+    to_train = [t for t in pending if not (t.run_id in found and (found[t.run_id] / MODEL_FILE).exists())]
+    results = [(t, folder, None) for t, folder in done_before]
+    if to_train:
+        results += _fit(spec, to_train, found, tune_root, progress)
+    return _collect(spec, out, results, time.perf_counter() - started)
+
+
+def _fit(spec: ExperimentSpec, trials: list[Trial], found: dict[str, Path], tune_root: Path,
+         progress: bool) -> list[tuple[Trial, Path | None, str | None]]:
+    """One new Tune experiment over ``trials``: (trial, final checkpoint folder or None, error)."""
     resources = spec.training.resources
     trainable = tune.with_resources(train_trial, {"cpu": resources.cpu, "gpu": resources.gpu})
-    started = time.perf_counter()
-    trials = [t.to_dict() for t in spec.training.trials]
+    common = {"dataset": spec.data.dataset, "data_root": spec.data.resolved_root, "download": spec.data.download,
+              "cpu": resources.cpu, "gpu": resources.gpu}
+    configs = [{"trial": t.to_dict(), "resume_from": str(found[t.run_id] / STATE_FILE) if t.run_id in found else ""}
+               for t in trials]
     bar = _Progress(len(trials)) if progress else None
-    callbacks = [bar] if bar else []
-    if tune.Tuner.can_restore(str(exp)):
-        if not resume:
-            raise FileExistsError(f"{exp} holds an earlier training sweep; pass --resume to continue it "
-                                  f"or choose another --out")
-        tuner = tune.Tuner.restore(str(exp), trainable, resume_unfinished=True, resume_errored=True)
-        _reattach(tuner, callbacks)
-    else:
-        common = {"dataset": spec.data.dataset, "data_root": spec.data.resolved_root,
-                  "download": spec.data.download, "cpu": resources.cpu, "gpu": resources.gpu}
-        tuner = tune.Tuner(
-            trainable,
-            param_space={**common, "trial": tune.grid_search(trials)},
-            tune_config=tune.TuneConfig(reuse_actors=False),
-            run_config=tune.RunConfig(
-                name=spec.name, storage_path=str(exp.parent), verbose=0, callbacks=callbacks,
-                failure_config=tune.FailureConfig(max_failures=spec.training.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            ),
-        )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={**common, "run": tune.grid_search(configs)},
+        tune_config=tune.TuneConfig(reuse_actors=False),
+        run_config=tune.RunConfig(
+            name=_next_attempt(tune_root), storage_path=str(tune_root), verbose=0, callbacks=[bar] if bar else [],
+            failure_config=tune.FailureConfig(max_failures=spec.training.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        ),
+    )
     try:
         grid = tuner.fit()
     finally:
         if bar:
             bar.close()
-    return _collect(spec, out, grid, time.perf_counter() - started)
-
-
-def _collect(spec: ExperimentSpec, out: Path, grid, seconds: float) -> TrainingOutcome:
-    runs, epochs, failed = [], [], {}
-    wanted = {t.run_id for t in spec.training.trials}
+    by_id = {t.run_id: t for t in trials}
+    results = []
     for result in grid:
-        trial = Trial.from_dict(result.config["trial"])
-        if trial.run_id not in wanted:
+        trial = by_id[result.config["run"]["trial"]["run_id"]]
+        folder = Path(result.checkpoint.path) if result.checkpoint is not None else None
+        if folder is None or not (folder / MODEL_FILE).exists():
+            results.append((trial, None, str(result.error or "no final checkpoint")))
+        else:
+            results.append((trial, folder, None))
+    return results
+
+
+def _collect(spec: ExperimentSpec, out: Path, results: list, seconds: float) -> TrainingOutcome:
+    """The tables, with this command's runs added to those already there (never replacing others')."""
+    runs, epochs, failed = [], [], {}
+    for trial, folder, error in results:
+        if folder is None:
+            failed[trial.run_id] = error
             continue
-        final = None
-        if result.checkpoint is not None:
-            with result.checkpoint.as_directory() as d:
-                path = Path(d) / MODEL_FILE
-                if path.exists():
-                    final = torch.load(path, map_location="cpu", weights_only=True)
-        if final is None:
-            failed[trial.run_id] = str(result.error or "no final checkpoint")
-            continue
-        location = os.path.join(result.checkpoint.path, MODEL_FILE)
+        final = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
         shape = skeleton(trial.net_config)  # counted on the meta device: no weights are made
         runs.append(store.run_row(
             trial, dataset=final["dataset"], iterations=int(final["iterations"]), epochs=len(final["history"]),
             test_error=float(final["test_error"]), test_loss=float(final["test_loss"]), num_blocks=shape.num_blocks,
-            parameters=sum(p.numel() for p in shape.parameters()), checkpoint=location,
+            parameters=sum(p.numel() for p in shape.parameters()), checkpoint=store.relative(out, folder / MODEL_FILE),
             train_seconds=float(final["train_seconds"])))
         epochs += store.epoch_rows(trial.run_id, final["history"])
     all_runs = store.replace_runs(out, runs)
-    store.write_table(out, "epochs", epochs)
-    store.write_table(out, "training_errors", [{"run_id": k, "error": v} for k, v in sorted(failed.items())])
+    store.replace_rows(out, "epochs", epochs, [r["run_id"] for r in runs])
+    attempted = [t.run_id for t, _, _ in results]
+    store.replace_rows(out, "training_errors", [{"run_id": k, "error": v} for k, v in sorted(failed.items())],
+                       attempted)
+    wanted = {t.run_id for t in spec.training.trials}
     return TrainingOutcome(all_runs[all_runs["run_id"].isin(wanted)].reset_index(drop=True), failed, seconds)

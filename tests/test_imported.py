@@ -153,7 +153,7 @@ def test_torchvision_checkpoint_lesioned_on_an_image_folder_through_the_cli(ray_
     assert "| r18 | pretrained |" in text and "no single-deletion results" not in text
     assert len(pd.read_parquet(out / "lesion")) == len(lesion)
     # a damaged converted copy is converted again from the unchanged source; nothing is recomputed
-    imported = Path(runs["checkpoint"].iloc[0])
+    imported = out / runs["checkpoint"].iloc[0]
     imported.write_bytes(imported.read_bytes()[:1000])
     repaired = CliRunner().invoke(main, ["lesion", str(path), "--out", str(out)])
     assert repaired.exit_code == 0 and " 0 computed" in repaired.output, repaired.output

@@ -94,8 +94,8 @@ def _damage(kind: str, good: str, other: str, path: Path) -> None:
 ])
 def test_a_damaged_checkpoint_becomes_error_rows_naming_it_not_a_crash(kind, message, out):
     runs = store.read_table(out, "runs")
-    plain = runs[runs["label"] == "plain"]["checkpoint"].iloc[0]
-    res = runs[runs["label"] == "res"]["checkpoint"].iloc[0]
+    plain = str(out / runs[runs["label"] == "plain"]["checkpoint"].iloc[0])
+    res = str(out / runs[runs["label"] == "res"]["checkpoint"].iloc[0])
     broken = out / "broken.pt"
     _damage(kind, plain, res, broken)
     runs.loc[runs["label"] == "plain", "checkpoint"] = str(broken)

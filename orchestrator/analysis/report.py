@@ -67,6 +67,11 @@ def what_was_run(results: Results) -> list[str]:
         lines += ["Studies:", ""] + _table(pd.DataFrame(counts)) + [""]
     if len(results.errors):
         lines += [f"**{results.errors['unit_key'].nunique()} units failed** (see the `errors` table).", ""]
+    stale = {name: n for name, n in results.stale.items() if n}
+    if stale:
+        each = ", ".join(f"{name} {n:,}" for name, n in stale.items())
+        lines += [f"{sum(stale.values()):,} rows from earlier settings of this experiment not used ({each}); they are "
+                  f"kept in the tables until `unravel prune {results.out}` removes them.", ""]
     return lines
 
 

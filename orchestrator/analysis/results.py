@@ -68,12 +68,22 @@ class Results:
     spec: dict
     _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
+    stale: dict = field(default_factory=dict)   # table -> rows of earlier settings, left out
+
     @classmethod
     def load(cls, out: str | Path) -> "Results":
+        """OUT's tables, restricted to the rows the current spec (spec.json) asks for: rows of earlier
+        settings stay on disk (``unravel prune`` removes them) and are counted in ``stale``."""
         out = Path(out)
-        spec = store.read_spec(out) or {}
-        return cls(out, store.read_table(out, "runs"), store.read_table(out, "epochs"), store.read_parts(out, "lesion"),
-                   store.read_parts(out, "gradients"), store.read_parts(out, "errors"), spec)
+        raw = store.read_spec(out) or {}
+        tables = {name: store.read_table(out, name) for name in ("runs", "epochs")}
+        tables.update({name: store.read_parts(out, name) for name in ("lesion", "gradients", "errors")})
+        stale = {}
+        if raw:
+            from ..current import current_rows
+            tables, stale = current_rows(raw, tables)
+        return cls(out, tables["runs"], tables["epochs"], tables["lesion"], tables["gradients"], tables["errors"], raw,
+                   stale=stale)
 
     @functools.cached_property
     def _runs_by_id(self) -> pd.DataFrame:
