@@ -354,9 +354,12 @@ def writer_lock(out: str | Path) -> Iterator[None]:
 
 
 def discard_if_unused(out: str | Path) -> None:
-    """Remove OUT if nothing but the lock file is in it (a command that made it, then met bad input)."""
+    """Remove an OUT that a command made, then met bad input in, if it holds nothing but the lock
+    and the spec the command recorded."""
     out = Path(out)
     try:
+        if not any(p.name not in (LOCK_FILE, SPEC_FILE) for p in out.iterdir()):
+            (out / SPEC_FILE).unlink(missing_ok=True)
         (out / LOCK_FILE).unlink(missing_ok=True)
         out.rmdir()  # only if empty
     except OSError:

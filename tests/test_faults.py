@@ -16,6 +16,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from orchestrator import store
 from orchestrator.cli import main
 from orchestrator.spec import parse_spec
 from orchestrator.sweep import run_studies
@@ -154,8 +155,10 @@ def small_disk(tmp_path):
 def test_a_full_disk_stops_the_sweep_cleanly_and_a_rerun_completes(trained, small_disk, tmp_path):
     out = small_disk / "out"
     out.mkdir()
-    for name in ("runs.parquet", "epochs.parquet"):  # checkpoints stay where training wrote them
-        shutil.copy(trained / name, out / name)
+    shutil.copy(trained / "epochs.parquet", out / "epochs.parquet")
+    runs = store.read_table(trained, "runs")  # the checkpoints stay where training wrote them (absolute paths)
+    runs["checkpoint"] = [str(trained / c) for c in runs["checkpoint"]]
+    store.write_table(out, "runs", runs)
     raw = with_studies(random_deletion={"k_max": 9, "draws": 10}, plans_per_batch=2)
     total = len(expand(parse_spec(raw)))
     filler = small_disk / "filler"
