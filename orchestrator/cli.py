@@ -284,25 +284,22 @@ def status(out: Path) -> None:
 @click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.argument("sql")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
-def query(out: Path, sql: str, fmt: str) -> None:
-    """Run SQL (DuckDB) over the tables in OUT: runs, epochs, lesion, gradients, errors.
+@click.option("--allow-external", is_flag=True,
+              help="Let the SQL reach beyond OUT's tables: read other files (read_parquet, read_csv), COPY ... TO, "
+                   "ATTACH, extensions. By default it sees only OUT's tables.")
+def query(out: Path, sql: str, fmt: str, allow_external: bool) -> None:
+    """Run SQL (DuckDB) over the tables in OUT, one view each: runs, epochs, training_errors,
+    lesion, gradients, errors (a table OUT has no rows of is an empty view).
 
     Example: unravel query results/digits "select run_id, k, avg(error) from lesion
     where study = 'random_deletion' group by all order by all"
     """
-    import duckdb
-    from .query import connect as duck
-    con = duck(out)
+    from .query import QueryError, run
     try:
-        frame = con.execute(sql).df()
-    except duckdb.Error as e:
-        raise BadInput(f"query failed: {str(e).splitlines()[0]}") from None
-    if fmt == "csv":
-        click.echo(frame.to_csv(index=False), nl=False)
-    elif fmt == "json":
-        click.echo(frame.to_json(orient="records", indent=1))
-    else:
-        click.echo(frame.to_string(index=False) if len(frame) else "(no rows)")
+        text = run(out, sql, fmt, allow_external=allow_external)
+    except QueryError as e:
+        raise BadInput(str(e)) from None
+    click.echo(text, nl=False)
 
 
 @main.command()
