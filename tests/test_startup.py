@@ -55,3 +55,19 @@ def test_query_imports_neither_torch_nor_ray(tmp_path):
     result = imported(["query", str(tmp_path), "select run_id, deleted from lesion", "--format", "csv"])
     assert result["ran"] == [{"code": 0, "output": 'run_id,deleted\nr,[0]\n'}], result
     assert result["heavy"] == []
+
+
+def test_a_skeleton_draws_no_weights(monkeypatch):
+    """`unravel status` and every spec check build each network as a meta-device skeleton to count its
+    blocks; drawing its (absent) weights took a second there (torch._dynamo imported for normal_ on meta)."""
+    import torch
+
+    from workloads.models import build_network, network_config, skeleton
+    drawn = []
+    monkeypatch.setattr(torch.nn.init, "kaiming_normal_", lambda w, **kw: drawn.append(w.device.type) or w)
+    for name in ("resnet20", "preact_resnet110", "resnet164", "plain15"):
+        net = skeleton(network_config(name, in_channels=1, num_classes=10, image_size=8))
+        assert net.num_blocks > 0 and next(net.parameters()).is_meta
+    assert drawn == []
+    build_network("resnet20", in_channels=1, num_classes=10, image_size=8)  # a real network is still initialised
+    assert drawn and set(drawn) == {"cpu"}
