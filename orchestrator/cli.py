@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from .preflight import check_inputs
-from .spec import SpecError, load_spec
+# every other import is inside the command that needs it: `unravel --help` and `unravel query` start
+# without torch (which orchestrator.spec imports for its network registry) or Ray
 
 ADDRESS = click.option("--address", default=None, metavar="ADDR",
                        help="Ray cluster to attach to (default: $RAY_ADDRESS, else a private local Ray).")
@@ -26,6 +26,8 @@ class BadInput(click.ClickException):
 
 def _load(spec_path: str, check_files: bool = True):
     """The validated spec; with ``check_files``, the data and checkpoints it names exist too."""
+    from .preflight import check_inputs
+    from .spec import SpecError, load_spec
     try:
         spec = load_spec(spec_path)
         if check_files:
@@ -44,6 +46,7 @@ def _connect(spec, address: str | None, parts: tuple[str, ...] = ("training", "s
 
     from .cluster import ClusterUnreachable, connect
     from .preflight import check_resources
+    from .spec import SpecError
     try:
         where = connect(address)
     except ClusterUnreachable as e:
@@ -91,6 +94,7 @@ def _import(spec, out: Path) -> None:
     if not spec.models:
         return
     from .imported import import_models
+    from .spec import SpecError
     try:
         import_models(spec, out)
     except SpecError as e:
@@ -263,7 +267,7 @@ def _studies(experiment, out: Path) -> int:
 def status(out: Path) -> None:
     """Units done, failed and left per study, for the experiment whose results are in OUT."""
     from . import store
-    from .spec import parse_spec
+    from .spec import SpecError, parse_spec
     from .sweep import status as study_status
     try:
         raw = store.read_spec(out)
@@ -284,25 +288,22 @@ def status(out: Path) -> None:
 @click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.argument("sql")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
-def query(out: Path, sql: str, fmt: str) -> None:
-    """Run SQL (DuckDB) over the tables in OUT: runs, epochs, lesion, gradients, errors.
+@click.option("--allow-external", is_flag=True,
+              help="Let the SQL reach beyond OUT's tables: read other files (read_parquet, read_csv), COPY ... TO, "
+                   "ATTACH, extensions. By default it sees only OUT's tables.")
+def query(out: Path, sql: str, fmt: str, allow_external: bool) -> None:
+    """Run SQL (DuckDB) over the tables in OUT, one view each: runs, epochs, training_errors,
+    lesion, gradients, errors (a table OUT has no rows of is an empty view).
 
     Example: unravel query results/digits "select run_id, k, avg(error) from lesion
     where study = 'random_deletion' group by all order by all"
     """
-    import duckdb
-    from .query import connect as duck
-    con = duck(out)
+    from .query import QueryError, run
     try:
-        frame = con.execute(sql).df()
-    except duckdb.Error as e:
-        raise BadInput(f"query failed: {str(e).splitlines()[0]}") from None
-    if fmt == "csv":
-        click.echo(frame.to_csv(index=False), nl=False)
-    elif fmt == "json":
-        click.echo(frame.to_json(orient="records", indent=1))
-    else:
-        click.echo(frame.to_string(index=False) if len(frame) else "(no rows)")
+        text = run(out, sql, fmt, allow_external=allow_external)
+    except QueryError as e:
+        raise BadInput(str(e)) from None
+    click.echo(text, nl=False)
 
 
 @main.command()
@@ -312,7 +313,7 @@ def prune(out: Path) -> None:
     (OUT/spec.json) no longer asks for. Checkpoints and other files stay. Safe to interrupt and rerun."""
     from . import store
     from .current import current_ids
-    from .spec import parse_spec
+    from .spec import SpecError, parse_spec
     with _writing(out):
         raw = store.read_spec(out)
         if raw is None:

@@ -51,6 +51,6 @@ def plain_net(cfg: NetConfig) -> BlockNetwork:
     head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, cfg.num_classes))
     net = BlockNetwork(nn.Identity(), layers, head)
     for m in net.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, nn.Conv2d) and not m.weight.is_meta:  # a skeleton has no values to draw
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
     return net

@@ -123,7 +123,8 @@ class ResidualUnit(Block):
 def _init(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.Conv2d):  # leaves conv biases alone: a gate keeps its b init
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if not m.weight.is_meta:  # a skeleton has no values to draw (on meta, normal_ imports torch._dynamo)
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
