@@ -268,7 +268,7 @@ def status(out: Path) -> None:
     """Units done, failed and left per study, for the experiment whose results are in OUT."""
     from . import store
     from .spec import SpecError, parse_spec
-    from .sweep import status as study_status
+    from .current import status as study_status
     try:
         raw = store.read_spec(out)
         if raw is None:

@@ -7,8 +7,11 @@ current spec's; ``unravel prune`` removes the rest when asked.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
+from . import store
 from .spec import ExperimentSpec, parse_spec
 from .units import expand
 
@@ -31,3 +34,23 @@ def current_rows(raw: dict, tables: dict[str, pd.DataFrame]) -> tuple[dict[str, 
         kept[name] = frame[keep].reset_index(drop=True) if len(frame) else frame
         stale[name] = int((~keep).sum()) if len(frame) else 0
     return kept, stale
+
+
+def status(spec: ExperimentSpec, out: str | Path) -> list[dict]:
+    """Units of the current spec done, failed and left, per study (`unravel status`)."""
+    out = Path(out)
+    units = expand(spec)
+    done = store.done_keys(out, "lesion") | store.done_keys(out, "gradients")
+    errors = store.read_parts(out, "errors", columns=["unit_key"])
+    failed_keys = set(errors["unit_key"]) - done if len(errors) else set()
+    rows: dict[str, dict] = {}
+    for u in units:
+        r = rows.setdefault(u.study, {"study": u.study, "units": 0, "done": 0, "failed": 0, "left": 0})
+        r["units"] += 1
+        if u.key in done:
+            r["done"] += 1
+        elif u.key in failed_keys:
+            r["failed"] += 1
+        else:
+            r["left"] += 1
+    return list(rows.values())

@@ -47,7 +47,7 @@ def sources(out: str | Path) -> dict[str, pa.Table | ds.Dataset]:
             schema = store.PART_SCHEMAS[name]
             if hive is not None:
                 schema = pa.unify_schemas([schema, hive.schema])
-            files = [str(p) for p in store._parts(out, name)]
+            files = [str(p) for p in store.parts(out, name)]
         if not files:
             found[name] = schema.empty_table()
             continue

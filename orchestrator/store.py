@@ -148,7 +148,8 @@ def write_errors(out: str | Path, batch_key: str, rows: list[dict]) -> Path:
     return path
 
 
-def _parts(out: str | Path, table: str) -> list[Path]:
+def parts(out: str | Path, table: str) -> list[Path]:
+    """The part files of a partitioned table, sorted (the resume index and every reader start here)."""
     root = Path(out) / table
     return sorted(p for p in root.rglob("part-*.parquet")) if root.exists() else []
 
@@ -164,7 +165,7 @@ def read_parts(out: str | Path, table: str, columns: list[str] | None = None) ->
 
 def check_parts(out: str | Path, table: str) -> None:
     """Raise CorruptResult naming the first part file that is not a readable Parquet file."""
-    for p in _parts(out, table):
+    for p in parts(out, table):
         try:
             pq.read_metadata(p)
         except (OSError, pa.ArrowException) as e:
@@ -174,15 +175,15 @@ def check_parts(out: str | Path, table: str) -> None:
 
 def _read_parts(out: str | Path, table: str, columns: list[str] | None = None) -> pd.DataFrame:
     import pyarrow.dataset as ds
-    parts = _parts(out, table)
-    if not parts:
+    files = [str(p) for p in parts(out, table)]
+    if not files:
         schema = PART_SCHEMAS[table]
         names = columns or ([*schema.names] + ([] if table == "errors" else ["study", "run_id"]))
         return pd.DataFrame({n: pd.Series(dtype=object) for n in names})
     if table == "errors":
-        return ds.dataset([str(p) for p in parts], format="parquet").to_table(columns=columns).to_pandas()
+        return ds.dataset(files, format="parquet").to_table(columns=columns).to_pandas()
     part = ds.partitioning(pa.schema([("study", pa.string()), ("run_id", pa.string())]), flavor="hive")
-    dataset = ds.dataset([str(p) for p in parts], format="parquet", partitioning=part,
+    dataset = ds.dataset(files, format="parquet", partitioning=part,
                          partition_base_dir=str(Path(out) / table))
     return dataset.to_table(columns=columns).to_pandas()
 
@@ -190,7 +191,7 @@ def _read_parts(out: str | Path, table: str, columns: list[str] | None = None) -
 def done_keys(out: str | Path, table: str) -> set[str]:
     """The resume index: unit keys already written (read from the parts themselves)."""
     keys: set[str] = set()
-    for p in _parts(out, table):
+    for p in parts(out, table):
         try:
             keys.update(pq.read_table(p, columns=["unit_key"]).column(0).to_pylist())
         except Exception as e:  # a corrupt part is never read as data
@@ -292,7 +293,7 @@ def prune(out: str | Path, run_ids: set[str], unit_keys: set[str]) -> dict[str, 
     removed = {}
     for table in PART_SCHEMAS:
         count = 0
-        for part in _parts(out, table):
+        for part in parts(out, table):
             data = pq.read_table(part)  # hive columns stay in the folder names, not in the file
             keep = pa.array([k in unit_keys for k in data.column("unit_key").to_pylist()])
             dropped = len(keep) - sum(keep.to_pylist())

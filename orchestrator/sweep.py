@@ -175,23 +175,3 @@ def _await_restart(evaluator, timeout: float = 120.0) -> None:
 
 def _failed(batch: Batch, exc: BaseException) -> list[dict]:
     return [store.error_row(u, exc) for u in batch.units]
-
-
-def status(spec: ExperimentSpec, out: str | Path) -> list[dict]:
-    """Units done, failed and left, per study."""
-    out = Path(out)
-    units = expand(spec)
-    done = store.done_keys(out, "lesion") | store.done_keys(out, "gradients")
-    errors = store.read_parts(out, "errors", columns=["unit_key"])
-    failed_keys = set(errors["unit_key"]) - done if len(errors) else set()
-    rows: dict[str, dict] = {}
-    for u in units:
-        r = rows.setdefault(u.study, {"study": u.study, "units": 0, "done": 0, "failed": 0, "left": 0})
-        r["units"] += 1
-        if u.key in done:
-            r["done"] += 1
-        elif u.key in failed_keys:
-            r["failed"] += 1
-        else:
-            r["left"] += 1
-    return list(rows.values())
