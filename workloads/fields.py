@@ -7,6 +7,8 @@ hand and a silent coercion hides a typo. A bound is broken with one message shap
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -74,3 +76,26 @@ Text = Annotated[str, Strict()]
 # (dataclasses get frozen=True from their decorator)
 FORBID = ConfigDict(extra="forbid")
 STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+class JsonConfig:
+    """A config dataclass that is stored as JSON beside every checkpoint and result row."""
+
+    _noun = "config"   # names the config in the unknown-field message
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown {cls._noun} field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls.from_dict(json.loads(text))

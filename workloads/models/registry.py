@@ -8,15 +8,13 @@ Names (timm-style registry): ``resnet{20,32,44,56,110}`` (basic, unit a),
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from ..fields import FORBID, Flag, count, number
+from ..fields import FORBID, Flag, JsonConfig, count, number
 from .blocks import BlockNetwork
 from .plain import plain_net
 from .resnet import UNITS, blocks_per_stage, cifar_resnet
@@ -26,8 +24,10 @@ TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152
 
 
 @dataclass(frozen=True, config=FORBID)
-class NetConfig:
+class NetConfig(JsonConfig):
     """Everything needed to rebuild a network; stored beside every checkpoint and result."""
+
+    _noun = "network"
 
     name: str = "resnet110"
     arch: Literal["resnet", "plain", "torchvision"] = "resnet"
@@ -59,26 +59,6 @@ class NetConfig:
             raise ValueError("final_survival must be above 0 (a last block that never runs)")
         if self.dropout_p == 1.0:
             raise ValueError("dropout_p must be below 1 (a shortcut that is always dropped)")
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["widths"] = list(self.widths)
-        return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "NetConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown network field(s): {', '.join(unknown)}")
-        return cls(**d)
-
-    @classmethod
-    def from_json(cls, text: str) -> "NetConfig":
-        return cls.from_dict(json.loads(text))
 
 
 def _registry() -> dict[str, dict]:

@@ -7,15 +7,13 @@ the same recipe with fewer iterations.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from typing import Annotated, Literal
 
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from ..fields import FORBID, Flag, count, number
+from ..fields import FORBID, Flag, JsonConfig, count, number
 from .modes import MODES
 
 PAPER_ITERATIONS = 64_000
@@ -23,7 +21,9 @@ PAPER_WARMUP = 400
 
 
 @dataclass(frozen=True, config=FORBID)
-class TrainConfig:
+class TrainConfig(JsonConfig):
+    _noun = "training"
+
     iterations: count(1, 10**8) = PAPER_ITERATIONS          # optimizer steps in all
     batch_size: count(1, 65_536) = 128                      # images per step
     lr: number(0, 100) = 0.1                                # base learning rate, above 0
@@ -55,19 +55,3 @@ class TrainConfig:
             return self.warmup_lr
         passed = sum(1 for m in self.milestones if iteration >= round(m * self.iterations))
         return self.lr * self.lr_decay ** passed
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["milestones"] = list(self.milestones)
-        return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown training field(s): {', '.join(unknown)}")
-        return cls(**d)
