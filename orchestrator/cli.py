@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from .interrupts import stoppable  # standard library only
+
 # every other import is inside the command that needs it: `unravel --help` and `unravel query` start
 # without torch (which orchestrator.spec imports for its network registry) or Ray
 
@@ -150,6 +152,7 @@ def _claim(experiment, out: Path) -> None:
 @ADDRESS
 @OUT
 @click.option("--resume", is_flag=True, hidden=True)  # kept for scripts: training always continues OUT
+@stoppable("trials")
 def train(spec: str, address: str | None, out: Path | None, resume: bool) -> None:
     """Train SPEC's networks as Ray Tune trials; write the runs and epochs tables.
 
@@ -177,6 +180,7 @@ def train(spec: str, address: str | None, out: Path | None, resume: bool) -> Non
 @click.argument("spec", type=click.Path(dir_okay=False))
 @ADDRESS
 @OUT
+@stoppable("units")
 def lesion(spec: str, address: str | None, out: Path | None) -> None:
     """Run SPEC's studies (deletions, reorderings, gradients) on the trained runs in OUT,
     and on the networks its models: section imports from checkpoint files.
@@ -199,6 +203,7 @@ def lesion(spec: str, address: str | None, out: Path | None) -> None:
 @click.argument("spec", type=click.Path(dir_okay=False))
 @ADDRESS
 @OUT
+@stoppable("trials", "units")
 def run(spec: str, address: str | None, out: Path | None) -> None:
     """Train SPEC's networks (and import its models:), then run its studies: the whole
     experiment, resumable; rerun it after changing the spec to add what changed."""

@@ -13,7 +13,7 @@ import ray
 
 from workloads.runtime import allocator_env
 
-from . import faults
+from . import faults, interrupts
 
 # Tune saves its experiment state at most every 10 s by default: after a SIGKILL a restore
 # then re-ran finished trials. Saving every second keeps a kill cheap.
@@ -68,7 +68,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     if address:
         probe(address)
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        interrupts.after_ray_init()
         return f"Ray cluster at {address}"
     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard,
              dashboard_host="127.0.0.1", runtime_env=runtime_env, log_to_driver=False)
+    interrupts.after_ray_init()
     return "a private local Ray (dashboard on 127.0.0.1)" if dashboard else "a private local Ray"

@@ -26,7 +26,7 @@ from workloads.models import skeleton
 from workloads.runtime import set_threads
 from workloads.train.loop import Trainer
 
-from . import faults, store
+from . import faults, interrupts, store
 from .cluster import quiet_tune
 from .spec import ExperimentSpec, Trial
 
@@ -159,7 +159,9 @@ def run_training(spec: ExperimentSpec, out: str | Path, progress: bool = True) -
     results = [(t, folder, None) for t, folder in done_before]
     if to_train:
         results += _fit(spec, to_train, found, tune_root, progress)
-    return _collect(spec, out, results, time.perf_counter() - started)
+    outcome = _collect(spec, out, results, time.perf_counter() - started)
+    interrupts.raise_if_interrupted()  # Ctrl-C or SIGTERM stopped Tune: the finished trials are written
+    return outcome
 
 
 def _fit(spec: ExperimentSpec, trials: list[Trial], found: dict[str, Path], tune_root: Path,
@@ -183,7 +185,8 @@ def _fit(spec: ExperimentSpec, trials: list[Trial], found: dict[str, Path], tune
         ),
     )
     try:
-        grid = tuner.fit()
+        with interrupts.tune_stops_gracefully():
+            grid = tuner.fit()
     finally:
         if bar:
             bar.close()
@@ -204,7 +207,8 @@ def _collect(spec: ExperimentSpec, out: Path, results: list, seconds: float) -> 
     runs, epochs, failed = [], [], {}
     for trial, folder, error in results:
         if folder is None:
-            failed[trial.run_id] = error
+            if not interrupts.received():  # a trial a signal stopped is no failure: the rerun continues it
+                failed[trial.run_id] = error
             continue
         final = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
         shape = skeleton(trial.net_config)  # counted on the meta device: no weights are made
