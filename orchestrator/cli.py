@@ -1,7 +1,8 @@
 """`unravel`: the command line over specs, training, studies, results.
 
 Exit codes: 0 done; 1 some trial or unit failed (the rest is written); 2 bad input
-(the spec, a path, a missing dataset), with a one-line message and nothing written.
+(the spec, a path, a missing dataset), with a one-line message and nothing written; 130 or 143
+stopped by SIGINT or SIGTERM (what was written is kept: see interrupts.py).
 """
 from __future__ import annotations
 
