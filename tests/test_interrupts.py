@@ -46,9 +46,8 @@ PARTS = "lesion/*/*/part-*.parquet"
 
 
 class Command:
-    """`unravel run SPEC --out OUT` in its own process group. Without ``address`` it starts a private
-    Ray whose processes all carry its own temporary folder (RAY_TMPDIR) in their command lines.
-    As a context manager, whatever happens, nothing it started outlives the test."""
+    """`unravel run SPEC --out OUT` in its own process group, on its own private Ray unless ``address``
+    names a cluster. As a context manager: whatever happens, nothing it started outlives the test."""
 
     def __init__(self, spec: Path, out: Path, address: str | None = None, faults: str = ""):
         self.out = out
