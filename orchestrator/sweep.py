@@ -16,7 +16,7 @@ from pathlib import Path
 import ray
 from tqdm import tqdm
 
-from . import store
+from . import interrupts, store
 from .evaluator import evaluator_actor
 from .spec import ExperimentSpec
 from .units import Batch, Unit, batches, expand
@@ -147,6 +147,8 @@ class _Dispatcher:
             self.bar.set_postfix_str(f"{self.failed} failed")
 
     def stop(self) -> None:
+        if interrupts.received():  # they end with this driver's job, without Ray printing each killed batch
+            return
         for ev in self.evaluators:
             ray.kill(ev)
 

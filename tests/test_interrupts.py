@@ -119,7 +119,7 @@ def assert_stopped_cleanly(result: tuple[int, str, str], signum: int) -> re.Matc
     said = re.fullmatch(rf"interrupted by {signal.Signals(signum).name}: (\d+) of 2 trials finished, "
                         rf"(\d+) of {TOTAL} units written; rerun the same command to continue", lines[0])
     assert said, lines[0]
-    for noise in ("Traceback", "Tuner.restore", "FAILED", "Aborted", "Stop signal received"):
+    for noise in ("Traceback", "Tuner.restore", "FAILED", "Aborted", "Stop signal received", "(raylet)"):
         assert noise not in err + out, err[-3000:]
     return said
 
