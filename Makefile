@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/unravel run experiments/digits.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 clean:
 	rm -rf $(VENV) .pytest_cache
