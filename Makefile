@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/unravel run experiments/digits.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -n 2  # two pytest-xdist workers: the Ray tests wait on subprocesses much of the time
 
 clean:
 	rm -rf $(VENV) .pytest_cache

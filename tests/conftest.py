@@ -129,18 +129,3 @@ def out(trained, tmp_path):
     dst = tmp_path / "out"
     shutil.copytree(trained, dst)
     return dst
-
-
-# tests that start or drive a Ray (the session's, their own, or a CLI's in a subprocess)
-RAY_MODULES = {"test_cluster", "test_faults", "test_training_sweep", "test_interrupts"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(config, items):
-    """`make test` runs two pytest-xdist workers (--dist loadgroup). Every module with a test that uses
-    Ray goes whole to one of them (one Ray session, one `trained` fixture, no two Rays on one machine's
-    ports); each other module goes whole to either, beside it."""
-    ray_modules = set(RAY_MODULES) | {item.module.__name__ for item in items if "ray_session" in item.fixturenames}
-    for item in items:
-        module = item.module.__name__
-        item.add_marker(pytest.mark.xdist_group("ray" if module in ray_modules else module))

@@ -35,7 +35,7 @@ def invoke(*args: str):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-@pytest.fixture(scope="session")  # session: made once even where xdist interleaves modules
+@pytest.fixture(scope="session")  # session: made once per xdist worker
 def evolved(ray_session, tmp_path_factory):
     """OUT after `unravel run` of SPEC, then of SPEC with a second seed and another test_examples."""
     folder = tmp_path_factory.mktemp("evolution")

@@ -137,7 +137,7 @@ def finished_in_tune(out: Path, run_id: str) -> bool:
     return False
 
 
-@pytest.fixture(scope="session")  # session: made once even where xdist interleaves modules
+@pytest.fixture(scope="session")  # session: made once per xdist worker
 def experiment(tmp_path_factory):
     """The experiment's folder after `unravel run` got two Ctrl-C during training: the first once the
     trial 'fast' had finished and 'held' was held in its second epoch, the second while stopping."""

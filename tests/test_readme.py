@@ -101,7 +101,7 @@ def shrink(raw: dict) -> dict:
     return spec
 
 
-@pytest.fixture(scope="session")  # session: made once even where xdist interleaves modules
+@pytest.fixture(scope="session")  # session: made once per xdist worker
 def demo(ray_session, tmp_path_factory):
     """(results folder, the tiny spec, the CLI's output) of `unravel run` on the tiny demo spec."""
     raw = yaml.safe_load(demo_spec_path().read_text())
