@@ -1,7 +1,6 @@
 """Networks trained elsewhere (torchvision checkpoints) lesioned on an ImageNet-style folder."""
 import io
 import shutil
-from pathlib import Path
 
 import pandas as pd
 import pytest
