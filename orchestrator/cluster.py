@@ -46,7 +46,7 @@ def probe(address: str, timeout: float = 10.0) -> None:
     to ``host:port`` (or ``ray://host:port``) must open within ``timeout`` seconds."""
     target = address.removeprefix("ray://")
     host, sep, port = target.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not port.isdigit() or "://" in target:
         return  # "auto" and other forms: left to Ray
     try:
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
@@ -59,14 +59,13 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
             dashboard: bool = True) -> str:
     """Initialise Ray once per process; returns a description of where work runs."""
     quiet_tune()
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         probe(address)  # a dead address is an error, even where this process holds a session already
     if ray.is_initialized():
         return "the Ray session already running in this process"
-    address = address or os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": worker_env()}
     if address:
-        probe(address)
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
         interrupts.after_ray_init()
         return f"Ray cluster at {address}"
