@@ -62,7 +62,7 @@ def f3_resnet(results: Results) -> Claim:
         share = float(np.mean([x < ROBUST_RISE for x in rest])) if rest else 0.0
         ok &= share >= ROBUST_SHARE
         any_critical |= bool(crit)
-        parts.append(f"{results.run(r)['label']}: {share:.0%} of {len(rest)} ordinary blocks rise < {ROBUST_RISE:g} "
+        parts.append(f"{results.name(r)}: {share:.0%} of {len(rest)} ordinary blocks rise < {ROBUST_RISE:g} "
                      f"points (max {max(rest, default=0):.1f}); critical blocks {[b + 1 for b in crit] or 'none'}")
     verdict = ("partly reproduced: not for the critical blocks" if ok and any_critical
                else "reproduced" if ok else "not reproduced")
@@ -79,7 +79,7 @@ def f3_plain(results: Results) -> Claim:
         return Claim("F3-plain", paper, "no plain net in the experiment", "not run", "")
     med = {r: float(f3[f3["run_id"] == r]["error"].median()) for r in runs}
     ok = all(m >= PLAIN_COLLAPSE for m in med.values())
-    result = "; ".join(f"{results.run(r)['label']}: median error {100 * m:.1f}%" for r, m in med.items())
+    result = "; ".join(f"{results.name(r)}: median error {100 * m:.1f}%" for r, m in med.items())
     return Claim("F3-plain", paper, result, "reproduced" if ok else "not reproduced",
                  f"median error after one deletion >= {100 * PLAIN_COLLAPSE:.0f}%")
 
@@ -104,7 +104,7 @@ def f5a(results: Results) -> Claim:
         rows = d[d["run_id"] == r]
         good, text = _smooth(rows)
         ok &= good
-        part = f"{results.run(r)['label']}: {text}"
+        part = f"{results.name(r)}: {text}"
         crit = set(results.critical_blocks(r))
         if crit:
             avoiding = rows[rows["deleted"].map(lambda b: not crit & set(int(x) for x in b))]
@@ -131,7 +131,7 @@ def f5b(results: Results) -> Claim:
         rows = d[d["run_id"] == r]
         rho = spearmanr(rows["kendall_tau"], rows["error"]).statistic
         ok &= bool(rho <= TAU_RHO)
-        parts.append(f"{results.run(r)['label']}: Spearman(tau, error) {rho:.2f}, tau {rows['kendall_tau'].min():.2f}"
+        parts.append(f"{results.name(r)}: Spearman(tau, error) {rho:.2f}, tau {rows['kendall_tau'].min():.2f}"
                      f"..{rows['kendall_tau'].max():.2f}")
     return Claim("F5b", paper, "; ".join(parts), "reproduced" if ok else "not reproduced",
                  f"Spearman(tau, error) <= {TAU_RHO}")
@@ -152,10 +152,10 @@ def f6(results: Results) -> list[Claim]:
         ss = float(((prof["log10_mean"] - prof["log10_mean"].mean()) ** 2).sum())
         r2 = 1 - float(((prof["log10_mean"] - pred) ** 2).sum()) / ss if ss else 0.0
         ok_b &= bool(slope < 0 and r2 >= GRAD_R2)
-        parts_b.append(f"{results.run(r)['label']}: x{10 ** slope:.2f} per block (R^2 {r2:.2f})")
+        parts_b.append(f"{results.name(r)}: x{10 ** slope:.2f} per block (R^2 {r2:.2f})")
         eff = results.effective_paths(r)
         ok_c &= eff.hi < n / 2
-        parts_c.append(f"{results.run(r)['label']}: {EFFECTIVE_MASS:.0%} of the gradient from paths of "
+        parts_c.append(f"{results.name(r)}: {EFFECTIVE_MASS:.0%} of the gradient from paths of "
                        f"{eff.lo}-{eff.hi} blocks, {100 * eff.share:.2f}% of all paths")
     return [Claim("F6b", paper_b, "; ".join(parts_b), "reproduced" if ok_b else "not reproduced",
                   f"slope < 0 and R^2 >= {GRAD_R2} for log10 norm vs k"),

@@ -35,9 +35,7 @@ def _figure(figsize: tuple[float, float]):
 
 
 def _label(results: Results, r: str) -> str:
-    row = results.run(r)
-    mode = "" if row["mode"] == "normal" else f", {row['mode'].replace('_', ' ')}"
-    return f"{row['label']}{mode}"
+    return results.name(r)
 
 
 def f3(results: Results, folder: Path) -> str | None:

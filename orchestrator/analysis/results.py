@@ -5,6 +5,7 @@ Each fact is computed once per Results and shared by the claims, the figures and
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,15 @@ class EffectivePaths:
     hi: int
     share: float                # of all 2^n paths
     fractions: np.ndarray       # each length's share of the total gradient, k = 0..n
+
+
+def variant_text(variant_json: str) -> str:
+    """``{"gate_bias": 0.0, "shortcut": "shortcut_gating"}`` as ``shortcut=shortcut_gating, gate_bias=0``:
+    the setting that names the variant first."""
+    v = json.loads(variant_json or "{}")
+    first = [k for k in ("unit", "shortcut") if k in v]
+    return ", ".join(f"{k}={v[k]:g}" if isinstance(v[k], float) else f"{k}={v[k]}"
+                     for k in first + sorted(set(v) - set(first)))
 
 
 def _once(method):
@@ -143,8 +153,30 @@ class Results:
         return EffectivePaths(lo, hi, probability_in_range(n, lo, hi), fractions)
 
     def title(self, run_id: str) -> str:
-        r = self.run(run_id)
-        return f"{r['label']} ({r['mode'].replace('_', ' ')}, seed {r['seed']}) on {r['dataset']}"
+        return f"{self.name(run_id)} on {self.run(run_id)['dataset']}"
+
+    def name(self, run_id: str) -> str:
+        """The run as legends, claim lines and tables name it: its label, its variant, its mode when not
+        normal, and its seed when the experiment has several, so no two runs share a name."""
+        return self._names().get(run_id, run_id)
+
+    @_once
+    def _names(self) -> dict[str, str]:
+        several_seeds = self.runs["seed"].nunique() > 1 if len(self.runs) else False
+        names = {}
+        for row in self.runs.itertuples(index=False):
+            text = row.label
+            variant = variant_text(row.variant)
+            if variant:
+                text += f" [{variant}]"
+            if row.mode != "normal":
+                text += f", {row.mode.replace('_', ' ')}"
+            if several_seeds:
+                text += f", seed {row.seed}"
+            names[row.run_id] = text
+        counts = pd.Series(list(names.values())).value_counts()
+        # settings the name leaves out (two entries with one label and different overrides): the run id tells
+        return {r: (f"{t} ({r})" if counts[t] > 1 else t) for r, t in names.items()}
 
     @property
     def dataset(self) -> str:

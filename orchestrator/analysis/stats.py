@@ -1,0 +1,127 @@
+"""Intervals that decide verdicts: scipy's bootstrap, one place, one convention.
+
+Every interval is a 95% percentile bootstrap (``scipy.stats.bootstrap``) with a fixed seed, so a
+report is the same each time it is written. Percentile, not BCa: with three seeds BCa's
+jackknife is degenerate, and the same method everywhere keeps the verdicts comparable. A
+sample of one value has no spread: its interval is (nan, nan), and the verdicts say so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from scipy import stats
+
+CONFIDENCE = 0.95
+RESAMPLES = 2000
+SEED = 20160101
+
+
+@dataclass(frozen=True)
+class Interval:
+    """An estimate with its 95% bootstrap interval; lo/hi are nan when there is no spread to resample."""
+
+    estimate: float
+    lo: float
+    hi: float
+    n: int                      # values (draws, seeds, blocks) behind it
+
+    @property
+    def known(self) -> bool:
+        return bool(np.isfinite(self.lo) and np.isfinite(self.hi))
+
+    @property
+    def half_width(self) -> float:
+        return (self.hi - self.lo) / 2 if self.known else float("nan")
+
+    def above(self, threshold: float) -> bool:
+        """The whole interval lies above ``threshold``."""
+        return self.known and self.lo > threshold
+
+    def below(self, threshold: float) -> bool:
+        return self.known and self.hi < threshold
+
+    def scaled(self, factor: float) -> "Interval":
+        return Interval(self.estimate * factor, self.lo * factor, self.hi * factor, self.n)
+
+    def text(self, digits: int = 1, unit: str = "") -> str:
+        """``12.3 [10.1, 14.0]`` (or the estimate alone, with the reason, when there is no interval)."""
+        f = f"{{:.{digits}f}}"
+        if not self.known:
+            why = "one value" if self.n <= 1 else "no spread"
+            return f"{f.format(self.estimate)}{unit} (no interval: {why})"
+        return f"{f.format(self.estimate)}{unit} [95% CI {f.format(self.lo)}, {f.format(self.hi)}]"
+
+
+def _bootstrap(samples: tuple[np.ndarray, ...], statistic: Callable, paired: bool = False,
+               vectorized: bool = True) -> tuple[float, float]:
+    if min(len(s) for s in samples) < 2 or all(np.ptp(s) == 0 for s in samples):
+        return float("nan"), float("nan")
+    res = stats.bootstrap(samples, statistic, paired=paired, vectorized=vectorized, confidence_level=CONFIDENCE,
+                          n_resamples=RESAMPLES, method="percentile", rng=np.random.default_rng(SEED))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def mean_interval(values) -> Interval:
+    """The mean of ``values`` and its interval (over draws, seeds or blocks)."""
+    x = np.asarray(values, dtype=float)
+    lo, hi = _bootstrap((x,), lambda v, axis=-1: np.mean(v, axis=axis))
+    return Interval(float(np.mean(x)) if len(x) else float("nan"), lo, hi, len(x))
+
+
+def median_interval(values) -> Interval:
+    x = np.asarray(values, dtype=float)
+    lo, hi = _bootstrap((x,), lambda v, axis=-1: np.median(v, axis=axis))
+    return Interval(float(np.median(x)) if len(x) else float("nan"), lo, hi, len(x))
+
+
+def difference_interval(a, b) -> Interval:
+    """mean(b) - mean(a), each sample resampled on its own (two groups of seeds, say)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    lo, hi = _bootstrap((a, b), lambda x, y, axis=-1: np.mean(y, axis=axis) - np.mean(x, axis=axis))
+    return Interval(float(np.mean(b) - np.mean(a)), lo, hi, min(len(a), len(b)))
+
+
+def paired_difference_interval(a, b) -> Interval:
+    """mean(b - a) over pairs (the same blocks of two runs, say)."""
+    d = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    return mean_interval(d)
+
+
+def spearman_interval(x, y) -> Interval:
+    """Spearman's rho of paired values and its interval (pairs resampled together)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return Interval(float("nan"), float("nan"), float("nan"), len(x))
+
+    def rho(a, b):
+        return stats.spearmanr(a, b).statistic
+
+    lo, hi = _bootstrap((x, y), rho, paired=True, vectorized=False)
+    return Interval(float(rho(x, y)), lo, hi, len(x))
+
+
+def resampled_interval(n: int, statistic: Callable[[np.ndarray], float]) -> Interval:
+    """Bootstrap over ``n`` units (draws, say) of a statistic of their indices: for statistics of
+    whole profiles (a slope fitted to per-k means), where each unit contributes a row."""
+    idx = np.arange(n)
+    estimate = float(statistic(idx))
+    lo, hi = _bootstrap((idx,), lambda i: statistic(np.asarray(i, dtype=int)), vectorized=False)
+    return Interval(estimate, lo, hi, n)
+
+
+def share_interval(successes: int, trials: int) -> Interval:
+    """A proportion with its exact (Clopper-Pearson) 95% interval: the share of blocks that ...."""
+    if trials == 0:
+        return Interval(float("nan"), float("nan"), float("nan"), 0)
+    ci = stats.binomtest(successes, trials).proportion_ci(confidence_level=CONFIDENCE)
+    return Interval(successes / trials, float(ci.low), float(ci.high), trials)
+
+
+def mannwhitney_less(a, b) -> float:
+    """One-sided Mann-Whitney p-value that ``a`` tends to be smaller than ``b`` (nan below 2 each)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    return float(stats.mannwhitneyu(a, b, alternative="less").pvalue)
