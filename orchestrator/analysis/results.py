@@ -17,6 +17,7 @@ from workloads.surgery.paths import (contribution_fractions, effective_range, lo
                                      probability_in_range)
 
 from .. import store
+from .stats import mean_interval
 
 # the two thresholds that define a run's facts (claims.py states the ones that decide verdicts)
 CRITICAL_RISE = 10.0        # error points: a non-downsampling block whose deletion costs more is "critical"
@@ -133,6 +134,21 @@ class Results:
         down = set(self.structure(run_id).downsampling)
         return tuple(sorted(b for b, rise in self.single_deletion_rises(run_id).items()
                             if rise > CRITICAL_RISE and b not in down))
+
+    @_once
+    def deletion_curve(self, run_id: str, avoiding_critical: bool = False) -> pd.DataFrame:
+        """F5a per k: mean error over the draws with its 95% bootstrap interval (lo, hi) and the draws
+        behind it; ``avoiding_critical``: only the draws that spare the run's critical blocks."""
+        rows = self.study("random_deletion")
+        rows = rows[rows["run_id"] == run_id]
+        if avoiding_critical:
+            crit = set(self.critical_blocks(run_id))
+            rows = rows[rows["deleted"].map(lambda b: not crit & {int(x) for x in b})]
+        curve = []
+        for k, g in rows.groupby("k"):
+            ci = mean_interval(g["error"])
+            curve.append({"k": int(k), "mean": ci.estimate, "lo": ci.lo, "hi": ci.hi, "draws": ci.n})
+        return pd.DataFrame(curve, columns=["k", "mean", "lo", "hi", "draws"])
 
     @_once
     def gradient_profile(self, run_id: str) -> pd.DataFrame:
