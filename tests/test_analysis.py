@@ -68,7 +68,7 @@ def test_claims_from_known_tables(known):
     assert claims["F3-plain"].verdict == "reproduced" and "median error 90.0%" in claims["F3-plain"].result
     assert claims["F5a"].verdict == "reproduced"
     assert claims["F5b"].verdict == "reproduced" and "Spearman(tau, error) -1.00" in claims["F5b"].result
-    assert claims["F6b"].verdict == "reproduced" and f"x{10 ** -0.7:.2f} per block" in claims["F6b"].result
+    assert claims["F6b"].verdict == "reproduced" and f"x{10 ** -0.7:.3f} per block" in claims["F6b"].result
     assert claims["F8"].verdict == "not run"
     prof = results.gradient_profile("res.normal.s0.x")
     assert prof["log10_mean"].tolist() == pytest.approx([-0.7 * k - 1 for k in range(1, 10)])

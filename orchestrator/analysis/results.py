@@ -136,16 +136,21 @@ class Results:
                             if rise > CRITICAL_RISE and b not in down))
 
     @_once
-    def deletion_curve(self, run_id: str, avoiding_critical: bool = False) -> pd.DataFrame:
-        """F5a per k: mean error over the draws with its 95% bootstrap interval (lo, hi) and the draws
-        behind it; ``avoiding_critical``: only the draws that spare the run's critical blocks."""
+    def random_deletions(self, run_id: str, avoiding_critical: bool = False) -> pd.DataFrame:
+        """F5a's rows of a run; ``avoiding_critical``: only the draws that spare its critical blocks."""
         rows = self.study("random_deletion")
         rows = rows[rows["run_id"] == run_id]
         if avoiding_critical:
             crit = set(self.critical_blocks(run_id))
             rows = rows[rows["deleted"].map(lambda b: not crit & {int(x) for x in b})]
+        return rows
+
+    @_once
+    def deletion_curve(self, run_id: str, avoiding_critical: bool = False) -> pd.DataFrame:
+        """F5a per k: mean error over the draws with its 95% bootstrap interval (lo, hi) and the draws
+        behind it."""
         curve = []
-        for k, g in rows.groupby("k"):
+        for k, g in self.random_deletions(run_id, avoiding_critical).groupby("k"):
             ci = mean_interval(g["error"])
             curve.append({"k": int(k), "mean": ci.estimate, "lo": ci.lo, "hi": ci.hi, "draws": ci.n})
         return pd.DataFrame(curve, columns=["k", "mean", "lo", "hi", "draws"])

@@ -102,12 +102,22 @@ def spearman_interval(x, y) -> Interval:
     return Interval(float(rho(x, y)), lo, hi, len(x))
 
 
+def slope_interval(x, y) -> Interval:
+    """The least-squares slope of y on x (``scipy.stats.linregress``) with its 95% t interval."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 3 or np.ptp(x) == 0:
+        return Interval(float("nan"), float("nan"), float("nan"), len(x))
+    fit = stats.linregress(x, y)
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(x) - 2) * fit.stderr)
+    return Interval(float(fit.slope), float(fit.slope) - half, float(fit.slope) + half, len(x))
+
+
 def resampled_interval(n: int, statistic: Callable[[np.ndarray], float]) -> Interval:
     """Bootstrap over ``n`` units (draws, say) of a statistic of their indices: for statistics of
     whole profiles (a slope fitted to per-k means), where each unit contributes a row."""
     idx = np.arange(n)
     estimate = float(statistic(idx))
-    lo, hi = _bootstrap((idx,), lambda i: statistic(np.asarray(i, dtype=int)), vectorized=False)
+    lo, hi = _bootstrap((idx,), lambda i: float(statistic(np.asarray(i, dtype=int))), vectorized=False)
     return Interval(estimate, lo, hi, n)
 
 
