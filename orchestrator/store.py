@@ -117,7 +117,8 @@ def gradient_row(unit, result, *, seconds: float) -> dict:
 
 
 def gate_row(unit, stats, *, seconds: float) -> dict:
-    """A gates row: one gated block's gate over the test set (``workloads.surgery.GateStatistics``)."""
+    """A gates row: one gated block's gate over the test set (``workloads.surgery.GateStatistics``);
+    ``seconds`` is the row's share of its unit, so a run's rows sum to the time of its one pass."""
     return {"unit_key": unit.key, "block": stats.block, "stage": stats.stage, "changes_shape": stats.changes_shape,
             "gate_mean": stats.mean, "gate_std": stats.std, "gate_p10": stats.p10, "gate_p90": stats.p90,
             "branch_weight": stats.branch_weight, "shortcut_weight": stats.shortcut_weight,
