@@ -183,7 +183,7 @@ def train(spec: str, address: str | None, out: Path | None, resume: bool) -> Non
 @OUT
 @stoppable("units")
 def lesion(spec: str, address: str | None, out: Path | None) -> None:
-    """Run SPEC's studies (deletions, reorderings, gradients) on the trained runs in OUT,
+    """Run SPEC's studies (deletions, reorderings, gradients, gates) on the trained runs in OUT,
     and on the networks its models: section imports from checkpoint files.
 
     Resumable: units already written are skipped, so rerunning after a crash or Ctrl-C
@@ -299,7 +299,7 @@ def status(out: Path) -> None:
                    "ATTACH, extensions. By default it sees only OUT's tables.")
 def query(out: Path, sql: str, fmt: str, allow_external: bool) -> None:
     """Run SQL (DuckDB) over the tables in OUT, one view each: runs, epochs, training_errors,
-    lesion, gradients, errors (a table OUT has no rows of is an empty view).
+    lesion, gradients, gates, errors (a table OUT has no rows of is an empty view).
 
     Example: unravel query results/digits "select run_id, k, avg(error) from lesion
     where study = 'random_deletion' group by all order by all"

@@ -16,7 +16,7 @@ from .spec import ExperimentSpec, parse_spec
 from .units import expand
 
 PER_RUN = ("runs", "epochs", "training_errors")
-PER_UNIT = ("lesion", "gradients", "errors")
+PER_UNIT = (*store.STUDY_TABLES, "errors")
 
 
 def current_ids(spec: ExperimentSpec) -> tuple[set[str], set[str]]:
@@ -40,7 +40,7 @@ def status(spec: ExperimentSpec, out: str | Path) -> list[dict]:
     """Units of the current spec done, failed and left, per study (`unravel status`)."""
     out = Path(out)
     units = expand(spec)
-    done = store.done_keys(out, "lesion") | store.done_keys(out, "gradients")
+    done = store.done_keys(out)
     errors = store.read_parts(out, "errors", columns=["unit_key"])
     failed_keys = set(errors["unit_key"]) - done if len(errors) else set()
     rows: dict[str, dict] = {}

@@ -20,7 +20,7 @@ import torch
 from workloads.data import load_dataset
 from workloads.models import load_checkpoint
 from workloads.runtime import set_threads
-from workloads.surgery import evaluate_plans_over, gradient_norms
+from workloads.surgery import evaluate_plans_over, gate_statistics, gradient_norms
 from workloads.surgery.evaluate import default_precision
 
 from . import store
@@ -72,7 +72,13 @@ class Evaluator:
             return [], [store.error_row(u, e, traceback.format_exc()) for u in batch.units]
         if batch.study == "gradients":
             return self._gradients(net, batch, started)
+        if batch.study == "gates":
+            return self._gates(net, batch, started)
         return self._lesions(net, batch, started)
+
+    def _test_chunks(self):
+        """The test set: resident, or streamed from disk in chunks."""
+        return self.data.test_chunks(self.test_examples, STREAM_CHUNK) if self.data.streamed else [self.test]
 
     def _lesions(self, net, batch: Batch, started: float):
         infos = net.block_infos()
@@ -85,8 +91,7 @@ class Evaluator:
                 errors.append(store.error_row(u, e, traceback.format_exc()))
         if not plans:
             return [], errors
-        chunks = self.data.test_chunks(self.test_examples, STREAM_CHUNK) if self.data.streamed else [self.test]
-        results = evaluate_plans_over(net, plans, chunks, precision=self.precision, device=self.device,
+        results = evaluate_plans_over(net, plans, self._test_chunks(), precision=self.precision, device=self.device,
                                       recalibrate=self.calibration)
         seconds = (time.perf_counter() - started) / len(plans)
         rows = [store.lesion_row(u, p, r, precision=self.precision, bn_recalibrated=self.calibration is not None,
@@ -104,6 +109,16 @@ class Evaluator:
         seconds = (time.perf_counter() - started) / len(draws)
         rows = [store.gradient_row(u, r, seconds=seconds) for u, r in zip(batch.units, results)]
         return rows, []
+
+    def _gates(self, net, batch: Batch, started: float):
+        """One unit per run: every gated block's statistics, one row each (H)."""
+        (unit,) = batch.units
+        try:
+            stats = gate_statistics(net, self._test_chunks(), device=self.device)
+        except Exception as e:
+            return [], [store.error_row(unit, e, traceback.format_exc())]
+        seconds = (time.perf_counter() - started) / len(stats)  # each row its share: the rows sum to the unit's time
+        return [store.gate_row(unit, s, seconds=seconds) for s in stats], []
 
 
 def evaluator_actor(resources: Resources):

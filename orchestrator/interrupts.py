@@ -243,7 +243,7 @@ def _kept(spec_path, out, parts) -> str:
             from .units import expand
             units = {u.key for u in expand(experiment)}
             if units:
-                done = store.done_keys(out, "lesion") | store.done_keys(out, "gradients")
+                done = store.done_keys(out)
                 said.append(f"{len(units & done)} of {len(units)} unit{'s' * (len(units) != 1)} written")
         return ", ".join(said)
     except Exception:  # an unreadable spec or table: the line still says how to continue

@@ -242,7 +242,12 @@ class Gradients(SingleDeletion):
     batch_size: count(1, 10**6) = 128            # training images per forward
 
 
-STUDIES = ("single_deletion", "random_deletion", "reorder", "gradients")
+class Gates(SingleDeletion):
+    """H: the gates of gated shortcuts on the test set; by default every run whose shortcut is gated."""
+
+
+STUDIES = ("single_deletion", "random_deletion", "reorder", "gradients", "gates")
+GATED = ("exclusive_gating", "shortcut_gating")
 
 
 @dataclass(frozen=True)
@@ -267,6 +272,7 @@ class StudiesSpec(Section):
     random_deletion: _study(RandomDraws) = None      # F5a
     reorder: _study(RandomDraws) = None              # F5b
     gradients: _study(Gradients) = None              # F6b
+    gates: _study(Gates) = None                      # H
     test_examples: count(1, 10**7) | None = None     # default: the whole test set
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     recalibrate_bn: Flag = False
@@ -501,10 +507,24 @@ def _resolve_studies(studies: StudiesSpec, runs: tuple[Trial, ...], data: DataSp
             for t in chosen:
                 if t.net_config.arch == "plain":
                     _fail(f"{where}.runs", f"run {t.label!r} is a plain network: it has no paths to choose")
+        if name == "gates":
+            chosen = _gated(chosen, section.runs, where)
         resolved[name] = tuple(t.run_id for t in chosen)
     studies = studies.model_copy()
     studies._runs = resolved
     return studies
+
+
+def _gated(chosen: list[Trial], named: list[str] | None, where: str) -> list[Trial]:
+    """The gated runs of a gates study: all of them by default; a named run (a label may name several
+    variants) none of whose trials has a gate is a mistake."""
+    gated = [t for t in chosen if t.net_config.shortcut in GATED]
+    for i, r in enumerate(named or ()):
+        if not any(r in (t.label, t.run_id) for t in gated):
+            _fail(f"{where}.runs[{i}]", f"run {r!r} has no gated shortcut (shortcut: {' or '.join(GATED)})")
+    if not gated:
+        _fail(where, f"no run has a gated shortcut: give a run a variant with shortcut: {' or '.join(GATED)}")
+    return gated
 
 
 def parse_spec(raw: Any, path: str = "") -> ExperimentSpec:

@@ -62,6 +62,12 @@ PART_SCHEMAS: dict[str, pa.Schema] = {
         ("unit_key", pa.string()), ("k", pa.int64()), ("draw", pa.int64()), ("chosen", pa.list_(pa.int64())),
         ("log10_norm", pa.float64()), ("batch_size", pa.int64()), ("seconds", pa.float64()),
     ]),
+    "gates": pa.schema([  # H: one row per gated block of a run (every row of a run shares its unit_key)
+        ("unit_key", pa.string()), ("block", pa.int64()), ("stage", pa.int64()), ("changes_shape", pa.bool_()),
+        ("gate_mean", pa.float64()), ("gate_std", pa.float64()), ("gate_p10", pa.float64()),
+        ("gate_p90", pa.float64()), ("branch_weight", pa.float64()), ("shortcut_weight", pa.float64()),
+        ("examples", pa.int64()), ("seconds", pa.float64()),
+    ]),
     "errors": pa.schema([
         ("unit_key", pa.string()), ("run_id", pa.string()), ("study", pa.string()), ("k", pa.int64()),
         ("draw", pa.int64()), ("error", pa.string()), ("traceback", pa.string()), ("time", pa.float64()),
@@ -71,6 +77,8 @@ PART_SCHEMAS: dict[str, pa.Schema] = {
 
 # every table an experiment can have, as `unravel query` names its views
 TABLES = (*SCHEMAS, *PART_SCHEMAS)
+# the tables of study results: their unit keys are the resume index
+STUDY_TABLES = tuple(t for t in PART_SCHEMAS if t != "errors")
 SPEC_FILE = "spec.json"
 LOCK_FILE = ".unravel.lock"
 IMPORTED = "imported"      # users' checkpoints, converted: imported/<run_id>/model.pt beside source.json
@@ -106,6 +114,15 @@ def gradient_row(unit, result, *, seconds: float) -> dict:
     """A gradients row: one draw's log10 gradient norm at path length k."""
     return {"unit_key": unit.key, "k": result.k, "draw": unit.draw, "chosen": list(result.chosen),
             "log10_norm": result.log10_norm, "batch_size": result.batch_size, "seconds": seconds}
+
+
+def gate_row(unit, stats, *, seconds: float) -> dict:
+    """A gates row: one gated block's gate over the test set (``workloads.surgery.GateStatistics``);
+    ``seconds`` is the row's share of its unit, so a run's rows sum to the time of its one pass."""
+    return {"unit_key": unit.key, "block": stats.block, "stage": stats.stage, "changes_shape": stats.changes_shape,
+            "gate_mean": stats.mean, "gate_std": stats.std, "gate_p10": stats.p10, "gate_p90": stats.p90,
+            "branch_weight": stats.branch_weight, "shortcut_weight": stats.shortcut_weight,
+            "examples": stats.examples, "seconds": seconds}
 
 
 def error_row(unit, exc: BaseException, traceback: str = "") -> dict:
@@ -188,10 +205,11 @@ def _read_parts(out: str | Path, table: str, columns: list[str] | None = None) -
     return dataset.to_table(columns=columns).to_pandas()
 
 
-def done_keys(out: str | Path, table: str) -> set[str]:
-    """The resume index: unit keys already written (read from the parts themselves)."""
+def done_keys(out: str | Path, table: str | None = None) -> set[str]:
+    """The resume index: unit keys already written (read from the parts themselves), in ``table``
+    or, by default, in every table of study results."""
     keys: set[str] = set()
-    for p in parts(out, table):
+    for p in (parts(out, table) if table else [p for t in STUDY_TABLES for p in parts(out, t)]):
         try:
             keys.update(pq.read_table(p, columns=["unit_key"]).column(0).to_pylist())
         except Exception as e:  # a corrupt part is never read as data
@@ -399,7 +417,7 @@ def tune_dir(out: str | Path, experiment: str) -> Path:
 def has_results(out: str | Path, run_id: str) -> bool:
     """Whether any study result of ``run_id`` is in OUT."""
     pattern = f"study=*/run_id={run_id}/part-*.parquet"
-    return any(next((Path(out) / table).glob(pattern), None) is not None for table in ("lesion", "gradients"))
+    return any(next((Path(out) / table).glob(pattern), None) is not None for table in STUDY_TABLES)
 
 
 def is_disk_full(exc: BaseException) -> bool:

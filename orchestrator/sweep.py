@@ -42,7 +42,7 @@ class SweepOutcome:
 def pending_units(spec: ExperimentSpec, out: Path) -> tuple[list[Unit], list[Unit]]:
     """(all units, units not yet written)."""
     units = expand(spec)
-    done = store.done_keys(out, "lesion") | store.done_keys(out, "gradients")
+    done = store.done_keys(out)
     return units, [u for u in units if u.key not in done]
 
 
@@ -140,9 +140,10 @@ class _Dispatcher:
             store.write_part(self.out, batch.table, batch.study, batch.run_id, batch.key, rows)
         if errors:
             store.write_errors(self.out, batch.key, errors)
-        self.computed += len(rows)
+        done = len({r["unit_key"] for r in rows})  # units, not rows: a gates unit writes a row per gated block
+        self.computed += done
         self.failed += len(errors)
-        self.bar.update(len(rows) + len(errors))
+        self.bar.update(done + len(errors))
         if self.failed:
             self.bar.set_postfix_str(f"{self.failed} failed")
 

@@ -1,8 +1,9 @@
 """Studies expanded into work units with deterministic keys, grouped into batches per run.
 
-A unit is one plan (a lesion or reordering, evaluated on the test set) or one gradient
-draw. Its key hashes the run, the study, k, the draw and the engine version, so the same
-spec always yields the same keys: the resume index is the set of keys already written,
+A unit is one plan (a lesion or reordering, evaluated on the test set), one gradient
+draw, or one run's gates (all its gated blocks, read in one pass over the test set). Its
+key hashes the run, the study, k, the draw and the engine version, so the same spec
+always yields the same keys: the resume index is the set of keys already written,
 and a batch's file is named after its units, so a batch redone after a crash overwrites
 its own file instead of adding rows.
 """
@@ -24,9 +25,9 @@ ENGINE_VERSION = "1"   # bump when a change to workloads.surgery changes results
 class Unit:
     key: str
     run_id: str
-    study: str     # intact | single_deletion | random_deletion | reorder | gradients
-    k: int         # blocks deleted / pairs swapped / path length
-    draw: int      # draw index (single deletion: the deleted block)
+    study: str     # intact | single_deletion | random_deletion | reorder | gradients | gates
+    k: int         # blocks deleted / pairs swapped / path length (gates: 0)
+    draw: int      # draw index (single deletion: the deleted block; gates: 0)
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Batch:
 
     @property
     def table(self) -> str:
-        return "gradients" if self.study == "gradients" else "lesion"
+        return self.study if self.study in ("gradients", "gates") else "lesion"
 
 
 def unit_key(run_id: str, study: str, k: int, draw: int, settings: str = "") -> str:
@@ -55,6 +56,8 @@ def settings_of(spec: ExperimentSpec, study: str) -> str:
         data = f"|data={d.resolved_root}:{d.image_size}:{d.resize}"
     if study == "gradients":
         return f"batch={s.study('gradients').batch_size}{data}"
+    if study == "gates":  # always fp32, the stored BatchNorm statistics: only the test set matters
+        return f"test={s.test_examples}{data}"
     text = f"test={s.test_examples}|precision={s.precision}|bn={s.recalibrate_bn}:{s.calibration_examples}{data}"
     if study in ("random_deletion", "reorder"):
         text += f"|exclude={sorted(s.exclude_blocks)}"
@@ -79,7 +82,7 @@ def _lesion_units(trial: Trial, study: StudySpec, settings: str) -> list[Unit]:
 def expand(spec: ExperimentSpec) -> list[Unit]:
     """Every unit of every study on every run it applies to, intact baselines first."""
     trials = {t.run_id: t for t in spec.runs}
-    lesioned = sorted({r for s in spec.studies.studies if s.study != "gradients" for r in s.runs})
+    lesioned = sorted({r for s in spec.studies.studies if s.study not in ("gradients", "gates") for r in s.runs})
     intact = settings_of(spec, "intact")
     units = [Unit(unit_key(r, "intact", 0, 0, intact), r, "intact", 0, 0) for r in lesioned]
     for study in spec.studies.studies:
@@ -90,6 +93,8 @@ def expand(spec: ExperimentSpec) -> list[Unit]:
                 n = len(_block_infos(trial.net_config))
                 units += [Unit(unit_key(run_id, "gradients", k, d, settings), run_id, "gradients", k, d)
                           for d in range(study.draws) for k in range(1, n + 1)]
+            elif study.study == "gates":
+                units.append(Unit(unit_key(run_id, "gates", 0, 0, settings), run_id, "gates", 0, 0))
             else:
                 units += _lesion_units(trial, study, settings)
     return units

@@ -92,7 +92,7 @@ def test_every_table_is_a_view_with_its_schema_even_when_empty(tmp_path):
     assert json.loads(counts.output) == [{"errors": 0, "gradients": 0, "training_errors": 0}]
     for table in store.TABLES:
         schema = store.SCHEMAS.get(table) or store.PART_SCHEMAS[table]
-        expected = [*schema.names] + (["study", "run_id"] if table in ("lesion", "gradients") else [])
+        expected = [*schema.names] + (["study", "run_id"] if table in store.STUDY_TABLES else [])
         described = json.loads(query(out, f"select column_name, column_type from (describe {table})",
                                      "--format", "json").output)
         assert [d["column_name"] for d in described] == expected, table

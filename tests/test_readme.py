@@ -198,6 +198,7 @@ def test_python_blocks_run_in_order(demo, tmp_path):
     assert len(namespace["results"]) == len(namespace["plans"]) == 54 + 20 * 2 + 27 * 2
     assert all(r.examples == 16 for r in namespace["results"])
     assert len(namespace["grads"]) == 54 * 2
+    assert len(namespace["gates"]) == 54 and all(g.examples == 16 and g.branch_weight == 1.0 for g in namespace["gates"])
 
 
 # -- the README's bash -----------------------------------------------------------------------------------

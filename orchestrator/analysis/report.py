@@ -14,6 +14,7 @@ import pandas as pd
 
 from .claims import Claim, all_claims, residual_runs
 from .figures import all_figures
+from .highway import h_section
 from .results import CRITICAL_RISE, Results
 
 # Identity Mappings, CIFAR-10 error % (PAPERS.md): unit variants for 110 / 164, shortcut variants on 110 (a)
@@ -26,6 +27,8 @@ CAPTIONS = {
     "F5b": "Error against Kendall tau of randomly reordered networks.",
     "F6": "Path-length distribution, gradient magnitude per path length, and each length's share of the gradient.",
     "F7": "Fraction of paths of each length that survive deleting 1, 10 and 20 blocks (exact).",
+    "H": "Mean gate g per block on the test set (band: 10th-90th percentile); solid: the paper's gate bias -6, "
+         "dashed: bias 0; below 0.5 the shortcut weighs more.",
     "training": "Test (solid) and train (dotted) error per epoch.",
 }
 CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
@@ -133,6 +136,8 @@ def identity_mapping_tables(results: Results) -> list[str]:
             ref = PAPER_SHORTCUTS.get(v["shortcut"], "")
             if v["shortcut"] == "shortcut_gating" and v.get("gate_bias") == 0.0:
                 ref = 12.86
+            elif v.get("gate_bias", -6.0) != -6.0:  # a gate start the paper has no number for
+                ref = ""
             paper = f"{ref}%" if isinstance(ref, float) else ref
         median = float(g["test_error"].median())
         rows.append({"runs": label, "variant": ", ".join(f"{k}={v[k]}" for k in sorted(v)), "seeds": len(g),
@@ -155,7 +160,7 @@ def write_report(out: str | Path) -> Path:
     figures = all_figures(results, out / "figures")
     md = "\n".join(header(results) + what_was_run(results) + claims_section(all_claims(results))
                    + critical_blocks_section(results) + effective_path_training(results)
-                   + identity_mapping_tables(results) + figures_section(figures))
+                   + identity_mapping_tables(results) + h_section(results) + figures_section(figures))
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(markdown_to_html(md))
     return out / "report.md"

@@ -77,6 +77,7 @@ class Results:
     gradients: pd.DataFrame
     errors: pd.DataFrame
     spec: dict
+    gates: pd.DataFrame         # H: a row per gated block of a run
     _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     stale: dict = field(default_factory=dict)   # table -> rows of earlier settings, left out
@@ -88,13 +89,13 @@ class Results:
         out = Path(out)
         raw = store.read_spec(out) or {}
         tables = {name: store.read_table(out, name) for name in ("runs", "epochs")}
-        tables.update({name: store.read_parts(out, name) for name in ("lesion", "gradients", "errors")})
+        tables.update({name: store.read_parts(out, name) for name in (*store.STUDY_TABLES, "errors")})
         stale = {}
         if raw:
             from ..current import current_rows
             tables, stale = current_rows(raw, tables)
         return cls(out, tables["runs"], tables["epochs"], tables["lesion"], tables["gradients"], tables["errors"], raw,
-                   stale=stale)
+                   tables["gates"], stale=stale)
 
     @functools.cached_property
     def _runs_by_id(self) -> pd.DataFrame:

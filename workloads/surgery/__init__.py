@@ -1,10 +1,13 @@
-"""Test-time surgery: deletion and reordering plans, the plan-trie engine, gradients by path length."""
+"""Test-time surgery: deletion and reordering plans, the plan-trie engine, gradients by path length,
+and the gates of gated shortcuts."""
 from .evaluate import PlanResult, evaluate_plans, evaluate_plans_over, forward_plan, recalibrated_copy
+from .gates import GateStatistics, gate_statistics, gated_blocks
 from .gradients import GradientResult, choose_blocks, gradient_norms, naive_gradient_norm
 from .plan import (Plan, PlanError, delete_blocks, deletion_pool, intact, random_deletion, random_swaps,
                    swap_pairs, validate)
 from .trie import PlanTrie
 
-__all__ = ["Plan", "PlanError", "PlanResult", "PlanTrie", "GradientResult", "choose_blocks", "delete_blocks",
-           "deletion_pool", "evaluate_plans", "evaluate_plans_over", "forward_plan", "gradient_norms", "intact",
-           "naive_gradient_norm", "random_deletion", "random_swaps", "recalibrated_copy", "swap_pairs", "validate"]
+__all__ = ["Plan", "PlanError", "PlanResult", "PlanTrie", "GateStatistics", "GradientResult", "choose_blocks",
+           "delete_blocks", "deletion_pool", "evaluate_plans", "evaluate_plans_over", "forward_plan", "gate_statistics",
+           "gated_blocks", "gradient_norms", "intact", "naive_gradient_norm", "random_deletion", "random_swaps",
+           "recalibrated_copy", "swap_pairs", "validate"]

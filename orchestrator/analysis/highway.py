@@ -1,0 +1,153 @@
+"""H, the highway view: do the gates of gated shortcuts lean to the shortcut (short paths)?
+
+Veit et al. read gated ResNets (Identity Mappings, Fig. 2) as highway networks: a gate g < 0.5
+gives the shortcut the larger weight (1 - g), for exclusive gating (branch g) and shortcut-only
+gating (branch 1) alike, so most blocks below 0.5 means the network favours short paths. The
+paper's gate bias -6 starts every gate at sigmoid(-6) = 0.0025, where the lean is given before
+training; runs at a neutral bias 0 tell whether it survives a start without it. Here: the claim,
+the figure and the report section of H, all from the gates table.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import pandas as pd
+
+from .claims import Claim
+from .figures import PALETTE, STYLE, _figure, _save
+from .results import Results
+from .stats import Interval, mean_interval, share_interval
+
+LEAN = 0.5              # a block leans to the shortcut when its mean gate is below this
+PAPER_BIAS = -6.0       # Identity Mappings' initial gate bias
+NEUTRAL_BIAS = 0.0
+LINESTYLES = {PAPER_BIAS: "-", NEUTRAL_BIAS: "--"}   # any other bias: dotted
+
+
+@dataclass(frozen=True)
+class GatedRun:
+    """One gated run's blocks, with the setting its seeds share."""
+
+    run_id: str
+    gating: str                 # exclusive_gating | shortcut_gating
+    bias: float                 # the gate bias it started from
+    setting: str                # label, mode and network config: a run's seeds share it
+    blocks: pd.DataFrame        # its gates rows, by block
+
+    @property
+    def leaning(self) -> int:
+        return int((self.blocks["gate_mean"] < LEAN).sum())
+
+    @property
+    def share(self) -> Interval:
+        """Share of blocks whose mean gate is below LEAN, with its exact 95% interval."""
+        return share_interval(self.leaning, len(self.blocks))
+
+
+def gated_runs(results: Results) -> list[GatedRun]:
+    """Every run with gates rows, in the runs table's order."""
+    found = []
+    for r in results.runs["run_id"]:
+        rows = results.gates[results.gates["run_id"] == r].sort_values("block")
+        if len(rows):
+            run = results.run(r)
+            cfg = json.loads(run["net_config"])
+            found.append(GatedRun(r, cfg["shortcut"], float(cfg["gate_bias"]),
+                                  f"{run['label']}|{run['mode']}|{run['net_config']}", rows.reset_index(drop=True)))
+    return found
+
+
+def _settings(runs: list[GatedRun]) -> dict[str, list[GatedRun]]:
+    groups: dict[str, list[GatedRun]] = {}
+    for g in runs:
+        groups.setdefault(g.setting, []).append(g)
+    return groups
+
+
+def _setting_share(runs: list[GatedRun]) -> Interval:
+    """One seed: its share with the exact interval; several: the mean share over seeds, bootstrapped."""
+    return runs[0].share if len(runs) == 1 else mean_interval([g.share.estimate for g in runs])
+
+
+def _describe(results: Results, runs: list[GatedRun]) -> str:
+    parts = [f"{results.name(g.run_id)}: {g.leaning} of {len(g.blocks)} blocks g < {LEAN:g} "
+             f"({g.share.scaled(100).text(0, '%')}), mean g {g.blocks['gate_mean'].mean():.3f}" for g in runs]
+    if len(runs) > 1:
+        parts.append(f"mean share over {len(runs)} seeds {_setting_share(runs).scaled(100).text(0, '%')}")
+    return "; ".join(parts)
+
+
+def h_claim(results: Results) -> Claim:
+    paper = "H gates lean to the shortcut (short paths)"
+    rule = (f"the share of blocks with mean gate g < {LEAN:g} (shortcut weight 1 - g > {LEAN:g}) is above "
+            f"{LEAN:g} at the paper's gate bias {PAPER_BIAS:g} (mean over seeds when there are several); the "
+            f"lean survives a neutral start when the share at bias {NEUTRAL_BIAS:g} is above {LEAN:g} too")
+    runs = gated_runs(results)
+    if not runs:
+        return Claim("H", paper, "no gates results (a gates study on a run with exclusive_gating or "
+                                 "shortcut_gating)", "not run", "")
+    groups = _settings(runs)
+    paper_keys = [k for k, g in groups.items() if g[0].bias == PAPER_BIAS]
+    deciding = paper_keys or list(groups)
+    parts = [] if paper_keys else [f"no run at the paper's bias {PAPER_BIAS:g}; deciding on the runs there are"]
+    said = set(deciding)
+    for key in deciding:
+        parts.append(_describe(results, groups[key]))
+        if not paper_keys:
+            continue
+        gating = groups[key][0].gating
+        alike = [k for k, g in groups.items() if g[0].bias == NEUTRAL_BIAS and g[0].gating == gating]
+        if not alike:
+            parts.append(f"no {gating} run at bias {NEUTRAL_BIAS:g} to tell whether the lean survives a neutral start")
+        for k in (k for k in alike if k not in said):
+            survives = "survives" if _setting_share(groups[k]).estimate > LEAN else "does not survive"
+            parts.append(f"at bias {NEUTRAL_BIAS:g}, {_describe(results, groups[k])}: the lean {survives} a neutral "
+                         f"start")
+            said.add(k)
+    parts += [_describe(results, g) for k, g in groups.items() if k not in said]  # other biases: reported, never decide
+    ok = all(_setting_share(groups[k]).estimate > LEAN for k in deciding)
+    return Claim("H", paper, "; ".join(parts), "reproduced" if ok else "not reproduced", rule)
+
+
+def h_figure(results: Results, folder: Path) -> str | None:
+    """Mean gate per block (band: 10th to 90th percentile), one line per run; line style: its bias."""
+    runs = gated_runs(results)
+    if not runs:
+        return None
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(figsize=(6.5, 3.4 + 0.18 * ((len(runs) + 1) // 2)))
+        for i, g in enumerate(runs):
+            color, x = PALETTE[i % len(PALETTE)], g.blocks["block"] + 1
+            ax.plot(x, g.blocks["gate_mean"], marker="o", ms=3, lw=1.3, color=color,
+                    ls=LINESTYLES.get(g.bias, ":"), label=f"{results.name(g.run_id)}, bias {g.bias:g}")
+            ax.fill_between(x, g.blocks["gate_p10"], g.blocks["gate_p90"], color=color, alpha=0.15, lw=0)
+        for b in sorted(set(runs[0].blocks.loc[runs[0].blocks["changes_shape"], "block"])):
+            ax.axvline(b + 1, color="0.6", ls="--", lw=0.7)
+        ax.axhline(LEAN, color="0.2", lw=0.9)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("block (1-based; grey dashes: downsampling blocks)")
+        ax.set_ylabel("gate g on the test set\n(mean; band: 10th-90th percentile)")
+        ax.set_title(f"H: gates per block ({results.dataset}); below {LEAN:g} the shortcut weighs more", fontsize=9)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+        return _save(fig, folder, "h_gates")
+
+
+def h_section(results: Results) -> list[str]:
+    """A row per gated run: how many blocks, their mean gate, the share leaning to the shortcut."""
+    from .report import _table  # report imports this module
+    runs = gated_runs(results)
+    if not runs:
+        return []
+    rows = [{"run": results.name(g.run_id), "gating": g.gating, "gate bias": f"{g.bias:g}", "blocks": len(g.blocks),
+             "mean g over blocks": f"{g.blocks['gate_mean'].mean():.3f}",
+             f"blocks with g < {LEAN:g}": f"{g.leaning} ({g.share.scaled(100).text(0, '%')})",
+             "min / max block mean": f"{g.blocks['gate_mean'].min():.3f} / {g.blocks['gate_mean'].max():.3f}"}
+            for g in runs]
+    return (["## Highway view (H): gates per block", "",
+             "The gate g of each gated block, on the test set: exclusive gating weighs the residual branch by g and "
+             "the shortcut by 1 - g, shortcut-only gating the shortcut by 1 - g alone; below 0.5 the shortcut weighs "
+             f"more. A gate bias of {PAPER_BIAS:g} (the paper's) starts every gate at 0.0025; bias {NEUTRAL_BIAS:g} "
+             "starts at 0.5.", ""] + _table(pd.DataFrame(rows)) + [""])
