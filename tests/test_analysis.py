@@ -100,7 +100,8 @@ def test_report_sections_for_effective_paths_and_variants(known):
     text = write_report(known).read_text()
     assert "## Training on effective paths only (Veit et al. Table 1)" in text
     assert "Here: 3.00% vs 1.00% (median over seeds)" in text
-    assert "## Identity Mappings: variants" in text and "| v | unit=c | 2 | 7.50% | 7.84% |" in text
+    assert "### Identity Mappings: residual-unit variants" in text
+    assert "| (c) ReLU before addition | 110 | 2 | 7.50 | 7.00-8.00 (IQR 7.25-7.75) | 7.84 |" in text
 
 
 def test_the_report_builds_no_weights_and_each_skeleton_once(known, monkeypatch):

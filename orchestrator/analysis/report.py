@@ -4,7 +4,6 @@ Built from the tables alone; every number in it is computed here from them.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -15,12 +14,9 @@ import pandas as pd
 from .claims import Claim, all_claims, residual_runs
 from .figures import all_figures
 from .highway import h_section
+from .identity_mappings import im_section
 from .results import CRITICAL_RISE, Results
 
-# Identity Mappings, CIFAR-10 error % (PAPERS.md): unit variants for 110 / 164, shortcut variants on 110 (a)
-PAPER_UNITS = {"a": (6.61, 5.93), "b": (8.17, 6.50), "c": (7.84, 6.14), "d": (6.71, 5.91), "e": (6.37, 5.46)}
-PAPER_SHORTCUTS = {"scaling": 12.35, "exclusive_gating": 8.70, "shortcut_gating": 6.91, "conv": 12.22,
-                   "dropout": "fail (>20)"}
 CAPTIONS = {
     "F3": "Error after deleting each single block; dotted lines: the intact networks; dashed: downsampling blocks.",
     "F5a": "Error against the number of randomly deleted blocks (mean and spread over draws).",
@@ -119,32 +115,6 @@ def effective_path_training(results: Results) -> list[str]:
             "(median over seeds).", ""]
 
 
-def identity_mapping_tables(results: Results) -> list[str]:
-    runs = results.runs
-    varied = runs[runs["variant"] != "{}"]
-    if not len(varied):
-        return []
-    lines = ["## Identity Mappings: variants (median test error over seeds)", ""]
-    rows = []
-    for (label, variant), g in varied.groupby(["label", "variant"]):
-        v = json.loads(variant)
-        depth = json.loads(g["net_config"].iloc[0])["depth"]
-        paper = ""
-        if "unit" in v and depth in (110, 164):
-            paper = f"{PAPER_UNITS[v['unit']][0 if depth == 110 else 1]}%"
-        elif "shortcut" in v and depth == 110:
-            ref = PAPER_SHORTCUTS.get(v["shortcut"], "")
-            if v["shortcut"] == "shortcut_gating" and v.get("gate_bias") == 0.0:
-                ref = 12.86
-            elif v.get("gate_bias", -6.0) != -6.0:  # a gate start the paper has no number for
-                ref = ""
-            paper = f"{ref}%" if isinstance(ref, float) else ref
-        median = float(g["test_error"].median())
-        rows.append({"runs": label, "variant": ", ".join(f"{k}={v[k]}" for k in sorted(v)), "seeds": len(g),
-                     "median error": _pct(median), "paper (CIFAR-10)": paper})
-    return lines + _table(pd.DataFrame(rows)) + [""]
-
-
 def figures_section(figures: dict[str, str]) -> list[str]:
     lines = ["## Figures", ""]
     for key, path in figures.items():
@@ -160,7 +130,7 @@ def write_report(out: str | Path) -> Path:
     figures = all_figures(results, out / "figures")
     md = "\n".join(header(results) + what_was_run(results) + claims_section(all_claims(results))
                    + critical_blocks_section(results) + effective_path_training(results)
-                   + identity_mapping_tables(results) + h_section(results) + figures_section(figures))
+                   + im_section(results) + h_section(results) + figures_section(figures))
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(markdown_to_html(md))
     return out / "report.md"
