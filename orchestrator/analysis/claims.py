@@ -180,4 +180,6 @@ def f8(results: Results) -> Claim:
 
 
 def all_claims(results: Results) -> list[Claim]:
-    return [f3_resnet(results), f3_plain(results), f5a(results), f5b(results), *f6(results), f8(results)]
+    from .effective_paths import t1_claim  # imported here: effective_paths builds on this module's Claim
+    return [f3_resnet(results), f3_plain(results), f5a(results), f5b(results), *f6(results), f8(results),
+            t1_claim(results)]
