@@ -2,13 +2,16 @@
 
 One long-lived actor per GPU share (or CPU slot): Ray does not reuse worker processes
 for GPU tasks, so tasks would reload data and weights per call; an actor loads the data
-once, keeps the last few networks, and runs batch after batch through the engine.
+once, keeps the last few networks (each under the test-time rule its batch asks for: an
+effective-paths run is evaluated as ``workloads.train.test_rules`` says), and runs batch after
+batch through the engine.
 A test set too large for memory (ImageNet) is streamed from disk instead, once per batch
 of plans, so decoding is shared by every plan of the batch. A unit that raises becomes an
 error row; the batch goes on.
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 import traceback
@@ -22,6 +25,7 @@ from workloads.models import load_checkpoint
 from workloads.runtime import set_threads
 from workloads.surgery import evaluate_plans_over, gate_statistics, gradient_norms
 from workloads.surgery.evaluate import default_precision
+from workloads.train.test_rules import apply_test_rule
 
 from . import store
 from .spec import DataSpec, Resources, StudiesSpec
@@ -39,8 +43,8 @@ class Evaluator:
         if not self.data.streamed:  # resident: the test set moves to the device once
             chunk = next(self.data.test_chunks(studies.test_examples))
             self.test = (chunk[0].to(self.device), chunk[1].to(self.device))
-        calibration = min(studies.calibration_examples, self.data.train_size()) if studies.recalibrate_bn else 0
-        self.calibration = self.data.train_examples(range(calibration))[0].to(self.device) if calibration else None
+        self.calibration_examples = studies.calibration_examples
+        self.calibration = self.calibration_images if studies.recalibrate_bn else None
         self.precision = default_precision(self.device) if studies.precision == "auto" else studies.precision
         self.exclude = studies.exclude_blocks
         self.cache: OrderedDict[str, torch.nn.Module] = OrderedDict()
@@ -51,14 +55,25 @@ class Evaluator:
     def where(self) -> str:
         return f"{ray.util.get_node_ip_address()} {self.device} pid {os.getpid()}"
 
-    def _network(self, run_id: str, checkpoint: bytes | ray.ObjectRef):
-        if run_id in self.cache:
-            self.cache.move_to_end(run_id)
-            return self.cache[run_id]
+    @functools.cached_property
+    def calibration_images(self) -> torch.Tensor:
+        """The first training images, on the device: BatchNorm re-estimation (recalibrate_bn, rule recalibrated)."""
+        count = min(self.calibration_examples, self.data.train_size())
+        return self.data.train_examples(range(count))[0].to(self.device)
+
+    def _network(self, batch: Batch, checkpoint: bytes | ray.ObjectRef):
+        """The batch's network under its test-time rule, cached per (run, rule)."""
+        key = f"{batch.run_id}|{batch.test_rule}"
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            return self.cache[key]
         blob = ray.get(checkpoint) if isinstance(checkpoint, ray.ObjectRef) else checkpoint
-        net, _ = load_checkpoint(blob, f"checkpoint of {run_id}")
+        net, _ = load_checkpoint(blob, f"checkpoint of {batch.run_id}")
         net.to(self.device)
-        self.cache[run_id] = net
+        if batch.test_rule:
+            calibration = self.calibration_images if batch.test_rule == "recalibrated" else None
+            net = apply_test_rule(net, batch.test_rule, batch.train_active, calibration).eval()
+        self.cache[key] = net
         if len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
         return net
@@ -67,7 +82,7 @@ class Evaluator:
         """(result rows, error rows) for one batch."""
         started = time.perf_counter()
         try:
-            net = self._network(batch.run_id, checkpoint)
+            net = self._network(batch, checkpoint)
         except Exception as e:  # a broken checkpoint fails every unit of the batch, not the actor
             return [], [store.error_row(u, e, traceback.format_exc()) for u in batch.units]
         if batch.study == "gradients":
@@ -94,8 +109,9 @@ class Evaluator:
         results = evaluate_plans_over(net, plans, self._test_chunks(), precision=self.precision, device=self.device,
                                       recalibrate=self.calibration)
         seconds = (time.perf_counter() - started) / len(plans)
-        rows = [store.lesion_row(u, p, r, precision=self.precision, bn_recalibrated=self.calibration is not None,
-                                 seconds=seconds) for u, p, r in zip(units, plans, results)]
+        rows = [store.lesion_row(u, p, r, test_rule=u.test_rule, precision=self.precision,
+                                 bn_recalibrated=self.calibration is not None, seconds=seconds)
+                for u, p, r in zip(units, plans, results)]
         return rows, errors
 
     def _gradients(self, net, batch: Batch, started: float):

@@ -18,6 +18,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from . import store
@@ -33,11 +34,11 @@ class QueryError(ValueError):
     """Bad input to a query (the SQL, or OUT): the message is one line."""
 
 
-def sources(out: str | Path) -> dict[str, pa.Table | ds.Dataset]:
+def sources(out: str | Path) -> dict[str, pa.Table | ds.Dataset | ds.Scanner]:
     """Every table of OUT as Arrow data over exactly its files (none read yet), by table name;
     a table with no file is empty, with its schema."""
     out = Path(out)
-    found: dict[str, pa.Table | ds.Dataset] = {}
+    found: dict[str, pa.Table | ds.Dataset | ds.Scanner] = {}
     for name in store.TABLES:
         if name in store.SCHEMAS:
             schema, path = store.SCHEMAS[name], store.table_path(out, name)
@@ -51,9 +52,21 @@ def sources(out: str | Path) -> dict[str, pa.Table | ds.Dataset]:
         if not files:
             found[name] = schema.empty_table()
             continue
-        found[name] = ds.dataset(files, schema=schema, format="parquet", partitioning=hive,
-                                 partition_base_dir=str(out / name) if hive is not None else None)
+        found[name] = _with_added_columns(name, ds.dataset(files, schema=schema, format="parquet", partitioning=hive,
+                                                           partition_base_dir=str(out / name) if hive is not None
+                                                           else None))
     return found
+
+
+def _with_added_columns(name: str, data: ds.Dataset) -> ds.Dataset | ds.Scanner:
+    """A table whose schema grew: parts written before a column existed read it as its stated value
+    (``store.ADDED_COLUMNS``), as ``store.read_parts`` does, not as NULL."""
+    added = store.ADDED_COLUMNS.get(name)
+    if not added:
+        return data
+    columns = {n: pc.coalesce(ds.field(n), pa.scalar(added[n])) if n in added else ds.field(n)
+               for n in data.schema.names}
+    return ds.Scanner.from_dataset(data, columns=columns)
 
 
 def connect(out: str | Path, allow_external: bool = False) -> duckdb.DuckDBPyConnection:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, PrivateAttr, ValidationError, create_model,
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, Field, PrivateAttr, ValidationError, create_model,
                       model_validator)
 from pydantic_core import PydanticCustomError
 
@@ -26,6 +26,7 @@ from workloads.fields import STRICT, Amount, Between, Flag, Text, count
 from workloads.models import NETWORKS, NetConfig, network_config
 from workloads.train.modes import MODES
 from workloads.train.recipe import TrainConfig
+from workloads.train.test_rules import TEST_RULES
 
 from .spec_messages import one_line, rule
 
@@ -64,6 +65,7 @@ Recipe = _partial(TrainConfig, {"mode", "seed", "iterations"}, "Recipe")
 
 NetworkName = Literal[tuple(sorted(NETWORKS))]
 Mode = Literal[MODES]
+TestRule = Literal[TEST_RULES]
 
 
 def _check_name(name: str) -> str:
@@ -188,6 +190,12 @@ def _all_means_every_run(raw: Any) -> Any:
     return None if raw is None or raw == "all" else raw
 
 
+def _distinct_rules(rules: list[str]) -> list[str]:
+    if len(set(rules)) != len(rules):
+        raise PydanticCustomError("repeated", "has repeated rules {rules}", {"rules": rules})
+    return rules
+
+
 # labels or run ids of the runs a study uses; null or "all": every run it applies to
 StudyRuns = Annotated[list[Text] | None, BeforeValidator(_all_means_every_run)]
 
@@ -202,6 +210,16 @@ class RunEntry(Section):
         [NetOverrides()]
     modes: Annotated[list[Mode], AfterValidator(_nonempty("mode (leave it out for the default)"))] = ["normal"]
     active_blocks: count(1, 100_000) | None = None   # effective_paths: m of the n blocks per mini-batch
+    # effective_paths: how the full network is evaluated (workloads.train.test_rules); every rule gets its own
+    # intact evaluation of the same checkpoint, and the studies use the first
+    test_rules: Annotated[list[TestRule], AfterValidator(_nonempty("test rule")), AfterValidator(_distinct_rules),
+                          Field(json_schema_extra={"uniqueItems": True})] = ["scaled"]
+
+    @model_validator(mode="after")
+    def _rules_need_effective_paths(self) -> "RunEntry":
+        if "test_rules" in self.model_fields_set and "effective_paths" not in self.modes:
+            raise rule("test_rules", "applies only to mode effective_paths")
+        return self
 
 
 class TrainingSection(Section):
@@ -337,18 +355,20 @@ class Trial:
     net_config: NetConfig
     train_config: TrainConfig | None
     checkpoint: str = ""  # imported runs: the user's checkpoint file
+    test_rules: tuple[str, ...] = ()   # effective_paths: the test-time rules, the studies' first (else none)
 
     def to_dict(self) -> dict:
         return {"run_id": self.run_id, "label": self.label, "network": self.network, "variant": self.variant,
                 "mode": self.mode, "seed": self.seed, "net_config": self.net_config.to_json(),
                 "train_config": self.train_config.to_json() if self.train_config else "",
-                "checkpoint": self.checkpoint}
+                "checkpoint": self.checkpoint, "test_rules": list(self.test_rules)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Trial":
         train = TrainConfig.from_dict(json.loads(d["train_config"])) if d["train_config"] else None
         return cls(d["run_id"], d["label"], d["network"], d["variant"], d["mode"], int(d["seed"]),
-                   NetConfig.from_json(d["net_config"]), train, d.get("checkpoint", ""))
+                   NetConfig.from_json(d["net_config"]), train, d.get("checkpoint", ""),
+                   tuple(d.get("test_rules", ())))
 
 
 @dataclass(frozen=True)
@@ -438,8 +458,10 @@ def _trials(section: TrainingSection, data: DataSpec) -> TrainingSpec:
                     tag = "" if not v else "." + ".".join(f"{k}-{v[k]}" for k in sorted(v))
                     run_id = _safe_id(f"{label}{tag}.{mode}.s{seed}." + _short_hash(net.to_json(), train.to_json(),
                                                                                     data.dataset))
+                    # the rules are how the checkpoint is evaluated, not trained: outside the run id
+                    rules = tuple(entry.test_rules) if mode == "effective_paths" else ()
                     trials.append(Trial(run_id, label, entry.network, json.dumps(v, sort_keys=True), mode, seed,
-                                        net, train))
+                                        net, train, test_rules=rules))
     _no_twins(trials, "training.runs", "give them different labels or settings")
     return TrainingSpec(tuple(trials), section.resources, section.max_failures)
 

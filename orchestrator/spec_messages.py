@@ -18,7 +18,8 @@ def rule(at: str, message: str) -> PydanticCustomError:
     return PydanticCustomError("rule", message.replace("{", "{{").replace("}", "}}"), {"at": at})
 
 
-_NOUNS = {"dataset": "dataset", "network": "network", "modes": "mode"}   # fields whose bad value is "unknown X"
+# fields whose bad value is "unknown X"
+_NOUNS = {"dataset": "dataset", "network": "network", "modes": "mode", "test_rules": "test rule"}
 
 
 def _path(loc: tuple, at: str = "") -> str:

@@ -23,11 +23,16 @@ from typing import Iterator
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import faults
 
 SCHEMA_VERSION = "1"
+# tables whose schema grew since version 1: lesion 2 added test_rule (how an effective-paths run was evaluated)
+TABLE_VERSIONS = {"lesion": "2"}
+# the value a column added later reads as in parts written before it existed
+ADDED_COLUMNS: dict[str, dict[str, object]] = {"lesion": {"test_rule": ""}}
 
 SCHEMAS: dict[str, pa.Schema] = {
     "runs": pa.schema([
@@ -56,7 +61,7 @@ PART_SCHEMAS: dict[str, pa.Schema] = {
         ("unit_key", pa.string()), ("k", pa.int64()), ("draw", pa.int64()), ("deleted", pa.list_(pa.int64())),
         ("order", pa.list_(pa.int64())), ("kendall_tau", pa.float64()), ("active_blocks", pa.int64()),
         ("error", pa.float64()), ("loss", pa.float64()), ("examples", pa.int64()), ("precision", pa.string()),
-        ("bn_recalibrated", pa.bool_()), ("seconds", pa.float64()),
+        ("bn_recalibrated", pa.bool_()), ("seconds", pa.float64()), ("test_rule", pa.string()),
     ]),
     "gradients": pa.schema([
         ("unit_key", pa.string()), ("k", pa.int64()), ("draw", pa.int64()), ("chosen", pa.list_(pa.int64())),
@@ -102,12 +107,13 @@ def epoch_rows(run_id: str, history: list[dict]) -> list[dict]:
     return [{"run_id": run_id, **{k: m[k] for k in SCHEMAS["epochs"].names if k != "run_id"}} for m in history]
 
 
-def lesion_row(unit, plan, result, *, precision: str, bn_recalibrated: bool, seconds: float) -> dict:
-    """A lesion row: one plan (``workloads.surgery.Plan``) evaluated on the test set."""
+def lesion_row(unit, plan, result, *, test_rule: str, precision: str, bn_recalibrated: bool, seconds: float) -> dict:
+    """A lesion row: one plan (``workloads.surgery.Plan``) evaluated on the test set, under the run's test-time
+    rule ("" where its mode needs none)."""
     return {"unit_key": unit.key, "k": unit.k, "draw": unit.draw, "deleted": sorted(plan.deleted),
             "order": list(plan.order), "kendall_tau": plan.kendall_tau, "active_blocks": plan.active_blocks,
             "error": result.error, "loss": result.loss, "examples": result.examples, "precision": precision,
-            "bn_recalibrated": bn_recalibrated, "seconds": seconds}
+            "bn_recalibrated": bn_recalibrated, "seconds": seconds, "test_rule": test_rule}
 
 
 def gradient_row(unit, result, *, seconds: float) -> dict:
@@ -140,7 +146,8 @@ def _checked(schema: pa.Schema, rows: list[dict]) -> list[dict]:
 
 
 def _part_schema(table: str) -> pa.Schema:
-    return PART_SCHEMAS[table].with_metadata({"unravel.table": table, "unravel.schema_version": SCHEMA_VERSION})
+    version = TABLE_VERSIONS.get(table, SCHEMA_VERSION)
+    return PART_SCHEMAS[table].with_metadata({"unravel.table": table, "unravel.schema_version": version})
 
 
 def part_path(out: str | Path, table: str, study: str, run_id: str, batch_key: str) -> Path:
@@ -199,10 +206,15 @@ def _read_parts(out: str | Path, table: str, columns: list[str] | None = None) -
         return pd.DataFrame({n: pd.Series(dtype=object) for n in names})
     if table == "errors":
         return ds.dataset(files, format="parquet").to_table(columns=columns).to_pandas()
-    part = ds.partitioning(pa.schema([("study", pa.string()), ("run_id", pa.string())]), flavor="hive")
-    dataset = ds.dataset(files, format="parquet", partitioning=part,
-                         partition_base_dir=str(Path(out) / table))
-    return dataset.to_table(columns=columns).to_pandas()
+    hive = pa.schema([("study", pa.string()), ("run_id", pa.string())])
+    # the current schema, not the first file's: a part written before a column existed reads it as ADDED_COLUMNS says
+    dataset = ds.dataset(files, schema=pa.unify_schemas([PART_SCHEMAS[table], hive]), format="parquet",
+                         partitioning=ds.partitioning(hive, flavor="hive"), partition_base_dir=str(Path(out) / table))
+    data = dataset.to_table(columns=columns)
+    for name, value in ADDED_COLUMNS.get(table, {}).items():
+        if name in data.column_names:
+            data = data.set_column(data.column_names.index(name), name, pc.fill_null(data[name], value))
+    return data.to_pandas()
 
 
 def done_keys(out: str | Path, table: str | None = None) -> set[str]:

@@ -6,6 +6,10 @@ key hashes the run, the study, k, the draw and the engine version, so the same s
 always yields the same keys: the resume index is the set of keys already written,
 and a batch's file is named after its units, so a batch redone after a crash overwrites
 its own file instead of adding rows.
+
+A run trained on effective paths is evaluated under a test-time rule (workloads.train.test_rules),
+part of its units' keys: one intact unit per rule it lists, whether or not a lesion study names the
+run (Table 1 compares these), and every study's units under its first rule.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from functools import lru_cache
 
 from workloads.models import skeleton
 from workloads.surgery import deletion_pool, random_deletion, random_swaps
+from workloads.train.modes import scaled_active_count
 
 from .spec import ExperimentSpec, StudySpec, Trial
 
@@ -28,6 +33,8 @@ class Unit:
     study: str     # intact | single_deletion | random_deletion | reorder | gradients | gates
     k: int         # blocks deleted / pairs swapped / path length (gates: 0)
     draw: int      # draw index (single deletion: the deleted block; gates: 0)
+    test_rule: str = ""     # effective-paths runs: how the network is evaluated ("" for other modes)
+    train_active: int = 0   # effective-paths runs: m, the blocks each training mini-batch ran
 
 
 @dataclass
@@ -36,6 +43,8 @@ class Batch:
     run_id: str
     study: str
     units: list[Unit] = field(default_factory=list)
+    test_rule: str = ""     # one rule per batch, as its units'
+    train_active: int = 0
 
     @property
     def table(self) -> str:
@@ -69,9 +78,26 @@ def _block_infos(cfg):
     return tuple(skeleton(cfg).block_infos())
 
 
+def train_active(trial: Trial) -> int:
+    """m of an effective-paths run: the blocks each training mini-batch ran (0 for other modes)."""
+    if not trial.test_rules:
+        return 0
+    return trial.train_config.active_blocks or scaled_active_count(len(_block_infos(trial.net_config)))
+
+
+def _unit(trial: Trial, study: str, k: int, draw: int, settings: str, rule: str) -> Unit:
+    """A unit of ``trial``; a run without rules keeps the keys it had before rules existed."""
+    text = f"{settings}|rule={rule}" if rule else settings
+    return Unit(unit_key(trial.run_id, study, k, draw, text), trial.run_id, study, k, draw, rule, train_active(trial))
+
+
+def _studied_rule(trial: Trial) -> str:
+    return trial.test_rules[0] if trial.test_rules else ""
+
+
 def _lesion_units(trial: Trial, study: StudySpec, settings: str) -> list[Unit]:
     def unit(k: int, draw: int) -> Unit:
-        return Unit(unit_key(trial.run_id, study.study, k, draw, settings), trial.run_id, study.study, k, draw)
+        return _unit(trial, study.study, k, draw, settings, _studied_rule(trial))
 
     infos = _block_infos(trial.net_config)
     if study.study == "single_deletion":
@@ -80,21 +106,24 @@ def _lesion_units(trial: Trial, study: StudySpec, settings: str) -> list[Unit]:
 
 
 def expand(spec: ExperimentSpec) -> list[Unit]:
-    """Every unit of every study on every run it applies to, intact baselines first."""
+    """Every unit of every study on every run it applies to, intact baselines first (one per test rule
+    on effective-paths runs, which get theirs even when no lesion study names them)."""
     trials = {t.run_id: t for t in spec.runs}
-    lesioned = sorted({r for s in spec.studies.studies if s.study not in ("gradients", "gates") for r in s.runs})
+    lesioned = {r for s in spec.studies.studies if s.study not in ("gradients", "gates") for r in s.runs}
+    ruled = {t.run_id for t in spec.runs if t.test_rules}
     intact = settings_of(spec, "intact")
-    units = [Unit(unit_key(r, "intact", 0, 0, intact), r, "intact", 0, 0) for r in lesioned]
+    units = [_unit(trials[r], "intact", 0, 0, intact, rule) for r in sorted(lesioned | ruled)
+             for rule in (trials[r].test_rules or ("",))]
     for study in spec.studies.studies:
         settings = settings_of(spec, study.study)
         for run_id in study.runs:
             trial = trials[run_id]
             if study.study == "gradients":
                 n = len(_block_infos(trial.net_config))
-                units += [Unit(unit_key(run_id, "gradients", k, d, settings), run_id, "gradients", k, d)
+                units += [_unit(trial, "gradients", k, d, settings, _studied_rule(trial))
                           for d in range(study.draws) for k in range(1, n + 1)]
             elif study.study == "gates":
-                units.append(Unit(unit_key(run_id, "gates", 0, 0, settings), run_id, "gates", 0, 0))
+                units.append(_unit(trial, "gates", 0, 0, settings, _studied_rule(trial)))
             else:
                 units += _lesion_units(trial, study, settings)
     return units
@@ -103,17 +132,17 @@ def expand(spec: ExperimentSpec) -> list[Unit]:
 def batches(units: list[Unit], plans_per_batch: int) -> list[Batch]:
     """Group units per (run, study): lesions in chunks of plans; gradients one draw per batch
     (all k on one random training batch share one forward)."""
-    groups: dict[tuple[str, str, int], list[Unit]] = {}
+    groups: dict[tuple[str, str, int, str], list[Unit]] = {}
     for u in units:
         sub = u.draw if u.study == "gradients" else 0
-        groups.setdefault((u.run_id, u.study, sub), []).append(u)
+        groups.setdefault((u.run_id, u.study, sub, u.test_rule), []).append(u)
     out: list[Batch] = []
-    for (run_id, study, _), members in groups.items():
+    for (run_id, study, _, rule), members in groups.items():
         size = len(members) if study == "gradients" else plans_per_batch
         for i in range(0, len(members), size):
             chunk = members[i:i + size]
             key = hashlib.sha256("|".join(u.key for u in chunk).encode()).hexdigest()[:20]
-            out.append(Batch(key, run_id, study, chunk))
+            out.append(Batch(key, run_id, study, chunk, rule, chunk[0].train_active))
     return out
 
 

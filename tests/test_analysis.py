@@ -31,7 +31,8 @@ def _run(run_id, name, mode="normal", **kw):
 def _lesion(k, draw, deleted, error, order=None, tau=1.0):
     return {"unit_key": f"{k}-{draw}-{error}-{tau}", "k": k, "draw": draw, "deleted": deleted,
             "order": order or list(range(9)), "kendall_tau": tau, "active_blocks": 9 - len(deleted), "error": error,
-            "loss": 1.0, "examples": 100, "precision": "fp32", "bn_recalibrated": False, "seconds": 0.01}
+            "loss": 1.0, "examples": 100, "precision": "fp32", "bn_recalibrated": False, "seconds": 0.01,
+            "test_rule": ""}
 
 
 @pytest.fixture
@@ -97,9 +98,10 @@ def test_report_sections_for_effective_paths_and_variants(known):
                  "label": "v", "variant": json.dumps({"unit": "c"}), "seed": seed, "test_error": 0.07 + 0.01 * seed}
                 for seed in range(2)]
     store.write_table(known, "runs", runs + [eff] + variants)
+    store.write_part(known, "lesion", "intact", eff["run_id"], "t", [{**_lesion(0, 0, [], 0.03), "test_rule": "scaled"}])
     text = write_report(known).read_text()
     assert "## Training on effective paths only (Veit et al. Table 1)" in text
-    assert "Here: 3.00% vs 1.00% (median over seeds)" in text
+    assert "| res | 4 of 9 blocks | scaled | 1 (0) | 3.00% | 3.00-3.00% | 1.00% | 1.00-1.00% | 5.96% / 6.10% |" in text
     assert "### Identity Mappings: residual-unit variants" in text
     assert "| (c) ReLU before addition | 110 | 2 | 7.50 | 7.00-8.00 (IQR 7.25-7.75) | 7.84 |" in text
 

@@ -345,7 +345,8 @@ def left_to_other_specs(claims: list[Claim]) -> dict[str, str]:
 
 
 def all_claims(results: Results) -> list[Claim]:
-    from .highway import h_claim  # these modules import Claim from here
+    from .effective_paths import t1_claim  # these modules import Claim from here
+    from .highway import h_claim
     from .identity_mappings import im_shortcuts, im_units
     return [f3_resnet(results), f3_plain(results), f5a(results), f5b(results), f6a(results), *f6(results),
-            f7(results), f8(results), h_claim(results), im_units(results), im_shortcuts(results)]
+            f7(results), f8(results), t1_claim(results), h_claim(results), im_units(results), im_shortcuts(results)]

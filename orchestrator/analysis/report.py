@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .claims import Claim, all_claims, residual_runs
+from .effective_paths import t1_section
 from .figures import all_figures
 from .highway import h_section
 from .identity_mappings import im_section
@@ -102,17 +103,6 @@ def critical_blocks_section(results: Results) -> list[str]:
             "the paper's pool and over the draws that avoid these blocks.", ""] + lines + [""]
 
 
-def effective_path_training(results: Results) -> list[str]:
-    """Veit et al. Table 1: training on effective paths only against normal training."""
-    runs = results.runs
-    eff = runs[runs["mode"] == "effective_paths"]
-    if not len(eff):
-        return []
-    normal = runs[(runs["mode"] == "normal") & runs["label"].isin(eff["label"])]
-    return ["## Training on effective paths only (Veit et al. Table 1)", "",
-            f"Paper: 5.96% (23 of 54 blocks per mini-batch) vs 6.10% normally. Here: "
-            f"{_pct(float(eff['test_error'].median()))} vs {_pct(float(normal['test_error'].median())) or 'n/a'} "
-            "(median over seeds).", ""]
 
 
 def figures_section(figures: dict[str, str]) -> list[str]:
@@ -129,7 +119,7 @@ def write_report(out: str | Path) -> Path:
     results = Results.load(out)
     figures = all_figures(results, out / "figures")
     md = "\n".join(header(results) + what_was_run(results) + claims_section(all_claims(results))
-                   + critical_blocks_section(results) + effective_path_training(results)
+                   + critical_blocks_section(results) + t1_section(results)
                    + im_section(results) + h_section(results) + figures_section(figures))
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(markdown_to_html(md))

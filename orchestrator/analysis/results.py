@@ -15,6 +15,7 @@ import pandas as pd
 from workloads.models import NetConfig, skeleton
 from workloads.surgery.paths import (contribution_fractions, effective_range, log10_mean, log10_total_contribution,
                                      probability_in_range)
+from workloads.train.test_rules import TEST_RULES
 
 from .. import store
 from .stats import mean_interval
@@ -117,8 +118,32 @@ class Results:
         return self.lesion[self.lesion["study"] == name]
 
     @_once
-    def intact_error(self, run_id: str) -> float:
+    def test_rules(self, run_id: str) -> tuple[str, ...]:
+        """The test-time rules an effective-paths run was evaluated under, the one its studies use first
+        (the spec's order; without a spec, the order of TEST_RULES); () for other modes."""
+        listed = self._spec_rules().get(run_id)
+        if listed is not None:
+            return listed
         rows = self.lesion[(self.lesion["run_id"] == run_id) & (self.lesion["study"] == "intact")]
+        return tuple(r for r in TEST_RULES if r in set(rows["test_rule"]))
+
+    @_once
+    def _spec_rules(self) -> dict[str, tuple[str, ...]]:
+        if not self.spec:
+            return {}
+        from ..spec import parse_spec
+        return {t.run_id: t.test_rules for t in parse_spec(self.spec).runs}
+
+    @_once
+    def intact_error(self, run_id: str, rule: str | None = None) -> float:
+        """The intact network's test error, under ``rule`` (default: the rule its studies use); nan when that
+        rule was not evaluated; the training's final test error for a run without intact rows."""
+        rows = self.lesion[(self.lesion["run_id"] == run_id) & (self.lesion["study"] == "intact")]
+        rules = self.test_rules(run_id)
+        wanted = rule if rule is not None else rules[0] if rules else ""
+        if wanted:
+            rows = rows[rows["test_rule"] == wanted]
+            return float(rows["error"].iloc[0]) if len(rows) else float("nan")
         return float(rows["error"].iloc[0]) if len(rows) else float(self.run(run_id)["test_error"])
 
     @_once
