@@ -326,3 +326,19 @@ def test_a_cjk_label_draws_without_missing_glyphs(known, drawn, caplog):
     legend = _legend_texts(drawn["f3_single_deletion"])
     shown = drawable("残差网络")
     assert shown in legend and (shown == "残差网络" or shown.startswith("U+6B8B"))
+
+
+def test_an_axis_without_data_says_so(known, drawn):
+    """Gradients that all underflowed: F6 still shows the path lengths, and its gradient panels say why
+    they are empty instead of being blank."""
+    from orchestrator.analysis.figures import all_figures
+
+    store.write_part(known, "gradients", "gradients", "res.normal.s0.x", "f",
+                     [{"unit_key": f"g{k}", "k": k, "draw": 0, "chosen": list(range(k)), "log10_norm": float("-inf"),
+                       "batch_size": 16, "seconds": 0.01} for k in range(1, 10)])
+    made = all_figures(Results.load(known), known / "figures")
+    assert "F6" in made
+    panels = drawn["f6_paths_and_gradients"].axes
+    assert panels[0].get_lines() and not panels[1].get_lines() and not panels[2].get_lines()
+    for ax in panels[1:]:
+        assert [t.get_text() for t in ax.texts] == ["no finite gradient norm\nin the gradients table"]

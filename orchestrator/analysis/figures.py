@@ -388,13 +388,20 @@ def f6(results: Results, folder: Path) -> str | None:
     looks = _looks(results)
     drawn = [r for r in runs if len(results.gradient_profile(r))]
     handles = []
-    for r in drawn:
-        look, eff, n = looks[r], results.effective_paths(r), results.structure(r).num_blocks
+    for r in runs:
+        look, n = looks[r], results.structure(r).num_blocks
+        if r in drawn:
+            eff = results.effective_paths(r)
+            found = (f"{EFFECTIVE_MASS:.0%} of the gradient from lengths {eff.lo}-{eff.hi}, "
+                     f"{100 * eff.share:.2g}% of paths")
+        else:
+            found = "no finite gradient norm"
         handles.append(Line2D([], [], color=look.color, ls=look.ls, marker=look.marker, ms=3,
-                              label=f"{results.name(r)} (n={n}): {EFFECTIVE_MASS:.0%} of the gradient from lengths "
-                                    f"{eff.lo}-{eff.hi}, {100 * eff.share:.2g}% of paths"))
-    handles += [Patch(color="0.3", alpha=0.2, label="band (b): ±1 std of log10 norm over draws"),
-                Patch(color="0.3", alpha=0.12, label=f"shaded (c): lengths carrying {EFFECTIVE_MASS:.0%} of the gradient")]
+                              label=f"{results.name(r)} (n={n}): {found}"))
+    if drawn:
+        handles += [Patch(color="0.3", alpha=0.2, label="band (b): ±1 std of log10 norm over draws"),
+                    Patch(color="0.3", alpha=0.12,
+                          label=f"shaded (c): lengths carrying {EFFECTIVE_MASS:.0%} of the gradient")]
     fig = _figure(_legend_height(handles, 2.9))
     axes = fig.subplots(1, 3)
     sizes = sorted({results.structure(r).num_blocks for r in runs})

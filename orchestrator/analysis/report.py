@@ -155,7 +155,8 @@ def identity_mapping_tables(results: Results) -> list[str]:
     rows = []
     for (label, variant, mode), g in varied.groupby(["label", "variant", "mode"]):
         v = json.loads(variant)
-        depth = json.loads(g["net_config"].iloc[0]).get("depth")
+        net = json.loads(g["net_config"].iloc[0])
+        depth = net.get("depth")
         paper = ""  # the papers trained normally
         if mode != "normal":
             pass
@@ -163,8 +164,9 @@ def identity_mapping_tables(results: Results) -> list[str]:
             paper = f"{PAPER_UNITS[v['unit']][0 if depth == 110 else 1]}%"
         elif "shortcut" in v and depth == 110:
             ref = PAPER_SHORTCUTS.get(v["shortcut"], "")
-            if v["shortcut"] == "shortcut_gating" and v.get("gate_bias") == 0.0:
-                ref = 12.86
+            if v["shortcut"].endswith("gating"):  # the paper's gates start at bias -6 (and 0 for shortcut-only)
+                bias = net.get("gate_bias", -6.0)
+                ref = 12.86 if v["shortcut"] == "shortcut_gating" and bias == 0 else ref if bias == -6 else ""
             paper = f"{ref}%" if isinstance(ref, float) else ref
         median = float(g["test_error"].median())
         name = label if mode == "normal" else f"{label}, {mode.replace('_', ' ')}"
