@@ -31,7 +31,7 @@ from workloads.surgery.paths import path_length_distribution, surviving_fraction
 from .results import EFFECTIVE_MASS, Results, variant_text
 from .stats import mean_interval
 
-PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"]  # yellow last: faint
 LINESTYLES = ["-", "--", "-.", ":"]                       # a second, third... round of the palette
 SEED_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 WIDTH = 7.0                                               # inches: a page's text width
@@ -144,7 +144,7 @@ def _series(looks: dict[str, Look], runs) -> dict[str, list[str]]:
     """``runs`` by series, in the order the series were given their colours."""
     order = list(dict.fromkeys(look.series for look in looks.values()))
     by: dict[str, list[str]] = {}
-    for r in sorted(runs, key=lambda r: (order.index(looks[r].series), looks[r].seed)):
+    for r in sorted(runs, key=lambda r: (order.index(looks[r].series), int(looks[r].seed[5:] or 0))):
         by.setdefault(looks[r].series, []).append(r)
     return by
 
@@ -440,10 +440,12 @@ def f7(results: Results, folder: Path) -> str | None:
     ax = fig.subplots()
     x = np.arange(0, n + 1)
     for i, d in enumerate((1, 10, 20)):
-        if d >= n:
-            continue
-        ax.plot(x, [surviving_fraction(n, d, k) for k in x], color=("0.1", "0.4", "0.6")[i], ls=LINESTYLES[i],
-                label=f"{d} block{'s' if d != 1 else ''} deleted")
+        if d < n:
+            ax.plot(x, [surviving_fraction(n, d, k) for k in x], color=("0.1", "0.4", "0.6")[i], ls=LINESTYLES[i],
+                    label=f"{d} block{'s' if d != 1 else ''} deleted")
+    beyond = [str(d) for d in (10, 20) if d >= n]
+    if beyond:  # said, not silently left out
+        ax.plot([], [], ls="none", label=f"({' and '.join(beyond)} blocks deleted: not drawn, n = {n})")
     which = "the largest network here" if runs else "ResNet-110; no residual network here"
     ax.set(xlabel="path length (residual branches on the path)", ylabel="fraction of paths that survive",
            title=f"F7: paths surviving a deletion (n = {n} blocks, {which})")
