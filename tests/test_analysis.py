@@ -7,6 +7,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -169,3 +170,178 @@ def test_query_command_formats(known):
     assert json.loads(js.output) == [{"n": 2}]
     bad = runner.invoke(main, ["query", str(known), "select nope from runs"])
     assert bad.exit_code == 2 and "query failed" in bad.output
+
+
+# --- figures and report a paper can use --------------------------------------------------------------
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The Figure objects all_figures saves, by file name, drawn with Agg so their layout can be measured."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from orchestrator.analysis import figures
+
+    made = {}
+    save = figures._save
+
+    def keep(fig, folder, name):
+        path = save(fig, folder, name)
+        FigureCanvasAgg(fig).draw()
+        made[name] = fig
+        return path
+
+    monkeypatch.setattr(figures, "_save", keep)
+    return made
+
+
+def _texts(fig):
+    """The figure's visible text other than tick labels: titles, axis labels, legends, notes."""
+    from matplotlib.text import Text
+
+    ticks = {id(t) for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)
+             for tick in axis.get_major_ticks() + axis.get_minor_ticks() for t in (tick.label1, tick.label2)}
+    return [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip() and id(t) not in ticks]
+
+
+def _legend_texts(fig):
+    return [t.get_text() for legend in fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+            for t in legend.get_texts()]
+
+
+def _two_variants_two_seeds(known, label="v"):
+    """Four more runs under one label: variants unit=d and shortcut=scaling (gate bias 0), seeds 0 and 1."""
+    runs = store.read_table(known, "runs").to_dict("records")
+    extra = []
+    for variant in ({"unit": "d"}, {"shortcut": "scaling", "gate_bias": 0.0}):
+        for seed in (0, 1):
+            run_id = f"v.normal.s{seed}.{'d' if 'unit' in variant else 'sc'}"
+            extra.append({**_run(run_id, "resnet20", widths=(4, 8, 16), **variant), "label": label,
+                          "variant": json.dumps(variant), "seed": seed, "test_error": 0.05 + 0.01 * seed})
+    store.write_table(known, "runs", runs + extra)
+    epochs = store.read_table(known, "epochs").to_dict("records")
+    store.write_table(known, "epochs", epochs + [{**epochs[0], "run_id": r["run_id"], "epoch": e}
+                                                 for r in extra for e in (1, 2, 3)])
+    return [r["run_id"] for r in extra]
+
+
+def test_runs_are_told_apart_by_variant_and_seed(known, drawn):
+    """Two variants under one label and two seeds: four names in the table, variant column in words,
+    and the figures' legends say which variant is which and which marker is which seed."""
+    extra = _two_variants_two_seeds(known)
+    results = Results.load(known)
+    names = [results.name(r) for r in extra]
+    assert len(set(names)) == 4
+    text = write_report(known).read_text()
+    table = text.split("## What was run")[1].split("\n\n")[2].splitlines()
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    assert header[:4] == ["run", "variant", "mode", "seed"]
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in table[2:])}
+    for r, name in zip(extra, names):
+        assert name in rows, (name, list(rows))
+    assert rows["v [unit=d], seed 1"][1:4] == ["unit=d", "normal", "1"]
+    assert rows["v [shortcut=scaling, gate_bias=0], seed 0"][1] == "shortcut=scaling, gate_bias=0"
+    assert rows["res, seed 0"][1] == "-"
+    legend = _legend_texts(drawn["training_curves"])
+    assert "v [unit=d] (2 seeds)" in legend and "v [shortcut=scaling, gate_bias=0] (2 seeds)" in legend
+    assert "seed 0" in legend and "seed 1" in legend
+    # one colour per variant, one marker per seed
+    lines = {(tuple(line.get_xdata()), line.get_color(), line.get_marker())
+             for line in drawn["training_curves"].axes[0].get_lines() if line.get_linestyle() == "-"}
+    assert len({(c, m) for x, c, m in lines if len(x) == 3}) == 4
+    assert len({c for x, c, m in lines if len(x) == 3}) == 2
+
+
+@pytest.mark.parametrize("label", ["v", "残差网络-with-a-label-long-enough-to-crowd-a-legend"])
+def test_figures_are_readable_at_their_printed_size(known, drawn, label):
+    """At most a page wide, no text under 7 pt, no text outside the figure or on other text, and the
+    figure-level legends off the axes (long labels too: CJK is drawn as code points where no font has it)."""
+    _two_variants_two_seeds(known, label)
+    write_report(known)
+    assert set(drawn) == {"f3_single_deletion", "f5a_random_deletion", "f5b_reorder", "f6_paths_and_gradients",
+                          "f7_surviving_paths", "training_curves"}
+    from matplotlib.text import Text
+
+    for name, fig in drawn.items():
+        assert fig.get_figwidth() <= 7.5, name
+        assert min(t.get_fontsize() for t in fig.findobj(Text) if t.get_text()) >= 7, name
+        renderer = fig.canvas.get_renderer()
+        page = fig.bbox.padded(1)
+        boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in _texts(fig)]
+        for text, box in boxes:
+            assert page.contains(box.x0, box.y0) and page.contains(box.x1, box.y1), (name, text)
+        for i, (a, box_a) in enumerate(boxes):
+            for b, box_b in boxes[i + 1:]:
+                assert not box_a.shrunk(0.98, 0.9).overlaps(box_b.shrunk(0.98, 0.9)), (name, a, b)
+        for legend in fig.legends:
+            frame = legend.get_window_extent(renderer)
+            assert not any(frame.overlaps(ax.get_window_extent(renderer)) for ax in fig.axes), name
+
+
+def test_f5a_band_is_the_bootstrap_interval_within_0_and_100(known, drawn):
+    """Errors near 0 with a wide spread: the band is deletion_curve's 95% interval, never below 0%, and k
+    has integer ticks."""
+    res = "res.normal.s0.x"
+    store.write_part(known, "lesion", "random_deletion", res, "d",
+                     [_lesion(k, d, [1 + (d + i) % 8 for i in range(k)], [0.0, 0.0, 0.0, 0.3][d] * k / 3)
+                      for k in range(1, 4) for d in range(4)])
+    write_report(known)
+    fig = drawn["f5a_random_deletion"]
+    ax = fig.axes[0]
+    assert "95% CI" in ax.get_ylabel()
+    ys = np.concatenate([p.get_paths()[0].vertices[:, 1] for p in ax.collections if p.get_paths()])
+    curve = Results.load(known).deletion_curve(res)
+    assert ys.min() >= 0 and ys.max() <= 100
+    assert ys.max() == pytest.approx(100 * curve["hi"].max()) and curve["lo"].min() >= 0
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+
+
+def test_f7_legend_and_report_wording(known, drawn):
+    """'1 block deleted', a signed cost ('-1.0 points', never '+-'), and one unit failed in the singular."""
+    res = "res.normal.s0.x"
+    store.write_part(known, "lesion", "intact", res, "a", [_lesion(0, 0, [], 0.03)])  # block 7 now costs -1 point
+    store.write_errors(known, "z", [{"unit_key": "u1", "run_id": res, "study": "reorder", "k": 1, "draw": 0,
+                                     "error": "RuntimeError: boom", "traceback": "-", "time": 0.0}])
+    text = write_report(known).read_text()
+    assert "1 block deleted" in _legend_texts(drawn["f7_surviving_paths"])
+    assert "+-" not in text and "1 units" not in text and "1 runs" not in text
+    assert "downsampling blocks 4, 7 (+2.0, -1.0 points)" in text
+    assert "critical block 1 (+47.0 points)" in text
+
+
+def test_a_cjk_label_draws_without_missing_glyphs(known, drawn, caplog):
+    """Labels may be any alphanumeric text: the figures draw a character no installed font has as its
+    code point (no boxes, no warning), and the report keeps the text itself."""
+    import logging
+    import warnings
+
+    from orchestrator.analysis.figures import drawable
+
+    runs = store.read_table(known, "runs")
+    runs.loc[runs["run_id"] == "res.normal.s0.x", "label"] = "残差网络"
+    store.write_table(known, "runs", runs.to_dict("records"))
+    assert drawable("残差a", ["DejaVu Sans"]) == "U+6B8B U+5DEE a"
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING, logger="matplotlib"):
+        warnings.simplefilter("always")
+        text = write_report(known).read_text()
+    assert not [str(w.message) for w in caught if "lyph" in str(w.message) or "font" in str(w.message).lower()]
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("matplotlib")]
+    assert "| 残差网络 |" in text
+    legend = _legend_texts(drawn["f3_single_deletion"])
+    shown = drawable("残差网络")
+    assert shown in legend and (shown == "残差网络" or shown.startswith("U+6B8B"))
+
+
+def test_an_axis_without_data_says_so(known, drawn):
+    """Gradients that all underflowed: F6 still shows the path lengths, and its gradient panels say why
+    they are empty instead of being blank."""
+    from orchestrator.analysis.figures import all_figures
+
+    store.write_part(known, "gradients", "gradients", "res.normal.s0.x", "f",
+                     [{"unit_key": f"g{k}", "k": k, "draw": 0, "chosen": list(range(k)), "log10_norm": float("-inf"),
+                       "batch_size": 16, "seconds": 0.01} for k in range(1, 10)])
+    made = all_figures(Results.load(known), known / "figures")
+    assert "F6" in made
+    panels = drawn["f6_paths_and_gradients"].axes
+    assert panels[0].get_lines() and not panels[1].get_lines() and not panels[2].get_lines()
+    for ax in panels[1:]:
+        assert [t.get_text() for t in ax.texts] == ["no finite gradient norm\nin the gradients table"]

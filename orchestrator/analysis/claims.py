@@ -48,7 +48,7 @@ class Claim:
 
 def plural(count: int, noun: str, many: str | None = None) -> str:
     """``1 block``, ``2 blocks``."""
-    return f"{count} {noun if count == 1 else many or noun + 's'}"
+    return f"{count:,} {noun if count == 1 else many or noun + 's'}"
 
 
 def residual_runs(results: Results, mode: str | None = "normal") -> list[str]:
@@ -332,7 +332,7 @@ def f8(results: Results) -> Claim:
 
 
 # the shipped digits spec that runs each claim: a report names it for every claim it leaves "not run"
-DEMO_SPEC = "experiments/digits.yaml (make demo)"
+DEMO_SPEC = "experiments/digits.yaml"  # what make demo runs
 IM_SPEC = "experiments/identity-mappings-digits.yaml"
 RUN_BY = {"F3-resnet": DEMO_SPEC, "F3-plain": DEMO_SPEC, "F5a": DEMO_SPEC, "F5b": DEMO_SPEC, "F6a": DEMO_SPEC,
           "F6b": DEMO_SPEC, "F6c": DEMO_SPEC, "F7": DEMO_SPEC, "F8": DEMO_SPEC, "T1": IM_SPEC, "H": IM_SPEC,

@@ -11,33 +11,55 @@ import markdown
 import numpy as np
 import pandas as pd
 
-from .claims import Claim, all_claims, residual_runs
+from .claims import Claim, all_claims, left_to_other_specs, plural
 from .effective_paths import t1_section
-from .figures import all_figures
+from .figures import all_figures, in_order
 from .highway import h_section
 from .identity_mappings import im_section
-from .results import CRITICAL_RISE, Results
+from .results import CRITICAL_RISE, Results, variant_text
 
 CAPTIONS = {
-    "F3": "Error after deleting each single block; dotted lines: the intact networks; dashed: downsampling blocks.",
-    "F5a": "Error against the number of randomly deleted blocks (mean and spread over draws).",
-    "F5b": "Error against Kendall tau of randomly reordered networks.",
-    "F6": "Path-length distribution, gradient magnitude per path length, and each length's share of the gradient.",
+    "F3": "Error after deleting each single block; dotted lines: the intact networks; the strip above marks each "
+          "network's downsampling blocks; squares: critical blocks.",
+    "F5a": "Error against the number of randomly deleted blocks: mean over the draws with its 95% bootstrap "
+           "interval; dashed: the draws that spare the run's critical blocks.",
+    "F5b": "Error against Kendall tau of randomly reordered networks: each draw, and the mean per tau bin with its "
+           "95% bootstrap interval.",
+    "F6": "Path-length distribution, gradient magnitude per path length (±1 std over draws), and each length's "
+          "share of the gradient (shaded: the lengths carrying 90% of it).",
     "F7": "Fraction of paths of each length that survive deleting 1, 10 and 20 blocks (exact).",
     "H": "Mean gate g per block on the test set (band: 10th-90th percentile); solid: the paper's gate bias -6, "
          "dashed: bias 0; below 0.5 the shortcut weighs more.",
-    "training": "Test (solid) and train (dotted) error per epoch.",
+    "training": "Test (solid) and train (dotted) error per epoch; seeds of one run share its colour.",
 }
 CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
        "font-size:90%;vertical-align:top}th{background:#f3f3f3}img{max-width:100%}")
 
 
+def _cell(v) -> str:
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
 def _table(frame: pd.DataFrame) -> list[str]:
     cols = list(frame.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    lines = ["| " + " | ".join(_cell(c) for c in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return lines
+
+
+def _seconds(x) -> str:
+    return "-" if x is None or not np.isfinite(x) else f"{x:.0f}"
+
+
+def _blocks(blocks) -> str:
+    """1-based positions in words: ``block 3``, ``blocks 1, 2``."""
+    blocks = [b + 1 for b in blocks]
+    return f"block{'s' if len(blocks) > 1 else ''} {', '.join(map(str, blocks))}"
+
+
+def _residual(results: Results) -> list[str]:
+    return [r for r in results.runs["run_id"] if not results.structure(r).plain]
 
 
 def _pct(x: float) -> str:
@@ -54,29 +76,39 @@ def what_was_run(results: Results) -> list[str]:
     lines = ["## What was run", ""]
     runs = results.runs
     if len(runs):
+        runs = in_order(runs)
         view = pd.DataFrame({
-            "run": runs["label"], "mode": runs["mode"], "seed": runs["seed"], "network": runs["network"],
+            "run": runs["run_id"].map(results.name), "variant": runs["variant"].map(lambda v: variant_text(v) or "-"),
+            "mode": runs["mode"].str.replace("_", " "), "seed": runs["seed"], "network": runs["network"],
             "blocks": runs["num_blocks"], "parameters": runs["parameters"].map("{:,}".format), "epochs": runs["epochs"],
-            "test error": runs["test_error"].map(_pct), "training (s)": runs["train_seconds"].map("{:.0f}".format)})
-        lines += [f"Dataset: **{results.dataset}**. Training: {len(runs)} runs, "
-                  f"{runs['train_seconds'].sum():.0f} s of training in all.", ""] + _table(view) + [""]
-    counts = [{"study": study, "units": len(g), "runs": g["run_id"].nunique(),
+            "test error": runs["run_id"].map(lambda r: _pct(results.intact_error(r))), "training (s)": runs["train_seconds"].map(_seconds)})
+        lines += [f"Dataset: **{results.dataset}**. Training: {plural(len(runs), 'run')}, "
+                  f"{_seconds(runs['train_seconds'].sum())} s of training in all. Test error: the intact network on "
+                  "the study's test set where it was evaluated (effective-path runs under their first test rule), "
+                  "else training's last evaluation.", ""] + _table(view) + [""]
+    counts = [{"study": study, "units": g["unit_key"].nunique(), "runs": g["run_id"].nunique(),
                "device time (s)": f"{g['seconds'].sum():.0f}"}
-              for frame in (results.lesion, results.gradients) for study, g in frame.groupby("study")]
+              for frame in (results.lesion, results.gradients, results.gates) for study, g in frame.groupby("study")]
     if counts:
         lines += ["Studies:", ""] + _table(pd.DataFrame(counts)) + [""]
     if len(results.errors):
-        lines += [f"**{results.errors['unit_key'].nunique()} units failed** (see the `errors` table).", ""]
+        lines += [f"**{plural(results.errors['unit_key'].nunique(), 'unit')} failed** (see the `errors` table).", ""]
     stale = {name: n for name, n in results.stale.items() if n}
     if stale:
         each = ", ".join(f"{name} {n:,}" for name, n in stale.items())
-        lines += [f"{sum(stale.values()):,} rows from earlier settings of this experiment not used ({each}); they are "
+        lines += [f"{plural(sum(stale.values()), 'row')} from earlier settings of this experiment not used ({each}); they are "
                   f"kept in the tables until `unravel prune {results.out}` removes them.", ""]
     return lines
 
 
 def claims_section(claims: list[Claim]) -> list[str]:
-    return (["## The papers' claims, tested", ""]
+    elsewhere = left_to_other_specs(claims)
+    by_spec: dict[str, list[str]] = {}
+    for key, spec in elsewhere.items():
+        by_spec.setdefault(spec, []).append(key)
+    left = ["Left to other specs (no data here): " + "; ".join(f"{', '.join(keys)} to `{spec}`"
+                                                            for spec, keys in by_spec.items()) + ".", ""] if by_spec else []
+    return (["## The papers' claims, tested", ""] + left
             + _table(pd.DataFrame([{"claim": c.paper, "this experiment": c.result, "verdict": f"**{c.verdict}**"}
                                    for c in claims])) + [""]
             + ["Thresholds:", ""] + [f"- {c.key}: {c.rule}" for c in claims if c.rule] + [""]
@@ -86,14 +118,15 @@ def claims_section(claims: list[Claim]) -> list[str]:
 def critical_blocks_section(results: Results) -> list[str]:
     f3_runs = set(results.study("single_deletion")["run_id"])
     lines = []
-    for r in residual_runs(results, None):
+    for r in _residual(results):
         if r in f3_runs:
             blocks, costs = results.critical_blocks(r), results.single_deletion_rises(r)
             down = [b for b in results.structure(r).downsampling if b in costs]
-            crit_cost = ", ".join(f"+{costs[b]:.0f}" for b in blocks) or "-"
-            down_cost = ", ".join(f"+{costs[b]:.1f}" for b in down) or "-"
-            lines.append(f"- {results.title(r)}: critical {[b + 1 for b in blocks] or 'none'} ({crit_cost} "
-                         f"points); downsampling {[b + 1 for b in down]} ({down_cost} points)")
+            crit = (f"critical {_blocks(blocks)} ({', '.join(f'{costs[b]:+.1f}' for b in blocks)} points)"
+                    if blocks else "no critical block")
+            downs = (f"downsampling {_blocks(down)} ({', '.join(f'{costs[b]:+.1f}' for b in down)} points)"
+                     if down else "no downsampling block")
+            lines.append(f"- {results.title(r)}: {crit}; {downs}")
     if not lines:
         return []
     return ["## Critical blocks (found from the data)", "",
@@ -110,6 +143,9 @@ def figures_section(figures: dict[str, str]) -> list[str]:
     for key, path in figures.items():
         lines += [f"### {key}", "", f"![{key}](figures/{path})", "", CAPTIONS.get(key, ""),
                   f"(PDF: `figures/{path[:-4]}.pdf`)", ""]
+    missing = [key for key in CAPTIONS if key not in figures]
+    if missing:
+        lines += [f"Not drawn, as the tables hold no data for them: {', '.join(missing)}.", ""]
     return lines
 
 
