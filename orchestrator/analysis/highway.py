@@ -13,11 +13,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
 import pandas as pd
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from .claims import Claim
-from .figures import PALETTE, STYLE, _figure, _save
+from .figures import _figure, _legend_below, _legend_height, _looks, _save, _series
 from .results import Results
 from .stats import Interval, mean_interval, share_interval
 
@@ -113,26 +114,36 @@ def h_claim(results: Results) -> Claim:
 
 
 def h_figure(results: Results, folder: Path) -> str | None:
-    """Mean gate per block (band: 10th to 90th percentile), one line per run; line style: its bias."""
+    """Mean gate per block (band: 10th to 90th percentile), one line per run in its series' colour and
+    its seed's marker; line style: its gate bias."""
     runs = gated_runs(results)
     if not runs:
         return None
-    with matplotlib.rc_context(STYLE):
-        fig, ax = _figure(figsize=(6.5, 3.4 + 0.18 * ((len(runs) + 1) // 2)))
-        for i, g in enumerate(runs):
-            color, x = PALETTE[i % len(PALETTE)], g.blocks["block"] + 1
-            ax.plot(x, g.blocks["gate_mean"], marker="o", ms=3, lw=1.3, color=color,
-                    ls=LINESTYLES.get(g.bias, ":"), label=f"{results.name(g.run_id)}, bias {g.bias:g}")
-            ax.fill_between(x, g.blocks["gate_p10"], g.blocks["gate_p90"], color=color, alpha=0.15, lw=0)
-        for b in sorted(set(runs[0].blocks.loc[runs[0].blocks["changes_shape"], "block"])):
-            ax.axvline(b + 1, color="0.6", ls="--", lw=0.7)
-        ax.axhline(LEAN, color="0.2", lw=0.9)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("block (1-based; grey dashes: downsampling blocks)")
-        ax.set_ylabel("gate g on the test set\n(mean; band: 10th-90th percentile)")
-        ax.set_title(f"H: gates per block ({results.dataset}); below {LEAN:g} the shortcut weighs more", fontsize=9)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
-        return _save(fig, folder, "h_gates")
+    looks = _looks(results)
+    style = {g.run_id: LINESTYLES.get(g.bias, ":") for g in runs}
+    handles = [Line2D([], [], color=looks[members[0]].color, ls=style[members[0]], lw=1.5, label=series)
+               for series, members in _series(looks, [g.run_id for g in runs]).items()]
+    seeds = {looks[g.run_id].seed: looks[g.run_id].marker for g in runs if looks[g.run_id].seed}
+    handles += [Line2D([], [], color="0.3", marker=m, ls="none", ms=4, label=s) for s, m in sorted(seeds.items())]
+    handles += [Line2D([], [], color="0.3", ls=ls, lw=1.2, label=f"gate bias {bias:g}"
+                        + (" (the paper's)" if bias == PAPER_BIAS else " (neutral start)" if bias == NEUTRAL_BIAS else ""))
+                for bias, ls in LINESTYLES.items() if any(g.bias == bias for g in runs)]
+    fig = _figure(_legend_height(handles, 3.3))
+    ax = fig.subplots()
+    for g in runs:
+        look, x = looks[g.run_id], g.blocks["block"] + 1
+        ax.plot(x, g.blocks["gate_mean"], marker=look.marker, ms=3, lw=1.3, color=look.color, ls=style[g.run_id])
+        ax.fill_between(x, g.blocks["gate_p10"], g.blocks["gate_p90"], color=look.color, alpha=0.12, lw=0)
+    for b in sorted(set(runs[0].blocks.loc[runs[0].blocks["changes_shape"], "block"])):
+        ax.axvline(b + 1, color="0.6", ls="--", lw=0.7)
+    ax.axhline(LEAN, color="0.2", lw=0.9)
+    ax.set_ylim(0, 1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("block (1-based; grey dashes: downsampling blocks)")
+    ax.set_ylabel("gate g on the test set\n(mean; band: 10th-90th pct.)")
+    ax.set_title(f"H: gates per block ({results.dataset}); below {LEAN:g} the shortcut weighs more")
+    _legend_below(fig, handles)
+    return _save(fig, folder, "h_gates")
 
 
 def h_section(results: Results) -> list[str]:
