@@ -40,8 +40,9 @@ SUBSTITUTIONS = [
 # names the README's Python leaves to the reader (their data, their checkpoint), made here
 PROVIDED = ("path", "test_images", "test_labels", "batch_images", "batch_labels")
 
-# bash lines that are not `unravel`: they need make's virtualenv, a cluster, or minutes of benchmarking
-ALLOWED_SKIPS = ("make ", "ray ", ".venv/bin/python benchmarks/")
+# bash lines that are not `unravel`: they need make's virtualenv, a cluster, or minutes of benchmarking or
+# training (the second digits spec: its file is validated by test_experiment_specs_validate)
+ALLOWED_SKIPS = ("make ", "ray ", ".venv/bin/python benchmarks/", ".venv/bin/unravel run experiments/")
 # an ALL-CAPS word in a command is a placeholder of the synopsis; DIR and COMMAND are filled in below,
 # a line with any other (SPEC.yaml, ADDR, "SQL") is a synopsis and is not run
 PLACEHOLDER = re.compile(r"\b[A-Z]{3,}\b")

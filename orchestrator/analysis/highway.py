@@ -133,7 +133,8 @@ def h_figure(results: Results, folder: Path) -> str | None:
     for g in runs:
         look, x = looks[g.run_id], g.blocks["block"] + 1
         ax.plot(x, g.blocks["gate_mean"], marker=look.marker, ms=3, lw=1.3, color=look.color, ls=style[g.run_id])
-        ax.fill_between(x, g.blocks["gate_p10"], g.blocks["gate_p90"], color=look.color, alpha=0.12, lw=0)
+        ax.fill_between(x, g.blocks["gate_p10"], g.blocks["gate_p90"], color=look.color, alpha=0.12 if len(runs) <= 4 else 0.05,
+                        lw=0)
     for b in sorted(set(runs[0].blocks.loc[runs[0].blocks["changes_shape"], "block"])):
         ax.axvline(b + 1, color="0.6", ls="--", lw=0.7)
     ax.axhline(LEAN, color="0.2", lw=0.9)

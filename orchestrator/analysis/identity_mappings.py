@@ -105,7 +105,14 @@ def shortcut_groups(results: Results) -> list[Group]:
                             f"{paper} (110)" if paper and int(fr[1]) != 110 else paper))
     frames_with_variants = {g.frame for g in groups if not g.variant.startswith("identity")}
     groups = [g for g in groups if g.frame in frames_with_variants]
-    return sorted(groups, key=lambda g: (g.frame, not g.variant.startswith("identity")))
+    return sorted(groups, key=lambda g: (g.frame, _paper_order(g.variant)))
+
+
+def _paper_order(text: str) -> tuple[int, str]:
+    """The paper's Table 1 order: identity, scaling, exclusive gating, shortcut-only gating, conv, dropout."""
+    order = ("identity", "constant scaling", "exclusive gating (bias -6)", "exclusive gating",
+             "shortcut gating (bias -6)", "shortcut gating", "1x1 conv", "dropout")
+    return next((i for i, prefix in enumerate(order) if text.startswith(prefix)), len(order)), text
 
 
 def _spread(errors: tuple[float, ...]) -> str:
