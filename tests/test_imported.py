@@ -149,7 +149,7 @@ def test_torchvision_checkpoint_lesioned_on_an_image_folder_through_the_cli(ray_
     report = CliRunner().invoke(main, ["figures", str(out)])  # a report of imported runs, no training
     assert report.exit_code == 0, report.output
     text = (out / "report.md").read_text()
-    assert "| r18 | pretrained |" in text and "no single-deletion results" not in text
+    assert "| r18, pretrained | - | pretrained |" in text and "no single-deletion results" not in text
     assert len(pd.read_parquet(out / "lesion")) == len(lesion)
     # a damaged converted copy is converted again from the unchanged source; nothing is recomputed
     imported = out / runs["checkpoint"].iloc[0]
