@@ -66,7 +66,7 @@ def test_claims_from_known_tables(known):
     assert results.critical_blocks("res.normal.s0.x") == (0,)
     claims = {c.key: c for c in all_claims(results)}
     assert claims["F3-resnet"].verdict.startswith("partly reproduced")
-    assert "critical blocks [1]" in claims["F3-resnet"].result  # 1-based in the text
+    assert "critical block 1" in claims["F3-resnet"].result  # 1-based in the text
     assert claims["F3-plain"].verdict == "reproduced" and "median error 90.0%" in claims["F3-plain"].result
     assert claims["F5a"].verdict == "reproduced"
     assert claims["F5b"].verdict == "reproduced" and "Spearman(tau, error) -1.00" in claims["F5b"].result

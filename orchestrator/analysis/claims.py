@@ -74,7 +74,8 @@ def f3_resnet(results: Results) -> Claim:
         apart = set(results.structure(r).downsampling) | set(crit)
         rest = [rise for b, rise in results.single_deletion_rises(r).items() if b not in apart]
         any_critical |= bool(crit)
-        crit_text = f"critical blocks {[b + 1 for b in crit] or 'none'}"
+        crit_text = (f"critical {'block' if len(crit) == 1 else 'blocks'} {', '.join(str(b + 1) for b in crit)}"
+                     if crit else "no critical block")
         if not rest:
             parts.append(f"{results.name(r)}: no ordinary blocks (every block downsamples or is critical); {crit_text}")
             continue
@@ -246,7 +247,7 @@ def f6(results: Results) -> list[Claim]:
         parts_b.append(f"{results.name(r)}: {factor}, R^2 {r2:.2f}, over {plural(slope.n, 'draw')}")
         upper = f" (upper end 95% CI {hi.lo:.0f}-{hi.hi:.0f})" if hi.known else ""
         parts_c.append(f"{results.name(r)}: {EFFECTIVE_MASS:.0%} of the gradient from paths of {eff.lo}-{eff.hi} of "
-                       f"{n} blocks{upper}, {100 * eff.share:.2f}% of all paths")
+                       f"{n} blocks{upper}, {100 * eff.share:.2g}% of all paths")
 
     def verdict(outcomes):
         judged = [o for o in outcomes if o is not None]
