@@ -88,3 +88,19 @@ def test_effective_paths_training_learns_through_random_subsets(digits):
         errors = [(trainer.net(digits.test_images, active=effective_paths_mask(9, 4, g)).argmax(1)
                    != digits.test_labels).float().mean().item() for _ in range(5)]
     assert sorted(errors)[2] < 0.5
+
+
+def test_effective_path_training_reports_its_error_under_the_scaled_rule(digits):
+    """The runs table's test error of an effective-paths run is the network under the default test rule
+    (each branch times m/n), not the unscaled network, which sits near chance."""
+    from workloads.train.test_rules import apply_test_rule
+    trainer = Trainer(digits_net(widths=(4, 8, 8)), TrainConfig(iterations=30, seed=0, mode="effective_paths"), digits)
+    trainer.run()
+    scaled = apply_test_rule(trainer.net, "scaled", trainer.sampler.active).eval()
+    with torch.no_grad():
+        wrong = int((scaled(digits.test_images).argmax(1) != digits.test_labels).sum())
+    error, _ = trainer.evaluate()
+    assert trainer.sampler.active == 4 and error == pytest.approx(wrong / len(digits.test_labels))
+    with torch.no_grad():
+        unscaled = int((trainer.net.eval()(digits.test_images).argmax(1) != digits.test_labels).sum())
+    assert unscaled != wrong  # the rule changed what was measured

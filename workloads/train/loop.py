@@ -104,10 +104,16 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                  batch: int = 512) -> tuple[float, float]:
-        """(error, mean loss) of the intact network, BN in eval mode."""
+        """(error, mean loss) of the intact network, BN in eval mode; a network trained on effective paths
+        under the default test rule ("scaled": each branch times m/n, ``workloads.train.test_rules``), since
+        unscaled it sits near chance and the runs table would say so of every such run."""
         images = self.data.test_images if images is None else images
         labels = self.data.test_labels if labels is None else labels
         self.net.eval()
+        net = self.net
+        if self.config.mode == "effective_paths":
+            from .test_rules import apply_test_rule
+            net = apply_test_rule(self.net, "scaled", self.sampler.active)
         loss = torch.zeros((), device=self.device, dtype=torch.float64)
         wrong = torch.zeros((), device=self.device, dtype=torch.long)
         with self._autocast():
@@ -115,7 +121,7 @@ class Trainer:
                 x = images[s:s + batch]
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                logits = self.net(x).float()
+                logits = net(x).float()
                 loss += F.cross_entropy(logits, labels[s:s + batch], reduction="sum").double()
                 wrong += (logits.argmax(1) != labels[s:s + batch]).sum()
         return float(wrong) / len(labels), float(loss) / len(labels)
