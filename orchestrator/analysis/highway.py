@@ -74,11 +74,17 @@ def _setting_share(runs: list[GatedRun]) -> Interval:
 
 
 def _describe(results: Results, runs: list[GatedRun]) -> str:
-    parts = [f"{results.name(g.run_id)}: {g.leaning} of {len(g.blocks)} blocks g < {LEAN:g} "
-             f"({g.share.scaled(100).text(0, '%')}), mean g {g.blocks['gate_mean'].mean():.3f}" for g in runs]
-    if len(runs) > 1:
-        parts.append(f"mean share over {len(runs)} seeds {_setting_share(runs).scaled(100).text(0, '%')}")
-    return "; ".join(parts)
+    """One seed: its count, share and mean gate; several: one line for the setting, the seeds' counts listed."""
+    if len(runs) == 1:
+        g = runs[0]
+        return (f"{results.name(g.run_id)}: {g.leaning} of {len(g.blocks)} blocks g < {LEAN:g} "
+                f"({g.share.scaled(100).text(0, '%')}), mean g {g.blocks['gate_mean'].mean():.3f}")
+    first = runs[0]
+    name = results.name(first.run_id).removesuffix(f", seed {results.run(first.run_id)['seed']}")
+    means = [float(g.blocks["gate_mean"].mean()) for g in runs]
+    return (f"{name} ({len(runs)} seeds): {', '.join(str(g.leaning) for g in runs)} of {len(first.blocks)} blocks "
+            f"g < {LEAN:g}, mean share {_setting_share(runs).scaled(100).text(0, '%')}, mean g "
+            f"{min(means):.3f}-{max(means):.3f}")
 
 
 def h_claim(results: Results) -> Claim:
