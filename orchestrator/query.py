@@ -2,8 +2,9 @@
 
 Every table of ``store.TABLES`` is a view, with its schema even when OUT holds none of its rows
 (a clean run's ``errors`` is empty, not missing). The views are Arrow datasets over the exact files
-(``con.register``): no path is ever written into SQL, so a folder named ``run[1]`` or ``it's`` is
-read as it is, never as a glob or a quote. Then DuckDB's external access is switched off and its
+(``con.register``; a study table's are those ``store.data_files`` lists, as for every reader): no
+path is ever written into SQL, so a folder named ``run[1]`` or ``it's`` is read as it is, never as
+a glob or a quote. Then DuckDB's external access is switched off and its
 configuration locked, so the SQL sees OUT's tables only: no other file read, no ``COPY ... TO``,
 no ``ATTACH``, no extension installed or loaded, and no ``SET`` that turns any of it back on
 (the registered datasets are read by pyarrow, so the views keep working). ``allow_external``
