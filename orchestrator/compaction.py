@@ -15,7 +15,8 @@ in every state a kill can leave. A glob reader (pandas, DuckDB over ``OUT/lesion
 parts up to 2, the compacted file from 3, and none of P's rows in between. ``settle`` ends that
 state (does 3, then 4 everywhere); every command that writes OUT runs it first, so a rerun finishes
 the job and a sweep never writes into a P whose rows are staged. Only folders with a batch's file and
-more than one file are compacted, so compacting a compact folder does nothing.
+more than one file are compacted, so compacting a compact folder does nothing. The kill points
+(faults.py) after steps 1, 2 and 3 are ``compact_staged``, ``compact_absorbed`` and ``compact_swapped``.
 """
 from __future__ import annotations
 
