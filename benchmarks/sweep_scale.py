@@ -5,12 +5,15 @@ Trains one tiny digits network (not timed), then runs a random-deletion study of
 (expand, resume index, evaluator actors, ray.wait, one Parquet file per batch). Each unit is
 small (a 9-block network on 64 test images), so the driver's bookkeeping, the resume index
 and the Parquet writer are what is measured. Then the 100k sweep is rerun: every unit is
-already written, and the rerun must only read the index and skip them.
+already written, and the rerun must only read the index and skip them. Last, that folder is compacted
+(``unravel compact``'s procedure: one file per study and run) and one aggregate is queried through
+``unravel query``'s views before and after, and the rerun repeated on the compacted folder.
 
 Prints per size: wall, units/s over the wall, steady units/s (between the first and the
 last part written, i.e. without actor start-up) and the driver's own time per batch; then ``ratio=`` steady units/s at the
 largest size over the smallest (target >= 0.8) and ``skip_s=`` the rerun's wall (target < 10 s
-at 100k).
+at 100k); then files before and after compaction, ``compact_s=``, ``query_s=`` before -> after (best of
+3) and the rerun's wall on the compacted folder.
 """
 from __future__ import annotations
 
@@ -30,11 +33,14 @@ reexec_with_tuned_allocator()
 import pyarrow.parquet as pq  # noqa: E402
 
 from benchmarks import local_ray_workspace  # noqa: E402
+from orchestrator import query  # noqa: E402
+from orchestrator.compaction import compact  # noqa: E402
 from orchestrator.spec import parse_spec  # noqa: E402
 from orchestrator.sweep import run_studies  # noqa: E402
 from orchestrator.training import run_training  # noqa: E402
 
 K_MAX = 8
+AGGREGATE = "select study, avg(error) from lesion group by study"
 
 
 def spec(units: int) -> dict:
@@ -73,6 +79,7 @@ def main(argv=None) -> int:
                 out.mkdir()
                 for name in ("runs.parquet", "epochs.parquet"):
                     shutil.copy(trained / name, out / name)
+                (out / "tune").symlink_to(trained / "tune")  # the checkpoint, at the path runs stores relative to OUT
                 experiment = parse_spec(spec(size))
                 outcome = run_studies(experiment, out, progress=False)
                 assert outcome.failed == 0 and outcome.computed == outcome.total, outcome
@@ -93,7 +100,26 @@ def main(argv=None) -> int:
         print(f"rerun of {rerun.total} finished units: {skip:.2f} s")
         print(f"ratio={rows[-1][3] / rows[0][3]:.2f} (steady units/s at {rows[-1][0]} over {rows[0][0]}) "
               f"wall_ratio={rows[-1][2] / rows[0][2]:.2f} skip_s={skip:.2f}")
+        before = query_seconds(out)
+        done = compact(out)
+        after = query_seconds(out)
+        start = time.perf_counter()
+        rerun = run_studies(experiment, out, progress=False)
+        compacted_skip = time.perf_counter() - start
+        assert rerun.computed == 0 and rerun.skipped == rerun.total
+        print(f"compact: {done.files_before} files -> {done.files_after}, {done.rows} rows; "
+              f"compact_s={done.seconds:.2f} query_s={before:.3f} -> {after:.3f} ({AGGREGATE!r}) skip_s={skip:.2f} -> {compacted_skip:.2f}")
     return 0
+
+
+def query_seconds(out: Path) -> float:
+    """The best of 3 walls of one aggregate through `unravel query`'s views (list the files, scan, group)."""
+    walls = []
+    for _ in range(3):
+        start = time.perf_counter()
+        query.run(out, AGGREGATE, "csv")
+        walls.append(time.perf_counter() - start)
+    return min(walls)
 
 
 if __name__ == "__main__":

@@ -67,13 +67,14 @@ def _connect(spec, address: str | None, parts: tuple[str, ...] = ("training", "s
 def _writing(out: Path):
     """Own OUT while writing: one writer at a time, leftovers of a killed writer removed, and the
     ways a write can fail (a full disk, a corrupt file found) told in one line."""
-    from . import store
+    from . import compaction, store
     fresh = not out.exists()
     started = False
     try:
         try:
             with store.writer_lock(out):
                 store.remove_temporaries(out)
+                compaction.settle(out)  # a compaction stopped between its two renames: finished first
                 started = True
                 yield
         except BaseException:
@@ -333,6 +334,28 @@ def prune(out: Path) -> None:
     each = ", ".join(f"{name} {n:,}" for name, n in removed.items() if n)
     click.echo(f"removed {total:,} rows of earlier settings ({each})" if total else "nothing to remove: every row "
                "belongs to the current spec")
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--max-rows", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Split a folder's rows into files of at most N rows (default: one file per study and run).")
+def compact(out: Path, max_rows: int | None) -> None:
+    """Merge the many small files of OUT's study tables (one per batch) into one file per study and
+    run, so queries open tens of files, not thousands. Each row is kept exactly once even if killed at any
+    point: rerun it to finish. Takes OUT's writer lock; units stay done (reruns compute nothing)."""
+    from . import store
+    if not any((out / p).exists() for p in (store.SPEC_FILE, *store.PART_SCHEMAS)):
+        raise BadInput(f"{out}: holds no unravel study tables (lesion/, gradients/, ...): OUT must be the folder of an "
+                       f"unravel experiment")
+    from .compaction import compact as merge
+    with _writing(out):
+        done = merge(out, max_rows, progress=True)
+    if not done.folders:
+        click.echo(f"nothing to compact: {done.files_after:,} files, {done.rows:,} rows")
+        return
+    click.echo(f"compacted {done.folders:,} folders: {done.files_before:,} files -> {done.files_after:,}, "
+               f"{done.rows:,} rows, {done.seconds:.1f} s")
 
 
 @main.command()

@@ -2,8 +2,9 @@
 
 Every table of ``store.TABLES`` is a view, with its schema even when OUT holds none of its rows
 (a clean run's ``errors`` is empty, not missing). The views are Arrow datasets over the exact files
-(``con.register``): no path is ever written into SQL, so a folder named ``run[1]`` or ``it's`` is
-read as it is, never as a glob or a quote. Then DuckDB's external access is switched off and its
+(``con.register``; a study table's are those ``store.data_files`` lists, as for every reader): no
+path is ever written into SQL, so a folder named ``run[1]`` or ``it's`` is read as it is, never as
+a glob or a quote. Then DuckDB's external access is switched off and its
 configuration locked, so the SQL sees OUT's tables only: no other file read, no ``COPY ... TO``,
 no ``ATTACH``, no extension installed or loaded, and no ``SET`` that turns any of it back on
 (the registered datasets are read by pyarrow, so the views keep working). ``allow_external``
@@ -24,9 +25,6 @@ import pyarrow.dataset as ds
 from . import store
 
 FORMATS = ("table", "csv", "json")
-# the hive partitions of the study tables (store.part_path: <table>/study=<s>/run_id=<r>/part-*.parquet),
-# taken literally from the folder names, as store writes them
-_HIVE = ds.HivePartitioning(pa.schema([("study", pa.string()), ("run_id", pa.string())]), segment_encoding="none")
 _SANDBOX_HINT = "the SQL sees only OUT's tables; --allow-external lets it reach other files"
 
 
@@ -42,19 +40,10 @@ def sources(out: str | Path) -> dict[str, pa.Table | ds.Dataset | ds.Scanner]:
     for name in store.TABLES:
         if name in store.SCHEMAS:
             schema, path = store.SCHEMAS[name], store.table_path(out, name)
-            files, hive = ([str(path)] if path.is_file() else []), None
-        else:
-            hive = _HIVE if name != "errors" else None  # errors rows carry their own study and run_id
-            schema = store.PART_SCHEMAS[name]
-            if hive is not None:
-                schema = pa.unify_schemas([schema, hive.schema])
-            files = [str(p) for p in store.parts(out, name)]
-        if not files:
-            found[name] = schema.empty_table()
-            continue
-        found[name] = _with_added_columns(name, ds.dataset(files, schema=schema, format="parquet", partitioning=hive,
-                                                           partition_base_dir=str(out / name) if hive is not None
-                                                           else None))
+            data = ds.dataset([str(path)], schema=schema, format="parquet") if path.is_file() else None
+        else:  # the data files store lists (study and run_id from their folders; errors rows carry their own)
+            schema, data = store.read_schema(name), store.dataset(out, name)
+        found[name] = schema.empty_table() if data is None else _with_added_columns(name, data)
     return found
 
 

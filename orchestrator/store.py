@@ -5,7 +5,9 @@ constructors below (a row with a key its schema lacks, or without one it has, is
 a silently dropped column). Every write goes to a temporary name in the same folder and is
 renamed into place (``atomic_path``, the one way anything is written), so a reader (pandas,
 pyarrow, DuckDB) never sees half a file. One process writes an output folder at a time (a
-lock file); a file that cannot be read is reported by name, never read as data. Besides the
+lock file); a file that cannot be read is reported by name, never read as data. A partitioned
+table's rows are in the files ``data_files`` lists, the one listing every reader and writer uses: a
+part per batch, or the few files `unravel compact` merged them into (compaction.py). Besides the
 tables, OUT holds ``spec.json`` (the spec that made it), ``imported/`` (users' checkpoints
 converted) and ``tune/`` (Ray Tune's state), each at a path this module gives.
 """
@@ -13,11 +15,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import json
 import os
 import time
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -54,8 +58,8 @@ SCHEMAS: dict[str, pa.Schema] = {
 
 
 # Study results: one file per finished batch, hive-partitioned by study and run
-# (<out>/lesion/study=<study>/run_id=<run>/part-<batch>.parquet); the partition columns
-# live in the folder names, as pandas, pyarrow and DuckDB (hive_partitioning) expect.
+# (<out>/lesion/study=<study>/run_id=<run>/part-<batch>.parquet, merged by compaction into compact-*.parquet);
+# the partition columns live in the folder names, as pandas, pyarrow and DuckDB (hive_partitioning) expect.
 PART_SCHEMAS: dict[str, pa.Schema] = {
     "lesion": pa.schema([
         ("unit_key", pa.string()), ("k", pa.int64()), ("draw", pa.int64()), ("deleted", pa.list_(pa.int64())),
@@ -172,10 +176,113 @@ def write_errors(out: str | Path, batch_key: str, rows: list[dict]) -> Path:
     return path
 
 
+# -- the files of a partitioned table: the one listing every reader and writer goes through -------------
+
+COMPACTION = ".compaction"   # `unravel compact`'s staging (compaction.py): outside every table's folder, since
+#                              DuckDB's globs (lesion/*/*/*.parquet, lesion/**) read hidden names inside it too
+DATA_PREFIXES = ("part-", "compact-")   # a batch's file (write_part, write_errors), a compacted one (write_compacted)
+_HIVE = pa.schema([("study", pa.string()), ("run_id", pa.string())])
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A file holding rows of a partitioned table, and the partition (study, run_id) its rows belong to."""
+    path: Path
+    partition: tuple[tuple[str, str], ...]   # (("study", s), ("run_id", r)); () for errors
+
+    def expression(self) -> pc.Expression:
+        """The partition as the constant columns Arrow gives the file's rows (taken literally from the folder
+        names, as written)."""
+        terms = [pc.field(name) == value for name, value in self.partition]
+        return functools.reduce(lambda a, b: a & b, terms) if terms else pc.scalar(True)
+
+
+def partition_folders(out: str | Path, table: str, base: str = "") -> list[Path]:
+    """The folders of a table that hold its files (<table>/study=*/run_id=*; errors/ itself), under OUT, or
+    under ``OUT/<base>`` (the staging of compaction, which mirrors them)."""
+    root = Path(out) / base / table if base else Path(out) / table
+    if table == "errors":
+        return [root] if root.is_dir() else []
+    return sorted(p for p in root.glob("study=*/run_id=*") if p.is_dir()) if root.is_dir() else []
+
+
+def files_in(folder: Path) -> list[Path]:
+    """The data files of one partition folder, sorted (never a temporary: those start with a dot)."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    return sorted(folder / n for n in names if n.startswith(DATA_PREFIXES) and n.endswith(".parquet"))
+
+
+def staging(out: str | Path, folder: Path) -> Path:
+    """Where compaction stages the partition folder ``folder`` of OUT: OUT/.compaction/<its path in OUT>."""
+    return Path(out) / COMPACTION / Path(folder).relative_to(Path(out))
+
+
+def staged_in(out: str | Path, table: str) -> list[tuple[Path, Path]]:
+    """(partition folder, staged files' folder) of each partition of ``table`` whose compaction was stopped
+    between its two renames (compaction.py): its rows are in the staged ``new`` folder, the absorbed
+    files beside it in ``old``."""
+    found = []
+    for stage in partition_folders(out, table, COMPACTION):
+        if (stage / "new").is_dir() and (stage / "old").is_dir():
+            found.append((Path(out) / stage.relative_to(Path(out) / COMPACTION), stage / "new"))
+    return found
+
+
+def data_files(out: str | Path, table: str) -> list[DataFile]:
+    """Every file that holds rows of a partitioned table now, once each: the files of its partition folders,
+    plus the staged files of a partition whose compaction was stopped between its two renames (its folder
+    is then gone, or holds only rows written since). Listed again if a folder came, went or was swapped
+    (another inode) while listing, so a reader beside a running compaction misses no folder in the moment
+    between the renames; a file that moves after listing fails to open (an error, never a row read twice)."""
+    out = Path(out)
+    while True:
+        folders = _inodes(partition_folders(out, table))
+        listed = [(folder, files_in(folder)) for folder in folders]
+        listed += [(folder, files_in(new)) for folder, new in staged_in(out, table)]
+        if _inodes(partition_folders(out, table)) == folders:
+            break
+    found = []
+    for folder, files in listed:
+        partition = tuple(tuple(name.split("=", 1)) for name in folder.relative_to(out / table).parts)
+        found += [DataFile(p, partition) for p in files]
+    return found
+
+
+def _inodes(folders: list[Path]) -> dict[Path, int]:
+    found = {}
+    for folder in folders:
+        try:
+            found[folder] = folder.stat().st_ino
+        except FileNotFoundError:  # renamed since it was listed
+            pass
+    return found
+
+
 def parts(out: str | Path, table: str) -> list[Path]:
-    """The part files of a partitioned table, sorted (the resume index and every reader start here)."""
-    root = Path(out) / table
-    return sorted(p for p in root.rglob("part-*.parquet")) if root.exists() else []
+    """The paths of ``data_files``: the resume index and every reader start here."""
+    return [f.path for f in data_files(out, table)]
+
+
+def read_schema(table: str) -> pa.Schema:
+    """A partitioned table's columns as read: its files' columns, then study and run_id from the folders."""
+    return PART_SCHEMAS[table] if table == "errors" else pa.unify_schemas([PART_SCHEMAS[table], _HIVE])
+
+
+def dataset(out: str | Path, table: str):
+    """A partitioned table as an Arrow dataset over exactly its data files (none opened yet), study and
+    run_id from each file's partition; None when it has no file. ``read_parts`` and the query views read
+    through it, in the current schema: a column a file predates reads as null (see ADDED_COLUMNS)."""
+    import pyarrow.dataset as ds
+    import pyarrow.fs as pafs
+    files = data_files(out, table)
+    if not files:
+        return None
+    return ds.FileSystemDataset.from_paths([os.path.abspath(f.path) for f in files], schema=read_schema(table),
+                                           format=ds.ParquetFileFormat(), filesystem=pafs.LocalFileSystem(),
+                                           partitions=[f.expression() for f in files])
 
 
 def read_parts(out: str | Path, table: str, columns: list[str] | None = None) -> pd.DataFrame:
@@ -188,37 +295,75 @@ def read_parts(out: str | Path, table: str, columns: list[str] | None = None) ->
 
 
 def check_parts(out: str | Path, table: str) -> None:
-    """Raise CorruptResult naming the first part file that is not a readable Parquet file."""
+    """Raise CorruptResult naming the first data file that is not a readable Parquet file."""
     for p in parts(out, table):
-        try:
-            pq.read_metadata(p)
-        except (OSError, pa.ArrowException) as e:
-            raise CorruptResult(f"{p}: unreadable result file ({e}); delete it and rerun to recompute its "
-                                f"units") from None
+        _check_file(p)
+
+
+def _check_file(p: Path) -> None:
+    try:
+        pq.read_metadata(p)
+    except (OSError, pa.ArrowException) as e:
+        raise CorruptResult(f"{p}: unreadable result file ({e}); delete it and rerun to recompute its "
+                            f"units") from None
 
 
 def _read_parts(out: str | Path, table: str, columns: list[str] | None = None) -> pd.DataFrame:
-    import pyarrow.dataset as ds
-    files = [str(p) for p in parts(out, table)]
-    if not files:
-        schema = PART_SCHEMAS[table]
-        names = columns or ([*schema.names] + ([] if table == "errors" else ["study", "run_id"]))
+    data = dataset(out, table)
+    if data is None:
+        names = columns or read_schema(table).names
         return pd.DataFrame({n: pd.Series(dtype=object) for n in names})
-    if table == "errors":
-        return ds.dataset(files, format="parquet").to_table(columns=columns).to_pandas()
-    hive = pa.schema([("study", pa.string()), ("run_id", pa.string())])
-    # the current schema, not the first file's: a part written before a column existed reads it as ADDED_COLUMNS says
-    dataset = ds.dataset(files, schema=pa.unify_schemas([PART_SCHEMAS[table], hive]), format="parquet",
-                         partitioning=ds.partitioning(hive, flavor="hive"), partition_base_dir=str(Path(out) / table))
-    data = dataset.to_table(columns=columns)
+    return _with_added_columns(table, data.to_table(columns=columns)).to_pandas()
+
+
+def _with_added_columns(table: str, data: pa.Table) -> pa.Table:
+    """Rows of files written before a column existed read it as ADDED_COLUMNS says, not as null."""
     for name, value in ADDED_COLUMNS.get(table, {}).items():
         if name in data.column_names:
             data = data.set_column(data.column_names.index(name), name, pc.fill_null(data[name], value))
-    return data.to_pandas()
+    return data
+
+
+def count_rows(out: str | Path, table: str) -> int:
+    """The rows of a partitioned table, from its files' footers (no row read)."""
+    return sum(pq.read_metadata(f.path).num_rows for f in data_files(out, table))
+
+
+def read_files(table: str, files: list[Path]) -> pa.Table:
+    """The rows of some data files of one partition, in the table's current schema (without study and
+    run_id, which stay in the folder names), for compaction to write as one."""
+    import pyarrow.dataset as ds
+    try:
+        data = ds.dataset([str(p) for p in files], schema=PART_SCHEMAS[table], format="parquet").to_table()
+    except (OSError, pa.ArrowException) as e:
+        for p in files:
+            _check_file(p)
+        raise CorruptResult(f"{files[0].parent}: cannot be read ({e})") from None
+    return _with_added_columns(table, data).replace_schema_metadata(_part_schema(table).metadata)
+
+
+def write_compacted(folder: Path, data: pa.Table, max_rows: int | None = None) -> list[Path]:
+    """``data`` as compacted files in ``folder`` (one, or one per ``max_rows`` rows), each written whole."""
+    step = max_rows or max(len(data), 1)
+    written = []
+    for start in range(0, max(len(data), 1), step):
+        path = folder / f"compact-{uuid.uuid4().hex[:16]}.parquet"
+        write_atomic(data.slice(start, step), path)
+        written.append(path)
+    return written
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync a folder, so the renames in it survive a power cut."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def done_keys(out: str | Path, table: str | None = None) -> set[str]:
-    """The resume index: unit keys already written (read from the parts themselves), in ``table``
+    """The resume index: unit keys already written (read from the data files themselves), in ``table``
     or, by default, in every table of study results."""
     keys: set[str] = set()
     for p in (parts(out, table) if table else [p for t in STUDY_TABLES for p in parts(out, t)]):
@@ -256,11 +401,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         faults.kill_point("kill_before_rename")
         os.replace(tmp, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the rename itself survives a power cut
-        finally:
-            os.close(directory)
+        sync_folder(path.parent)  # the rename itself survives a power cut
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -428,8 +569,7 @@ def tune_dir(out: str | Path, experiment: str) -> Path:
 
 def has_results(out: str | Path, run_id: str) -> bool:
     """Whether any study result of ``run_id`` is in OUT."""
-    pattern = f"study=*/run_id={run_id}/part-*.parquet"
-    return any(next((Path(out) / table).glob(pattern), None) is not None for table in STUDY_TABLES)
+    return any(dict(f.partition).get("run_id") == run_id for table in STUDY_TABLES for f in data_files(out, table))
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -24,6 +24,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 
+from orchestrator import store
 from orchestrator.cli import main
 from orchestrator.spec import load_spec
 from registry_cases import rule, single_thread
@@ -252,6 +253,10 @@ def test_bash_blocks_unravel_lines_run_through_the_cli(demo):
     run_args = [" ".join(a) for a, _ in ran]
     assert "--help" in run_args and all(f"{c} --help" in run_args for c in main.commands)
     assert f"status {out}" in run_args and f"figures {out}" in run_args
+    # the synopsis compacts the demo's folder before the Results block queries it
+    assert run_args.index(f"compact {out}") < max(i for i, (a, _) in enumerate(ran) if a[0] == "query")
+    rows = sum(len(store.read_parts(out, table)) for table in store.PART_SCHEMAS)
+    assert f" {rows:,} rows" in next(o for a, o in ran if a[0] == "compact")
     query = next(o for a, o in ran if a[0] == "query" and "--help" not in a)
     table = pd.read_csv(io.StringIO(query))
     assert list(table.columns) == ["run_id", "k", "error"]

@@ -1,0 +1,217 @@
+"""`unravel compact`: killed at each of its steps, every reader still reads each row once, and a rerun
+finishes the job; after it, the resume index still knows every unit. Hand-made parts, as a sweep
+names them (one per batch of the digits spec's units), written by store itself: no training, no Ray."""
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from orchestrator import compaction, current, faults, query, store
+from orchestrator.cli import main
+from orchestrator.spec import parse_spec
+from orchestrator.units import batches, expand
+from sweep_cases import BASE
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = parse_spec(BASE)
+VALUES = {pa.string(): "x", pa.int64(): 3, pa.float64(): 0.25, pa.bool_(): False, pa.list_(pa.int64()): [1, 4]}
+
+
+def row(table: str, key: str, **values) -> dict:
+    return {f.name: values.get(f.name, VALUES[f.type]) for f in store.PART_SCHEMAS[table]} | {"unit_key": key}
+
+
+def write_sweep(out: Path) -> None:
+    """A part per batch of the spec's units, as the sweep writes them; gates (a row per block, one unit key
+    per run) and two errors parts."""
+    for i, batch in enumerate(batches(expand(SPEC), 5)):
+        rows = [row(batch.table, u.key, k=u.k, draw=u.draw, error=i / 100) for u in batch.units]
+        store.write_part(out, batch.table, batch.study, batch.run_id, batch.key, rows)
+    for b in range(2):
+        store.write_part(out, "gates", "gates", "gated", f"g{b}", [row("gates", f"gate{b}", block=k) for k in range(3)])
+    for b in range(2):
+        store.write_errors(out, f"e{b}", [row("errors", f"failed{b}")])
+    store.save_spec(out, BASE)
+
+
+@pytest.fixture
+def out(tmp_path):
+    write_sweep(tmp_path / "out")
+    return tmp_path / "out"
+
+
+def rows(out: Path) -> dict[str, list[str]]:
+    """Every partitioned table's rows as a sorted list (a multiset), read by read_parts."""
+    return {t: sorted(map(repr, store.read_parts(out, t).itertuples(index=False))) for t in store.PART_SCHEMAS}
+
+
+def queried(out: Path) -> str:
+    sql = "select study, run_id, count(*), round(sum(error), 9) from lesion group by all order by all"
+    return query.run(out, sql, "csv")
+
+
+def globbed(out: Path) -> tuple[int, int]:
+    """Lesion rows as plain readers count them: pandas over the folder, DuckDB over a glob."""
+    pandas = len(pd.read_parquet(out / "lesion")) if (out / "lesion").exists() else 0
+    glob = duckdb.sql(f"select count(*) from read_parquet('{out}/lesion/*/*/*.parquet', hive_partitioning=true)")
+    return pandas, glob.fetchall()[0][0]
+
+
+def snapshot(out: Path) -> tuple:
+    """What unravel's readers see: rows, the resume index, `unravel status`, a query view."""
+    return rows(out), store.done_keys(out), current.status(SPEC, out), queried(out)
+
+
+def folder_files(out: Path) -> dict[str, list[str]]:
+    return {str(f.relative_to(out)): sorted(p.name for p in store.files_in(f))
+            for t in store.PART_SCHEMAS for f in store.partition_folders(out, t)}
+
+
+def assert_compact(out: Path) -> None:
+    assert all(len(names) == 1 for names in folder_files(out).values()) and not compaction.pending(out)
+    assert not (out / store.COMPACTION).exists() and not list(out.rglob("*.tmp"))
+
+
+class Killed(BaseException):
+    """A kill, in-process: nothing after the point runs (compaction has no cleanup a kill would skip)."""
+
+
+def kill_at(monkeypatch, name: str, nth: int) -> None:
+    seen = []
+
+    def point(at: str) -> None:
+        seen.append(at)
+        if seen.count(name) == nth and at == name:
+            raise Killed(at)
+    monkeypatch.setattr(faults, "kill_point", point)
+
+
+def test_compacted_folders_read_as_before_and_a_rerun_computes_nothing(out):
+    before, glob = snapshot(out), globbed(out)
+    assert all(r["done"] == r["units"] for r in before[2])  # every unit of the spec is written
+    merged, files = len(compaction.pending(out)), sum(map(len, folder_files(out).values()))
+    result = CliRunner().invoke(main, ["compact", str(out)])
+    assert result.exit_code == 0, result.output
+    assert_compact(out)
+    after, total = len(folder_files(out)), sum(map(len, before[0].values()))
+    assert result.stdout.startswith(f"compacted {merged} folders: {files} files -> {after}, {total} rows, ")
+    assert snapshot(out) == before and globbed(out) == glob == (len(before[0]["lesion"]),) * 2
+    assert {u.key for u in expand(SPEC)} <= store.done_keys(out)  # what the sweep skips: nothing left to compute
+    layout = {p: sorted((q, os.stat(out / p / q).st_mtime_ns) for q in names) for p, names in folder_files(out).items()}
+    again = CliRunner().invoke(main, ["compact", str(out)])
+    assert again.exit_code == 0 and again.stdout == f"nothing to compact: {after} files, {total} rows\n"
+    assert {p: sorted((q, os.stat(out / p / q).st_mtime_ns) for q in names)
+            for p, names in folder_files(out).items()} == layout
+
+
+@pytest.mark.parametrize("point", ["compact_staged", "compact_absorbed", "compact_swapped"])
+def test_killed_at_each_step_then_rerun(out, monkeypatch, point):
+    before, glob = snapshot(out), globbed(out)
+    table, _, files = compaction.pending(out)[1]  # the folder the kill stops in
+    assert table == "lesion"
+    hidden = sum(pq.read_metadata(p).num_rows for p in files) if point == "compact_absorbed" else 0
+    kill_at(monkeypatch, point, 2)
+    with pytest.raises(Killed):
+        compaction.compact(out)
+    assert snapshot(out) == before  # unravel's readers: every row once, in the state the kill left
+    # plain glob readers: each row once, except the folder between its two renames, which they do not see
+    assert globbed(out) == (glob[0] - hidden, glob[1] - hidden)
+    monkeypatch.undo()
+    result = CliRunner().invoke(main, ["compact", str(out)])
+    assert result.exit_code == 0, result.output
+    assert_compact(out)
+    assert snapshot(out) == before and globbed(out) == glob
+
+
+def test_a_write_between_the_two_renames_is_kept_with_the_staged_rows(out, monkeypatch):
+    """A writer that did not settle first (a sweep called as a library) adds a part to the absorbed folder."""
+    before = rows(out)
+    kill_at(monkeypatch, "compact_absorbed", 1)
+    with pytest.raises(Killed):
+        compaction.compact(out)
+    (folder, _), = store.staged_in(out, "lesion")
+    study, run_id = (n.split("=", 1)[1] for n in folder.relative_to(out / "lesion").parts)
+    store.write_part(out, "lesion", study, run_id, "later", [row("lesion", "later")])
+    assert len(rows(out)["lesion"]) == len(before["lesion"]) + 1 and "later" in store.done_keys(out)
+    compaction.settle(out)
+    assert len(store.files_in(folder)) == 2 and not (out / store.COMPACTION).exists()
+    assert len(rows(out)["lesion"]) == len(before["lesion"]) + 1
+
+
+def test_any_command_that_writes_out_first_finishes_an_interrupted_swap(out, monkeypatch):
+    glob = globbed(out)
+    kill_at(monkeypatch, "compact_absorbed", 1)
+    with pytest.raises(Killed):
+        compaction.compact(out)
+    assert globbed(out) < glob
+    result = CliRunner().invoke(main, ["prune", str(out)])  # removes the gates and errors rows the spec lacks
+    assert result.exit_code == 0, result.output
+    assert globbed(out) == glob and not (out / store.COMPACTION).exists()
+
+
+def test_sigkilled_while_writing_a_compacted_file_then_rerun(out):
+    """A real SIGKILL (UNRAVEL_FAULTS) between writing the second compacted file and renaming it into place."""
+    before = snapshot(out)
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "compact", str(out)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT),
+                                                       faults.ENV: "kill_before_rename=2"})
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert len(list((out / store.COMPACTION).rglob(".compact-*.tmp"))) == 1  # written, fsynced, never renamed
+    assert snapshot(out) == before
+    result = CliRunner().invoke(main, ["compact", str(out)])
+    assert result.exit_code == 0, result.output
+    assert_compact(out)
+    assert snapshot(out) == before
+
+
+def test_parts_added_after_compaction_are_merged_and_pruned_like_the_rest(out):
+    compaction.compact(out)
+    store.write_part(out, "lesion", "intact", SPEC.runs[0].run_id, "more", [row("lesion", "old-setting")])
+    folder = out / "lesion" / "study=intact" / f"run_id={SPEC.runs[0].run_id}"
+    assert len(store.files_in(folder)) == 2 and "old-setting" in store.done_keys(out)
+    done = compaction.compact(out, max_rows=1)
+    assert done.folders == 1 and len(store.files_in(folder)) == len(store.read_parts(out, "lesion").query(
+        f"study == 'intact' and run_id == '{SPEC.runs[0].run_id}'"))
+    runs, keys = current.current_ids(SPEC)
+    assert store.prune(out, runs, keys | {"gate0", "gate1", "failed0", "failed1"})["lesion"] == 1
+    assert "old-setting" not in store.done_keys(out) and all(r["done"] == r["units"] for r in current.status(SPEC, out))
+
+
+def test_compact_is_refused_while_another_process_writes_out(out):
+    with store.writer_lock(out):
+        result = CliRunner().invoke(main, ["compact", str(out)])
+    assert result.exit_code == 2 and "is being written by another unravel process" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert any(len(names) > 1 for names in folder_files(out).values())  # nothing compacted
+
+
+def test_a_folder_that_is_no_experiment_is_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["compact", str(tmp_path)])
+    assert result.exit_code == 2 and "holds no unravel study tables" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+
+
+def test_a_reader_listing_while_a_folder_is_swapped_in_misses_no_row(out, monkeypatch):
+    """The race of a reader beside a running compaction: the folder is absent when the reader lists the
+    folders, and swapped in (S/new renamed to it) before it lists the staging."""
+    before = rows(out)
+    kill_at(monkeypatch, "compact_absorbed", 1)
+    with pytest.raises(Killed):
+        compaction.compact(out)
+    listing, swapped = store.staged_in, []
+
+    def staging_listed_after_the_swap(out, table):
+        if table == "lesion" and not swapped:
+            swapped.append(True)
+            compaction.settle(out)  # compaction's step 3, between the reader's two listings
+        return listing(out, table)
+    monkeypatch.setattr(store, "staged_in", staging_listed_after_the_swap)
+    assert rows(out) == before and swapped
