@@ -270,11 +270,25 @@ def _studies(experiment, out: Path) -> int:
 
 @main.command()
 @click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
-def status(out: Path) -> None:
-    """Units done, failed and left per study, for the experiment whose results are in OUT."""
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--by-run", is_flag=True, help="The table per run and study, not per study (JSON has both).")
+def status(out: Path, fmt: str, by_run: bool) -> None:
+    """Units done, failed and left per study, for the experiment whose results are in OUT.
+
+    \b
+    --format json prints one document, for scripts that watch a sweep:
+      {"experiment": NAME, "out": OUT,
+       "trials": {"trials", "finished", "failed", "left"},
+       "units": {"units", "done", "failed", "left"},
+       "studies": [{"study", "units", "done", "failed", "left"}, ...],
+       "runs": [{"run_id", "study", "units", "done", "failed", "left"}, ...]}
+    (each name stands for an integer). A unit is failed while its attempts are error rows and none is
+    written. Trials count as finished once the training sweep has written them to the runs table
+    (when unravel train or run finishes training), as failed when training_errors names them.
+    """
     from . import store
     from .spec import SpecError, parse_spec
-    from .current import status as study_status
+    from .current import status as study_status, status_document
     try:
         raw = store.read_spec(out)
         if raw is None:
@@ -283,7 +297,11 @@ def status(out: Path) -> None:
             experiment = parse_spec(raw)
         except SpecError as e:
             raise BadInput(f"{out / store.SPEC_FILE}: not a spec this version of unravel reads ({e})") from None
-        rows = study_status(experiment, out)
+        if fmt == "json":
+            import json
+            click.echo(json.dumps(status_document(experiment, out), indent=1))
+            return
+        rows = study_status(experiment, out, by_run=by_run)
     except store.CorruptResult as e:
         raise BadInput(str(e)) from None
     import pandas as pd
