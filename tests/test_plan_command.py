@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 
@@ -122,16 +124,19 @@ def test_a_calibrated_plan_reads_back_as_rates(clean_cwd, tmp_path):
     back with --rates is the same plan with nothing measured."""
     one_network = {**TINY, "training": {**TINY["training"], "runs": TINY["training"]["runs"][:1]}}
     path = spec_file(tmp_path, one_network)
-    result = invoke("plan", path, "--format", "json")
+    result = invoke("plan", path, "--format", "json", "--node", "cpu=4")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)   # stderr says what is being calibrated
     assert doc["estimate"]["measured"] > 0 and doc["estimate"]["given"] == 0
     assert doc["estimate"]["calibration"]["devices"] == ["cpu (1 thread)", "cpu (2 threads)"]
     assert all(g["rate"] == "measured" and g["device_hours"] > 0 for g in doc["training"]["groups"])
-    assert doc["nodes"]["source"] == "this machine" and doc["wall_hours"] > 0
+    assert doc["wall_hours"] > 0
+    assert doc["wall_hours"] == pytest.approx(doc["training"]["wall_hours"] + doc["studies"]["wall_hours"])
     saved = tmp_path / "plan.json"
     saved.write_text(result.stdout)
-    again = json.loads(invoke("plan", path, "--format", "json", "--rates", saved).stdout)
+    again = json.loads(invoke("plan", path, "--format", "json", "--rates", saved).stdout)   # on this machine's nodes
+    assert again["nodes"] == {"source": "this machine", "nodes": [{"cpu": float(len(os.sched_getaffinity(0))),
+                                                                   "gpu": float(torch.cuda.device_count())}]}
     assert again["estimate"]["measured"] == 0 and again["estimate"]["calibration"] is None
     assert again["device_hours"] == pytest.approx(doc["device_hours"])
     assert list(clean_cwd.iterdir()) == []
