@@ -6,6 +6,7 @@ stopped by SIGINT or SIGTERM (what was written is kept: see interrupts.py).
 """
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -271,11 +272,25 @@ def _studies(experiment, out: Path) -> int:
 
 @main.command()
 @click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
-def status(out: Path) -> None:
-    """Units done, failed and left per study, for the experiment whose results are in OUT."""
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--by-run", is_flag=True, help="The table per run and study, not per study (JSON has both).")
+def status(out: Path, fmt: str, by_run: bool) -> None:
+    """Units done, failed and left per study, for the experiment whose results are in OUT.
+
+    \b
+    --format json prints one document, for scripts that watch a sweep:
+      {"experiment": NAME, "out": OUT,
+       "trials": {"trials", "finished", "failed", "left"},
+       "units": {"units", "done", "failed", "left"},
+       "studies": [{"study", "units", "done", "failed", "left"}, ...],
+       "runs": [{"run_id", "study", "units", "done", "failed", "left"}, ...]}
+    (each name stands for an integer). A unit is failed while its attempts are error rows and none is
+    written. Trials count as finished once the training sweep has written them to the runs table
+    (when unravel train or run finishes training), as failed when training_errors names them.
+    """
     from . import store
     from .spec import SpecError, parse_spec
-    from .current import status as study_status
+    from .current import status as study_status, status_document
     try:
         raw = store.read_spec(out)
         if raw is None:
@@ -284,11 +299,118 @@ def status(out: Path) -> None:
             experiment = parse_spec(raw)
         except SpecError as e:
             raise BadInput(f"{out / store.SPEC_FILE}: not a spec this version of unravel reads ({e})") from None
-        rows = study_status(experiment, out)
+        if fmt == "json":
+            import json
+            click.echo(json.dumps(status_document(experiment, out), indent=1))
+            return
+        rows = study_status(experiment, out, by_run=by_run)
     except store.CorruptResult as e:
         raise BadInput(str(e)) from None
     import pandas as pd
     click.echo(pd.DataFrame(rows).to_string(index=False) if rows else "no studies in this experiment")
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--address", default=None, metavar="ADDR",
+              help="Plan for the nodes of this Ray cluster, read without submitting anything (default: $RAY_ADDRESS, "
+                   "else this machine's CPUs and GPUs).")
+@click.option("--node", "nodes", multiple=True, metavar="cpu=N[,gpu=N][,count=N]",
+              help="Plan for these nodes instead (repeatable), e.g. a cluster not started yet: --node "
+                   "cpu=8,gpu=1,count=4.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--rates", "rates_file", type=click.Path(dir_okay=False), default=None,
+              help="Rates from a JSON file: {\"train\": {KEY: iterations/s}, \"units\": {KEY: units/s}}, or the "
+                   "output of unravel plan --format json (e.g. run on a node like the cluster's).")
+@click.option("--train-rate", multiple=True, metavar="KEY=ITERATIONS_PER_S",
+              help="Training iterations per second of one trial (repeatable). KEY: a run group "
+                   "(resnet110.stochastic_depth), a label or a network; the most specific wins.")
+@click.option("--unit-rate", multiple=True, metavar="KEY=UNITS_PER_S",
+              help="Units per second of one evaluator (repeatable). KEY: a study (gradients), or GROUP:STUDY, "
+                   "LABEL:STUDY, NETWORK:STUDY.")
+@click.option("--calibrate/--no-calibrate", default=True, show_default=True,
+              help="Measure the rates no figure gives with a short calibration on this machine.")
+def plan(spec: str, address: str | None, nodes: tuple[str, ...], fmt: str, rates_file: str | None,
+         train_rate: tuple[str, ...], unit_rate: tuple[str, ...], calibrate: bool) -> None:
+    """Dry run: SPEC's trials and units per study, the resources each worker asks, how many fit on the
+    nodes at once, and an estimate of device time. Nothing is submitted and nothing is written; the
+    files the spec names (data, checkpoints) are not needed.
+
+    Device time comes from rates: given (--rates, --train-rate, --unit-rate), else measured by a
+    short calibration of this code on this machine (a few training steps of each network at the
+    spec's batch size on random data of its shape, the engine on a batch of plans, one gradient
+    batch; on a GPU where the spec's workers ask for one and this machine has one, else on the CPU
+    with the workers' threads, or all of them for workers that ask for a GPU this machine lacks).
+    Wall time assumes the workers that fit run at once, each device as fast as the one the rates are
+    of.
+
+    \b
+    --format json prints one document:
+      {"experiment", "spec",
+       "data": {"dataset", "channels", "image_size", "classes", "test_examples", "files_checked"},
+       "nodes": {"source", "nodes": [{"cpu", "gpu"}, ...]},
+       "training": {"trials", "resources": {"cpu", "gpu"}, "fit_at_once", "at_once",
+                    "groups": [{"group", "network", "mode", "trials", "iterations",
+                                "iterations_per_s", "rate", "device_hours"}, ...],
+                    "device_hours", "wall_hours"},
+       "studies": {"units", "batches", "evaluators": {"count", "cpu", "gpu"}, "fit_at_once", "at_once",
+                   "per_study": [{"study", "runs", "units", "device_hours"}, ...],
+                   "groups": [{"group", "study", "units", "units_per_s", "rate", "device_hours"}, ...],
+                   "device_hours", "wall_hours"},
+       "device_hours", "wall_hours",
+       "estimate": {"method", "given", "measured",
+                    "calibration": null or {"devices": [...], "seconds", "timed": [...]}},
+       "rates": {"train": {GROUP: iterations/s}, "units": {"GROUP:STUDY": units/s}}, "notes": [...]}
+    "rate" is "given", "measured" or null; a time no rate gives (--no-calibrate) is null, and so is a
+    wall time where no node holds the worker. "rates" holds the rates used: --rates reads it back.
+    """
+    import json
+
+    from .plan import NodeError, cluster_nodes, local_nodes, make_plan, parse_node, render
+    from .rates import RateError, Rates, parse_rates, read_rates
+    experiment = _load(spec, check_files=False)
+    try:
+        given = read_rates(rates_file) if rates_file else Rates()
+        options = parse_rates(train_rate, unit_rate)
+        _known_keys(experiment, options)
+        given.update(options)
+        if nodes and address:
+            raise BadInput("--node and --address: give one (the nodes to plan for)")
+        address = address or (None if nodes else os.environ.get("RAY_ADDRESS"))
+        if nodes:
+            shapes, where = [n for text in nodes for n in parse_node(text)], "declared"
+        elif address:
+            from .cluster import ClusterUnreachable
+            try:
+                shapes, where = cluster_nodes(address), f"the cluster at {address}"
+            except ClusterUnreachable as e:
+                raise BadInput(str(e)) from None
+        else:
+            shapes, where = local_nodes(), "this machine"
+    except (RateError, NodeError) as e:
+        raise BadInput(str(e)) from None
+    doc = make_plan(experiment, shapes, where, given, measure=calibrate, log=lambda m: click.echo(m, err=True))
+    click.echo(json.dumps(doc, indent=1) if fmt == "json" else render(doc))
+
+
+def _known_keys(experiment, rates) -> None:
+    """A rate given on the command line names something of the spec (a typo would be ignored silently)."""
+    from .rates import train_keys, unit_keys
+    known_train = {k for t in experiment.training.trials for k in train_keys(t)}
+    for key in rates.train:
+        if key not in known_train:
+            raise BadInput(f"--train-rate {key}: names no trained run of the spec (run groups, labels and networks: "
+                           f"{', '.join(sorted(known_train)) or 'none'})")
+    if rates.units:
+        runs = {t.run_id: t for t in experiment.runs}
+        pairs = {(r, s.study) for s in experiment.studies.studies for r in s.runs}
+        pairs |= {(r, "intact") for r, _ in pairs} | {(t.run_id, "intact") for t in experiment.runs if t.test_rules}
+        known_units = {k for r, s in pairs for k in unit_keys(runs[r], s)}
+        for key in rates.units:
+            if key not in known_units:
+                studies = sorted({s for _, s in pairs})
+                raise BadInput(f"--unit-rate {key}: names no study of the spec's runs (studies: "
+                               f"{', '.join(studies) or 'none'}; or GROUP:STUDY)")
 
 
 @main.command()

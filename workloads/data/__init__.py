@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet")
 STREAMED = ("imagenet",)   # evaluated from disk in chunks; not trainable here
+# (training images, test images, augmentation) of each resident dataset, as its loader makes it: known
+# without the files, so `unravel plan` counts with them where the data is not present
+SPLITS = {"digits": (1347, 450, "shift1"), "cifar10": (50_000, 10_000, "cifar"), "cifar100": (50_000, 10_000, "cifar")}
 
 
 def load_dataset(name: str, root: str | Path = "data", download: bool = False, *, image_size: int = 224,
@@ -45,5 +48,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["DATASETS", "STREAMED", "DataNotFound", "StreamedImageFolder", "TensorDataset", "augment", "load_cifar",
-           "load_dataset", "load_digits"]
+__all__ = ["DATASETS", "SPLITS", "STREAMED", "DataNotFound", "StreamedImageFolder", "TensorDataset", "augment",
+           "load_cifar", "load_dataset", "load_digits"]
