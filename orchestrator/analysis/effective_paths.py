@@ -14,9 +14,9 @@ import numpy as np
 
 from workloads.train.modes import scaled_active_count
 
-from .claims import Claim
+from .claims import Claim, plural
 from .results import Results, variant_text
-from .stats import Interval, difference_interval, mean_interval
+from .stats import difference_interval, mean_interval
 
 PAPER_ERRORS = (5.96, 6.10)   # CIFAR-10 test error %, effective paths / normal (ResNet-110, 23 of 54 blocks)
 PAPER = "T1 training on effective paths only matches normal training (5.96% vs 6.10%)"
@@ -69,14 +69,6 @@ def groups(results: Results) -> list[Group]:
     return found
 
 
-def _difference(normal: list[float], effective: list[float]) -> Interval:
-    """Effective minus normal, in points; where neither sample varies, the difference itself is exact."""
-    diff = difference_interval(normal, effective)
-    if not diff.known and min(len(normal), len(effective)) >= 2:
-        return Interval(diff.estimate, diff.estimate, diff.estimate, diff.n)
-    return diff
-
-
 def _verdict(group: Group) -> tuple[str, str]:
     """(verdict, the numbers behind it) for one group, on its default rule."""
     rule = group.default_rule
@@ -85,14 +77,14 @@ def _verdict(group: Group) -> tuple[str, str]:
         return "not run", f"{group.name}: no normal run to compare with"
     if not effective:
         return "not run", f"{group.name}: no intact evaluation under a test rule yet (unravel lesion or run adds it)"
-    each = "; ".join(f"{r} {mean_interval(v).text(2, '%')} over {len(v)} seed{'s' * (len(v) != 1)}"
+    each = "; ".join(f"{r} {mean_interval(v).text(2, '%')} over {plural(len(v), 'seed')}"
                      for r, v in group.rules.items())
     text = (f"{group.name} ({group.blocks} per mini-batch): effective paths, {each}; normal training "
-            f"{mean_interval(group.normal).text(2, '%')} over {len(group.normal)} seed{'s' * (len(group.normal) != 1)}")
+            f"{mean_interval(group.normal).text(2, '%')} over {plural(len(group.normal), 'seed')}")
     if len(effective) < 2 or len(group.normal) < 2:
         return (f"cannot be computed: {len(effective)} effective-path and {len(group.normal)} normal seed(s), "
                 f"no spread to judge a difference by"), text
-    diff = _difference(group.normal, effective)
+    diff = difference_interval(group.normal, effective)
     text += f"; {rule} - normal {diff.estimate:+.2f} points [95% CI {diff.lo:+.2f}, {diff.hi:+.2f}]"
     if diff.hi < MATCH_MARGIN:
         return "reproduced", text

@@ -155,7 +155,7 @@ def h_figure(results: Results, folder: Path) -> str | None:
 
 def h_section(results: Results) -> list[str]:
     """A row per gated run: how many blocks, their mean gate, the share leaning to the shortcut."""
-    from .report import _table  # report imports this module
+    from .report import markdown_table  # report imports this module
     runs = gated_runs(results)
     if not runs:
         return []
@@ -168,4 +168,4 @@ def h_section(results: Results) -> list[str]:
              "The gate g of each gated block, on the test set: exclusive gating weighs the residual branch by g and "
              "the shortcut by 1 - g, shortcut-only gating the shortcut by 1 - g alone; below 0.5 the shortcut weighs "
              f"more. A gate bias of {PAPER_BIAS:g} (the paper's) starts every gate at 0.0025; bias {NEUTRAL_BIAS:g} "
-             "starts at 0.5.", ""] + _table(pd.DataFrame(rows)) + [""])
+             "starts at 0.5.", ""] + markdown_table(pd.DataFrame(rows)) + [""])

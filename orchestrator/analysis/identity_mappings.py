@@ -128,8 +128,6 @@ def _versus(base: Group, other: Group) -> tuple[str, Interval]:
     diff = difference_interval(base.errors, other.errors)
     if min(len(base.errors), len(other.errors)) < 2:
         return "one seed", diff
-    if not diff.known:  # identical errors on every seed of both
-        return ("better" if diff.estimate < 0 else "worse" if diff.estimate > 0 else "unresolved"), diff
     return ("better" if diff.below(0) else "worse" if diff.above(0) else "unresolved"), diff
 
 
@@ -204,7 +202,7 @@ def im_shortcuts(results: Results) -> Claim:
 
 def im_section(results: Results) -> list[str]:
     """The report's two tables: median error over seeds, spread, the paper's number, the comparison."""
-    from .report import _table as markdown_table
+    from .report import markdown_table
     lines = []
     units = unit_groups(results)
     if len({g.variant for g in units}) > 1:

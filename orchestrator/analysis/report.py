@@ -41,7 +41,7 @@ def _cell(v) -> str:
     return str(v).replace("|", "\\|").replace("\n", " ")
 
 
-def _table(frame: pd.DataFrame) -> list[str]:
+def markdown_table(frame: pd.DataFrame) -> list[str]:
     cols = list(frame.columns)
     lines = ["| " + " | ".join(_cell(c) for c in cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
@@ -85,12 +85,12 @@ def what_was_run(results: Results) -> list[str]:
         lines += [f"Dataset: **{results.dataset}**. Training: {plural(len(runs), 'run')}, "
                   f"{_seconds(runs['train_seconds'].sum())} s of training in all. Test error: the intact network on "
                   "the study's test set where it was evaluated (effective-path runs under their first test rule), "
-                  "else training's last evaluation.", ""] + _table(view) + [""]
+                  "else training's last evaluation.", ""] + markdown_table(view) + [""]
     counts = [{"study": study, "units": g["unit_key"].nunique(), "runs": g["run_id"].nunique(),
                "device time (s)": f"{g['seconds'].sum():.0f}"}
               for frame in (results.lesion, results.gradients, results.gates) for study, g in frame.groupby("study")]
     if counts:
-        lines += ["Studies:", ""] + _table(pd.DataFrame(counts)) + [""]
+        lines += ["Studies:", ""] + markdown_table(pd.DataFrame(counts)) + [""]
     if len(results.errors):
         lines += [f"**{plural(results.errors['unit_key'].nunique(), 'unit')} failed** (see the `errors` table).", ""]
     stale = {name: n for name, n in results.stale.items() if n}
@@ -109,7 +109,7 @@ def claims_section(claims: list[Claim]) -> list[str]:
     left = ["Left to other specs (no data here): " + "; ".join(f"{', '.join(keys)} to `{spec}`"
                                                             for spec, keys in by_spec.items()) + ".", ""] if by_spec else []
     return (["## The papers' claims, tested", ""] + left
-            + _table(pd.DataFrame([{"claim": c.paper, "this experiment": c.result, "verdict": f"**{c.verdict}**"}
+            + markdown_table(pd.DataFrame([{"claim": c.paper, "this experiment": c.result, "verdict": f"**{c.verdict}**"}
                                    for c in claims])) + [""]
             + ["Thresholds:", ""] + [f"- {c.key}: {c.rule}" for c in claims if c.rule] + [""]
             + ["One line per claim:", ""] + [f"- {c.line}" for c in claims] + [""])

@@ -3,7 +3,8 @@
 Every interval is a 95% percentile bootstrap (``scipy.stats.bootstrap``) with a fixed seed, so a
 report is the same each time it is written. Percentile, not BCa: with three seeds BCa's
 jackknife is degenerate, and the same method everywhere keeps the verdicts comparable. A
-sample of one value has no spread: its interval is (nan, nan), and the verdicts say so.
+sample of one value has no interval: (nan, nan), and the verdicts say so; samples of several equal values
+have a point interval (every resample is the sample itself).
 """
 from __future__ import annotations
 
@@ -56,8 +57,11 @@ class Interval:
 
 def _bootstrap(samples: tuple[np.ndarray, ...], statistic: Callable, paired: bool = False,
                vectorized: bool = True) -> tuple[float, float]:
-    if min(len(s) for s in samples) < 2 or all(np.ptp(s) == 0 for s in samples):
+    if min(len(s) for s in samples) < 2:
         return float("nan"), float("nan")
+    if all(np.ptp(s) == 0 for s in samples):  # every resample is the sample itself: the interval is a point
+        value = float(statistic(*samples))
+        return value, value
     res = stats.bootstrap(samples, statistic, paired=paired, vectorized=vectorized, confidence_level=CONFIDENCE,
                           n_resamples=RESAMPLES, method="percentile", rng=np.random.default_rng(SEED))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
