@@ -14,6 +14,10 @@ last part written, i.e. without actor start-up) and the driver's own time per ba
 largest size over the smallest (target >= 0.8) and ``skip_s=`` the rerun's wall (target < 10 s
 at 100k); then files before and after compaction, ``compact_s=``, ``query_s=`` before -> after (best of
 3) and the rerun's wall on the compacted folder.
+
+``--targets folder,s3`` (the default) repeats the largest size in the same run with OUT on object storage: a
+local S3-compatible server (moto's, on 127.0.0.1: every part a PUT over HTTP, the resume index a LIST), and
+prints the same figures for it beside the folder's: units/s, the rerun's skip time, compaction and the query.
 """
 from __future__ import annotations
 
@@ -30,10 +34,10 @@ from workloads.runtime import reexec_with_tuned_allocator  # noqa: E402
 
 reexec_with_tuned_allocator()
 
-import pyarrow.parquet as pq  # noqa: E402
+import pyarrow.fs as pafs  # noqa: E402
 
 from benchmarks import local_ray_workspace  # noqa: E402
-from orchestrator import query  # noqa: E402
+from orchestrator import query, store  # noqa: E402
 from orchestrator.compaction import compact  # noqa: E402
 from orchestrator.spec import parse_spec  # noqa: E402
 from orchestrator.sweep import run_studies  # noqa: E402
@@ -53,21 +57,60 @@ def spec(units: int) -> dict:
     }
 
 
-def steady_rate(out: Path) -> float:
+def steady_rate(out) -> float:
     """Units per second between the first and the last part written (actor start-up excluded)."""
-    parts = sorted((p.stat().st_mtime, p) for p in (out / "lesion").rglob("part-*.parquet"))
+    if store.remote(out):
+        root = store.where(out) / "lesion"
+        parts = sorted((i.mtime.timestamp(), root / root.relative(i.path)) for i in root.files())
+    else:
+        parts = sorted((p.stat().st_mtime, p) for p in (out / "lesion").rglob("part-*.parquet"))
     if len(parts) < 3:
         return float("nan")
-    units = sum(pq.read_metadata(p).num_rows for _, p in parts[1:])
+    units = sum(store.read_metadata(p).num_rows for _, p in parts[1:])
     return units / max(parts[-1][0] - parts[0][0], 1e-9)
+
+
+def s3_server():
+    """moto's S3 server on 127.0.0.1 with a bucket, and fake credentials for it: (server, bucket URI)."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    pafs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http", allow_bucket_creation=True).create_dir("bench")
+    return server, f"s3://bench/{{}}?endpoint_override={host}:{port}&scheme=http"
+
+
+def prepared(trained: Path, out):
+    """OUT holding the trained run (runs and epochs tables, its checkpoint where runs says), as a sweep needs."""
+    if not store.remote(out):
+        out.mkdir()
+        for name in ("runs.parquet", "epochs.parquet"):
+            shutil.copy(trained / name, out / name)
+        (out / "tune").symlink_to(trained / "tune")  # the checkpoint, at the path runs stores relative to OUT
+        return out
+    out = store.where(out)
+    for name in ("runs.parquet", "epochs.parquet"):
+        store.write_file(out / name, (trained / name).read_bytes())
+    for checkpoint in store.read_table(trained, "runs")["checkpoint"]:
+        store.write_file(out / checkpoint, (trained / checkpoint).read_bytes())
+    return out
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="1000,10000,100000", help="comma-separated unit counts")
     p.add_argument("--quick", action="store_true", help="1k and 10k only")
+    p.add_argument("--targets", default="folder,s3", help="folder, s3 (a local S3 server), or both")
     args = p.parse_args(argv)
     sizes = [1000, 10000] if args.quick else [int(s) for s in args.sizes.split(",")]
+    targets = args.targets.split(",")
+    if "s3" in targets:  # before Ray starts: its workers inherit the credentials
+        os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+                          AWS_EC2_METADATA_DISABLED="true")
+        server, bucket = s3_server()
     with local_ray_workspace("unravel-scale-") as work:
         trained = work / "trained"
         run_training(parse_spec(spec(sizes[0])), trained, progress=False)
@@ -75,11 +118,7 @@ def main(argv=None) -> int:
         for size in sizes:
             runs = []
             for repeat in range(3 if size < 50_000 else 1):  # small sweeps are short: take the median of 3
-                out = work / f"out-{size}-{repeat}"
-                out.mkdir()
-                for name in ("runs.parquet", "epochs.parquet"):
-                    shutil.copy(trained / name, out / name)
-                (out / "tune").symlink_to(trained / "tune")  # the checkpoint, at the path runs stores relative to OUT
+                out = prepared(trained, work / f"out-{size}-{repeat}")
                 experiment = parse_spec(spec(size))
                 outcome = run_studies(experiment, out, progress=False)
                 assert outcome.failed == 0 and outcome.computed == outcome.total, outcome
@@ -93,23 +132,38 @@ def main(argv=None) -> int:
                   + (f"  [median of {len(runs)}: {', '.join(f'{r[0]:.0f}' for r in runs)}]" if len(runs) > 1 else ""),
                   flush=True)
         experiment, out = last
-        start = time.perf_counter()
-        rerun = run_studies(experiment, out, progress=False)
-        skip = time.perf_counter() - start
-        assert rerun.computed == 0 and rerun.skipped == rerun.total
-        print(f"rerun of {rerun.total} finished units: {skip:.2f} s")
-        print(f"ratio={rows[-1][3] / rows[0][3]:.2f} (steady units/s at {rows[-1][0]} over {rows[0][0]}) "
-              f"wall_ratio={rows[-1][2] / rows[0][2]:.2f} skip_s={skip:.2f}")
-        before = query_seconds(out)
-        done = compact(out)
-        after = query_seconds(out)
-        start = time.perf_counter()
-        rerun = run_studies(experiment, out, progress=False)
-        compacted_skip = time.perf_counter() - start
-        assert rerun.computed == 0 and rerun.skipped == rerun.total
-        print(f"compact: {done.files_before} files -> {done.files_after}, {done.rows} rows; "
-              f"compact_s={done.seconds:.2f} query_s={before:.3f} -> {after:.3f} ({AGGREGATE!r}) skip_s={skip:.2f} -> {compacted_skip:.2f}")
+        finish(experiment, out, rows, "folder")
+        if "s3" in targets:
+            out = prepared(trained, bucket.format(f"out-{sizes[-1]}"))
+            outcome = run_studies(experiment, out, progress=False)
+            assert outcome.failed == 0 and outcome.computed == outcome.total, outcome
+            print(f"{outcome.total:>7} units  wall {outcome.seconds:7.1f} s  {outcome.computed / outcome.seconds:7.0f} "
+                  f"units/s  steady {steady_rate(out):7.0f} units/s  [s3: the local server]", flush=True)
+            finish(experiment, out, [rows[0], (outcome.total, outcome.seconds, outcome.computed / outcome.seconds,
+                                               steady_rate(out))], "s3")
+    if "s3" in targets:
+        server.stop()
     return 0
+
+
+def finish(experiment, out, rows, target: str) -> None:
+    """The rerun (every unit written: skip them all), compaction, the query before and after, on one OUT."""
+    start = time.perf_counter()
+    rerun = run_studies(experiment, out, progress=False)
+    skip = time.perf_counter() - start
+    assert rerun.computed == 0 and rerun.skipped == rerun.total
+    print(f"[{target}] rerun of {rerun.total} finished units: {skip:.2f} s")
+    print(f"[{target}] ratio={rows[-1][3] / rows[0][3]:.2f} (steady units/s at {rows[-1][0]} over {rows[0][0]}) "
+          f"wall_ratio={rows[-1][2] / rows[0][2]:.2f} skip_s={skip:.2f}")
+    before = query_seconds(out)
+    done = compact(out)
+    after = query_seconds(out)
+    start = time.perf_counter()
+    rerun = run_studies(experiment, out, progress=False)
+    compacted_skip = time.perf_counter() - start
+    assert rerun.computed == 0 and rerun.skipped == rerun.total
+    print(f"[{target}] compact: {done.files_before} files -> {done.files_after}, {done.rows} rows; "
+          f"compact_s={done.seconds:.2f} query_s={before:.3f} -> {after:.3f} ({AGGREGATE!r}) skip_s={skip:.2f} -> {compacted_skip:.2f}")
 
 
 def query_seconds(out: Path) -> float:

@@ -18,14 +18,45 @@ from .interrupts import stoppable  # standard library only
 # every other import is inside the command that needs it: `unravel --help` and `unravel query` start
 # without torch (which orchestrator.spec imports for its network registry) or Ray
 
-ADDRESS = click.option("--address", default=None, metavar="ADDR",
-                       help="Ray cluster to attach to (default: $RAY_ADDRESS, else a private local Ray).")
-OUT = click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-                   help="Output folder (default: results/<spec name>).")
-
-
 class BadInput(click.ClickException):
     exit_code = 2
+
+
+class OutputPlace(click.ParamType):
+    """OUT: a local folder, or a URI on object storage (s3://bucket/prefix, gs://..., any filesystem pyarrow
+    or fsspec resolves). A URI's filesystem is reached once here, so an unknown scheme, a missing bucket,
+    missing credentials or an unreachable endpoint is one line (exit 2) before anything starts."""
+    name = "folder|URI"
+
+    def __init__(self, exists: bool = False):
+        self.exists = exists
+
+    def convert(self, value, param, ctx):
+        from .location import Location, LocationError
+        if not isinstance(value, str):
+            return value
+        from . import store
+        try:
+            out = store.where(value)
+            if isinstance(out, Location):
+                out.check_reachable()
+                if self.exists and not out.is_dir():
+                    raise BadInput(f"{value}: holds nothing: OUT must be the folder of an unravel experiment")
+            elif self.exists and not out.is_dir():
+                raise BadInput(f"{value}: {'not a folder' if out.exists() else 'no such folder'}")
+            elif out.exists() and not out.is_dir():
+                raise BadInput(f"{value}: not a folder")
+        except LocationError as e:
+            raise BadInput(str(e)) from None
+        return out
+
+
+ADDRESS = click.option("--address", default=None, metavar="ADDR",
+                       help="Ray cluster to attach to (default: $RAY_ADDRESS, else a private local Ray).")
+OUT = click.option("--out", type=OutputPlace(), default=None,
+                   help="Output folder, or a URI on object storage: s3://bucket/prefix, gs://bucket/prefix "
+                        "(default: $UNRAVEL_OUT/<spec name> if UNRAVEL_OUT is set, else results/<spec name>).")
+EXPERIMENT = click.argument("out", type=OutputPlace(exists=True))
 
 
 def _load(spec_path: str, check_files: bool = True):
@@ -108,8 +139,15 @@ def _import(spec, out: Path) -> None:
                f"{', '.join(m.run_id for m in spec.models)}")
 
 
-def _out(spec, out: Path | None) -> Path:
-    return out if out is not None else Path("results") / spec.name
+def _out(spec, out):
+    """--out, else $UNRAVEL_OUT/<spec name> (cluster.yaml names the bucket there), else results/<spec name>."""
+    if out is not None:
+        return out
+    base = os.environ.get("UNRAVEL_OUT")
+    if not base:
+        return Path("results") / spec.name
+    from .location import join
+    return OutputPlace().convert(join(base, spec.name), None, None)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -231,12 +269,12 @@ def run(spec: str, address: str | None, out: Path | None) -> None:
 def _report(out: Path) -> None:
     from .analysis.report import write_report
     report = write_report(out)
-    click.echo(f"report: {report} (and {report.with_suffix('.html')}); figures in {out / 'figures'}")
+    click.echo(f"report: {report} (and {out / 'report.html'}); figures in {out / 'figures'}")
     click.echo(f"query: unravel query {out} \"select study, count(*) from lesion group by study\"")
 
 
 @main.command()
-@click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@EXPERIMENT
 def figures(out: Path) -> None:
     """Regenerate the figures and report.md / report.html of OUT from its tables."""
     if not (out / "runs.parquet").exists():
@@ -271,7 +309,7 @@ def _studies(experiment, out: Path) -> int:
 
 
 @main.command()
-@click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@EXPERIMENT
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--by-run", is_flag=True, help="The table per run and study, not per study (JSON has both).")
 def status(out: Path, fmt: str, by_run: bool) -> None:
@@ -414,7 +452,7 @@ def _known_keys(experiment, rates) -> None:
 
 
 @main.command()
-@click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@EXPERIMENT
 @click.argument("sql")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--allow-external", is_flag=True,
@@ -436,7 +474,7 @@ def query(out: Path, sql: str, fmt: str, allow_external: bool) -> None:
 
 
 @main.command()
-@click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@EXPERIMENT
 def prune(out: Path) -> None:
     """Remove from OUT's tables the rows of earlier settings: runs and units the current spec
     (OUT/spec.json) no longer asks for. Checkpoints and other files stay. Safe to interrupt and rerun."""
@@ -459,7 +497,7 @@ def prune(out: Path) -> None:
 
 
 @main.command()
-@click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@EXPERIMENT
 @click.option("--max-rows", type=click.IntRange(min=1), default=None, metavar="N",
               help="Split a folder's rows into files of at most N rows (default: one file per study and run).")
 def compact(out: Path, max_rows: int | None) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+from contextlib import contextmanager
 
 import ray
 
@@ -69,7 +71,33 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
         interrupts.after_ray_init()
         return f"Ray cluster at {address}"
-    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard,
-             dashboard_host="127.0.0.1", runtime_env=runtime_env, log_to_driver=False)
+    with _in_their_own_session():
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard,
+                 dashboard_host="127.0.0.1", runtime_env=runtime_env, log_to_driver=False)
     interrupts.after_ray_init()
     return "a private local Ray (dashboard on 127.0.0.1)" if dashboard else "a private local Ray"
+
+
+@contextmanager
+def _in_their_own_session():
+    """Start the private Ray's processes in a session of their own. A SIGTERM or Ctrl-C sent to the command's
+    process group (``timeout``, a terminal, ``kill -- -PGID``) then reaches the driver alone, which stops
+    and shuts its Ray down (interrupts.py). Sent to the Ray's processes too, it raced the driver: the raylet
+    died first and Ray ended the driver (exit 1, no word) as its object store went away, before the driver's
+    handler ran. The processes still die with the driver: Ray binds each to it (PR_SET_PDEATHSIG)."""
+    from ray._private import services, utils
+    if sys.platform == "win32" or not utils.detect_fate_sharing_support():
+        yield  # no kernel fate-sharing: Ray's reaper cleans up by process group, so they must stay in ours
+        return
+    started = services.ConsolePopen
+
+    class InOwnSession(started):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("start_new_session", True)
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = InOwnSession
+    try:
+        yield
+    finally:
+        services.ConsolePopen = started

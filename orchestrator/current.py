@@ -61,7 +61,7 @@ def _tally(states: list[tuple], by_run: bool) -> list[dict]:
 def status(spec: ExperimentSpec, out: str | Path, by_run: bool = False) -> list[dict]:
     """Units of the current spec done, failed and left, per study, or per run and study with ``by_run``
     (`unravel status`)."""
-    return _tally(_states(spec, Path(out)), by_run)
+    return _tally(_states(spec, store.where(out)), by_run)
 
 
 def trial_status(spec: ExperimentSpec, out: str | Path) -> dict:
@@ -77,7 +77,7 @@ def trial_status(spec: ExperimentSpec, out: str | Path) -> dict:
 
 def status_document(spec: ExperimentSpec, out: str | Path) -> dict:
     """`unravel status --format json`: the trials, every study, and every run of each study."""
-    states = _states(spec, Path(out))
+    states = _states(spec, store.where(out))
     by_run = _tally(states, by_run=True)
     totals = {k: sum(r[k] for r in by_run) for k in ("units", "done", "failed", "left")}
     return {"experiment": spec.name, "out": str(out), "trials": trial_status(spec, out), "units": totals,

@@ -28,6 +28,7 @@ from workloads.surgery.evaluate import default_precision
 from workloads.train.test_rules import apply_test_rule
 
 from . import store
+from .data_cache import local_root
 from .spec import DataSpec, Resources, StudiesSpec
 from .units import Batch, plan_for
 
@@ -38,7 +39,7 @@ class Evaluator:
     def __init__(self, data: DataSpec, studies: StudiesSpec, cache_size: int = 4):
         set_threads(studies.evaluators.threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.data = load_dataset(data.dataset, data.resolved_root, data.download, **data.loader_options)
+        self.data = load_dataset(data.dataset, local_root(data.resolved_root), data.download, **data.loader_options)
         self.test_examples = studies.test_examples
         if not self.data.streamed:  # resident: the test set moves to the device once
             chunk = next(self.data.test_chunks(studies.test_examples))

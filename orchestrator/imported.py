@@ -10,10 +10,9 @@ weights; a damaged converted copy is converted again from the unchanged source.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
+import io
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -36,17 +35,17 @@ def _fitted(model: Trial, index: int, blob: bytes):
         raise SpecError(f"models[{index}].checkpoint: {e}") from None
 
 
-def _usable(target: Path) -> bool:
+def _usable(target) -> bool:
     try:
-        load_checkpoint(str(target))
-        return True
-    except CheckpointError:
+        load_checkpoint(target.read_bytes(), str(target))
+    except (OSError, CheckpointError):  # gone, or damaged
         return False
+    return True
 
 
 def import_models(spec: ExperimentSpec, out: str | Path) -> pd.DataFrame:
     """Check every ``models:`` checkpoint, convert the new ones, and add them to the runs table."""
-    out = Path(out)
+    out = store.where(out)
     todo = []
     for i, model in enumerate(spec.models):  # every file is checked before anything is written
         source = Path(model.checkpoint).expanduser()
@@ -56,7 +55,7 @@ def import_models(spec: ExperimentSpec, out: str | Path) -> pd.DataFrame:
             raise SpecError(f"models[{i}].checkpoint: cannot read {source} ({e.strerror})") from None
         digest = hashlib.sha256(blob).hexdigest()
         target = store.imported_checkpoint(out, model.run_id)
-        record = target.with_name(SOURCE_FILE)
+        record = target.parent / SOURCE_FILE
         kept = json.loads(record.read_text())["sha256"] if record.exists() else None
         if kept is not None and kept != digest:
             raise SpecError(f"models[{i}].checkpoint: {model.checkpoint} changed since it was imported into {out} "
@@ -72,11 +71,13 @@ def import_models(spec: ExperimentSpec, out: str | Path) -> pd.DataFrame:
     for i, model, blob, digest in todo:
         target = store.imported_checkpoint(out, model.run_id)
         net = _fitted(model, i, blob)
-        _save_atomic(target, lambda tmp: torch.save(
-            {"net_config": model.net_config.to_json(), "state_dict": net.state_dict(),
-             "source": str(Path(model.checkpoint).expanduser().resolve()), "dataset": spec.data.dataset}, tmp))
-        _save_atomic(target.with_name(SOURCE_FILE), lambda tmp: tmp.write_text(json.dumps(
-            {"source": str(Path(model.checkpoint).expanduser().resolve()), "sha256": digest})))
+        converted = io.BytesIO()
+        torch.save({"net_config": model.net_config.to_json(), "state_dict": net.state_dict(),
+                    "source": str(Path(model.checkpoint).expanduser().resolve()), "dataset": spec.data.dataset},
+                   converted)
+        store.write_file(target, converted.getvalue())
+        store.write_file(target.parent / SOURCE_FILE, json.dumps(
+            {"source": str(Path(model.checkpoint).expanduser().resolve()), "sha256": digest}).encode())
     rows = []
     for model in spec.models:
         shape = skeleton(model.net_config)
@@ -86,13 +87,3 @@ def import_models(spec: ExperimentSpec, out: str | Path) -> pd.DataFrame:
             checkpoint=store.relative(out, store.imported_checkpoint(out, model.run_id)), train_seconds=0.0))
     return store.replace_runs(out, rows)
 
-
-def _save_atomic(path: Path, write) -> None:
-    """``write(tmp)`` then rename; a full disk is reported as one (torch.save raises RuntimeError)."""
-    try:
-        with store.atomic_path(path) as tmp:
-            write(tmp)
-    except RuntimeError as e:
-        if shutil.disk_usage(path.parent).free < 64 << 20:
-            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from None
-        raise OSError(errno.EIO, f"cannot write {path} ({str(e).splitlines()[0]})", str(path)) from None

@@ -35,7 +35,6 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 HURRY_AFTER_S = 60.0    # a stop that takes longer (a cluster that no longer answers) is cut short
@@ -233,7 +232,7 @@ def _kept(spec_path, out, parts) -> str:
         from .cli import _out
         from .spec import load_spec
         experiment = load_spec(spec_path)
-        out = _out(experiment, Path(out) if out is not None else None)
+        out = _out(experiment, out)
         said = []
         trials = {t.run_id for t in experiment.training.trials}
         if "trials" in parts and trials:

@@ -20,6 +20,9 @@ def check_inputs(spec: ExperimentSpec) -> None:
     """The files a spec names (data, imported checkpoints) exist: a one-line SpecError if not."""
     from workloads.data.imagefolder import class_folders, empty_class
     d = spec.data
+    if "://" in d.root and not d.root.startswith("file://"):
+        _check_remote_root(spec)
+        return _check_models(spec)
     root = Path(d.root).expanduser()
     if d.dataset in _CIFAR_FOLDERS and not d.download:
         title, folder = _CIFAR_FOLDERS[d.dataset]
@@ -42,6 +45,24 @@ def check_inputs(spec: ExperimentSpec) -> None:
             empty = empty_class(root / split)
             if empty:
                 _fail("data.root", f"{root / split / empty} holds no image (every class folder needs one)")
+    _check_models(spec)
+
+
+def _check_remote_root(spec: ExperimentSpec) -> None:
+    """A data root on object storage: reachable, and holding the dataset's folder (each node copies it)."""
+    from .location import Location, LocationError
+    d = spec.data
+    try:
+        root = Location.of(d.root)
+        root.check_reachable()
+        folder = root / _CIFAR_FOLDERS[d.dataset][1] if d.dataset in _CIFAR_FOLDERS else root / "val"
+        if not d.download and not folder.is_dir():
+            _fail("data.root", f"nothing under {folder} (put the dataset's files there)")
+    except LocationError as e:
+        _fail("data.root", str(e))
+
+
+def _check_models(spec: ExperimentSpec) -> None:
     for i, m in enumerate(spec.models):
         path = Path(m.checkpoint).expanduser()
         if not path.is_file():

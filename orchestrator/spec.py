@@ -122,7 +122,10 @@ class DataSpec(Section):
 
     @property
     def resolved_root(self) -> str:
-        """The data folder as every process must see it (workers do not share the driver's cwd)."""
+        """The data folder as every process must see it (workers do not share the driver's cwd); a URI
+        as it is (each node copies it: orchestrator.data_cache)."""
+        if "://" in self.root and not self.root.startswith("file://"):
+            return self.root
         return str(Path(self.root).expanduser().resolve())
 
     @property

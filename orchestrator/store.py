@@ -10,6 +10,11 @@ table's rows are in the files ``data_files`` lists, the one listing every reader
 part per batch, or the few files `unravel compact` merged them into (compaction.py). Besides the
 tables, OUT holds ``spec.json`` (the spec that made it), ``imported/`` (users' checkpoints
 converted) and ``tune/`` (Ray Tune's state), each at a path this module gives.
+
+OUT is a local folder (a ``Path``) or a place on object storage (a ``location.Location``, from a URI).
+Functions take either and name files in the same kind; object storage differs only where it must
+(see ``location``): each file is one PUT, the lock is a lease object (``writer_lock``), and
+compaction declares the files a compacted file absorbs instead of renaming folders (compaction.py).
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 import pandas as pd
@@ -31,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import faults
+from .location import Location, is_uri
 
 SCHEMA_VERSION = "1"
 # tables whose schema grew since version 1: lesion 2 added test_rule (how an effective-paths run was evaluated)
@@ -94,6 +100,35 @@ IMPORTED = "imported"      # users' checkpoints, converted: imported/<run_id>/mo
 TUNE = "tune"              # Ray Tune's experiment state and trial checkpoints
 
 
+def where(out: "str | Path | Location") -> "Path | Location":
+    """OUT as a Path (a local folder) or a Location (object storage): the two kinds this module serves."""
+    if isinstance(out, Location):
+        return Path(os.fspath(out)) if out.local else out
+    return Location.of(out) if is_uri(str(out)) else Path(out)
+
+
+def remote(out) -> bool:
+    """Whether OUT is on object storage."""
+    return isinstance(where(out), Location)
+
+
+def arrow_source(path: "Path | Location") -> tuple[str, object]:
+    """(path, filesystem) for pyarrow's readers."""
+    return (path.path, path.fs) if isinstance(path, Location) else (str(path), None)
+
+
+def read_metadata(path: "Path | Location") -> pq.FileMetaData:
+    if isinstance(path, Location):
+        with path.fs.open_input_file(path.path) as f:
+            return pq.read_metadata(f)
+    return pq.read_metadata(path)
+
+
+def read_parquet(path: "Path | Location", columns: list[str] | None = None) -> pa.Table:
+    name, fs = arrow_source(path)
+    return pq.read_table(name, columns=columns, filesystem=fs)
+
+
 # -- row constructors: the one place each table's rows are made --------------------------------------
 
 def run_row(trial, *, dataset: str, iterations: int, epochs: int, test_error: float, test_loss: float,
@@ -155,7 +190,7 @@ def _part_schema(table: str) -> pa.Schema:
 
 
 def part_path(out: str | Path, table: str, study: str, run_id: str, batch_key: str) -> Path:
-    return Path(out) / table / f"study={study}" / f"run_id={run_id}" / f"part-{batch_key}.parquet"
+    return where(out) / table / f"study={study}" / f"run_id={run_id}" / f"part-{batch_key}.parquet"
 
 
 def write_part(out: str | Path, table: str, study: str, run_id: str, batch_key: str, rows: list[dict]) -> Path:
@@ -171,7 +206,7 @@ def write_errors(out: str | Path, batch_key: str, rows: list[dict]) -> Path:
     """Error rows are history: each failed attempt adds a file."""
     schema = _part_schema("errors")
     data = pa.Table.from_pylist(_checked(schema, rows), schema=schema)
-    path = Path(out) / "errors" / f"part-{batch_key}-{uuid.uuid4().hex[:8]}.parquet"
+    path = where(out) / "errors" / f"part-{batch_key}-{uuid.uuid4().hex[:8]}.parquet"
     write_atomic(data, path)
     return path
 
@@ -187,7 +222,7 @@ _HIVE = pa.schema([("study", pa.string()), ("run_id", pa.string())])
 @dataclass(frozen=True)
 class DataFile:
     """A file holding rows of a partitioned table, and the partition (study, run_id) its rows belong to."""
-    path: Path
+    path: "Path | Location"
     partition: tuple[tuple[str, str], ...]   # (("study", s), ("run_id", r)); () for errors
 
     def expression(self) -> pc.Expression:
@@ -237,7 +272,9 @@ def data_files(out: str | Path, table: str) -> list[DataFile]:
     is then gone, or holds only rows written since). Listed again if a folder came, went or was swapped
     (another inode) while listing, so a reader beside a running compaction misses no folder in the moment
     between the renames; a file that moves after listing fails to open (an error, never a row read twice)."""
-    out = Path(out)
+    out = where(out)
+    if isinstance(out, Location):
+        return _remote_data_files(out, table)
     while True:
         folders = _inodes(partition_folders(out, table))
         listed = [(folder, files_in(folder)) for folder in folders]
@@ -249,6 +286,56 @@ def data_files(out: str | Path, table: str) -> list[DataFile]:
         partition = tuple(tuple(name.split("=", 1)) for name in folder.relative_to(out / table).parts)
         found += [DataFile(p, partition) for p in files]
     return found
+
+
+def remote_partitions(out: Location, table: str) -> list[tuple[Location, tuple, list[str]]]:
+    """On object storage, from one listing of the table's prefix: (folder, partition, names of every data
+    file in it, live or not) per partition."""
+    by_folder: dict[str, list[str]] = {}
+    root = out / table
+    for info in root.files():
+        folder, _, name = root.relative(info.path).rpartition("/")
+        depth_ok = folder == "" if table == "errors" else folder.count("/") == 1 and all(
+            "=" in part for part in folder.split("/"))
+        if depth_ok and name.startswith(DATA_PREFIXES) and name.endswith(".parquet"):
+            by_folder.setdefault(folder, []).append(name)
+    return [(root / folder if folder else root,
+             tuple(tuple(part.split("=", 1)) for part in folder.split("/")) if folder else (), sorted(names))
+            for folder, names in sorted(by_folder.items())]
+
+
+def _remote_data_files(out: Location, table: str) -> list[DataFile]:
+    """On object storage: each partition's files, less those a complete set of compacted files absorbed
+    (and the members of a set not yet complete: see compaction.py)."""
+    return [DataFile(folder / n, partition) for folder, partition, names in remote_partitions(out, table)
+            for n in live_files(folder, names)]
+
+
+ABSORBED = "unravel.absorbed"     # a compacted file's footer: the files its set replaces (object storage)
+COMPACT_SET = "unravel.compact_set"   # "<set id>:<members>", the compacted files written together
+
+
+def compact_footers(folder: Location, names: list[str]) -> dict[str, tuple[str, int, list[str]]]:
+    """For each compacted file of a partition on object storage: (its set, the set's size, what it absorbs)."""
+    found = {}
+    for name in names:
+        if name.startswith("compact-"):
+            meta = read_metadata(folder / name).metadata or {}
+            set_id, _, size = meta.get(COMPACT_SET.encode(), b":1").decode().partition(":")
+            found[name] = (set_id, int(size or 1), json.loads(meta.get(ABSORBED.encode(), b"[]")))
+    return found
+
+
+def live_files(folder: Location, names: list[str]) -> list[str]:
+    """The files of a partition whose rows are data: every compacted file of a complete set, and every
+    other file no complete set absorbed (object storage has no rename, so a set declares what it replaces)."""
+    footers = compact_footers(folder, names)
+    members: dict[str, list[str]] = {}
+    for name, (set_id, _, _) in footers.items():
+        members.setdefault(set_id, []).append(name)
+    complete = {s for s, names_ in members.items() if len(names_) == footers[names_[0]][1]}
+    absorbed = {a for name, (set_id, _, gone) in footers.items() if set_id in complete for a in gone}
+    return [n for n in names if n not in absorbed and (n not in footers or footers[n][0] in complete)]
 
 
 def _inodes(folders: list[Path]) -> dict[Path, int]:
@@ -280,9 +367,11 @@ def dataset(out: str | Path, table: str):
     files = data_files(out, table)
     if not files:
         return None
-    return ds.FileSystemDataset.from_paths([os.path.abspath(f.path) for f in files], schema=read_schema(table),
-                                           format=ds.ParquetFileFormat(), filesystem=pafs.LocalFileSystem(),
-                                           partitions=[f.expression() for f in files])
+    out = where(out)
+    fs = out.fs if isinstance(out, Location) else pafs.LocalFileSystem()
+    paths = [f.path.path if isinstance(f.path, Location) else os.path.abspath(f.path) for f in files]
+    return ds.FileSystemDataset.from_paths(paths, schema=read_schema(table), format=ds.ParquetFileFormat(),
+                                           filesystem=fs, partitions=[f.expression() for f in files])
 
 
 def read_parts(out: str | Path, table: str, columns: list[str] | None = None) -> pd.DataFrame:
@@ -291,7 +380,7 @@ def read_parts(out: str | Path, table: str, columns: list[str] | None = None) ->
         return _read_parts(out, table, columns)
     except (OSError, pa.ArrowException) as e:
         check_parts(out, table)  # names the unreadable file
-        raise CorruptResult(f"{Path(out) / table}: cannot be read ({e})") from None
+        raise CorruptResult(f"{where(out) / table}: cannot be read ({e})") from None
 
 
 def check_parts(out: str | Path, table: str) -> None:
@@ -300,9 +389,9 @@ def check_parts(out: str | Path, table: str) -> None:
         _check_file(p)
 
 
-def _check_file(p: Path) -> None:
+def _check_file(p: "Path | Location") -> None:
     try:
-        pq.read_metadata(p)
+        read_metadata(p)
     except (OSError, pa.ArrowException) as e:
         raise CorruptResult(f"{p}: unreadable result file ({e}); delete it and rerun to recompute its "
                             f"units") from None
@@ -326,15 +415,17 @@ def _with_added_columns(table: str, data: pa.Table) -> pa.Table:
 
 def count_rows(out: str | Path, table: str) -> int:
     """The rows of a partitioned table, from its files' footers (no row read)."""
-    return sum(pq.read_metadata(f.path).num_rows for f in data_files(out, table))
+    return sum(read_metadata(f.path).num_rows for f in data_files(out, table))
 
 
-def read_files(table: str, files: list[Path]) -> pa.Table:
+def read_files(table: str, files: "list[Path | Location]") -> pa.Table:
     """The rows of some data files of one partition, in the table's current schema (without study and
     run_id, which stay in the folder names), for compaction to write as one."""
     import pyarrow.dataset as ds
     try:
-        data = ds.dataset([str(p) for p in files], schema=PART_SCHEMAS[table], format="parquet").to_table()
+        fs = files[0].fs if isinstance(files[0], Location) else None
+        data = ds.dataset([arrow_source(p)[0] for p in files], schema=PART_SCHEMAS[table], format="parquet",
+                          filesystem=fs).to_table()
     except (OSError, pa.ArrowException) as e:
         for p in files:
             _check_file(p)
@@ -342,13 +433,19 @@ def read_files(table: str, files: list[Path]) -> pa.Table:
     return _with_added_columns(table, data).replace_schema_metadata(_part_schema(table).metadata)
 
 
-def write_compacted(folder: Path, data: pa.Table, max_rows: int | None = None) -> list[Path]:
-    """``data`` as compacted files in ``folder`` (one, or one per ``max_rows`` rows), each written whole."""
+def write_compacted(folder: "Path | Location", data: pa.Table, max_rows: int | None = None,
+                    absorbed: list[str] | None = None) -> list:
+    """``data`` as compacted files in ``folder`` (one, or one per ``max_rows`` rows), each written whole.
+    On object storage each file's footer names its set and the files the set absorbs (``live_files``)."""
     step = max_rows or max(len(data), 1)
+    starts = range(0, max(len(data), 1), step)
+    footer = {} if absorbed is None else {ABSORBED: json.dumps(absorbed),
+                                          COMPACT_SET: f"{uuid.uuid4().hex}:{len(starts)}"}
     written = []
-    for start in range(0, max(len(data), 1), step):
+    for start in starts:
         path = folder / f"compact-{uuid.uuid4().hex[:16]}.parquet"
-        write_atomic(data.slice(start, step), path)
+        chunk = data.slice(start, step)
+        write_atomic(chunk.replace_schema_metadata({**(chunk.schema.metadata or {}), **footer}), path)
         written.append(path)
     return written
 
@@ -368,7 +465,7 @@ def done_keys(out: str | Path, table: str | None = None) -> set[str]:
     keys: set[str] = set()
     for p in (parts(out, table) if table else [p for t in STUDY_TABLES for p in parts(out, t)]):
         try:
-            keys.update(pq.read_table(p, columns=["unit_key"]).column(0).to_pylist())
+            keys.update(read_parquet(p, columns=["unit_key"]).column(0).to_pylist())
         except Exception as e:  # a corrupt part is never read as data
             raise CorruptResult(f"{p}: unreadable result file ({e}); delete it and rerun to recompute its units") from None
     return keys
@@ -379,7 +476,7 @@ class CorruptResult(RuntimeError):
 
 
 def table_path(out: str | Path, name: str) -> Path:
-    return Path(out) / f"{name}.parquet"
+    return where(out) / f"{name}.parquet"
 
 
 def _arrow(name: str, rows: list[dict] | pd.DataFrame) -> pa.Table:
@@ -407,9 +504,19 @@ def atomic_path(path: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
-def write_atomic(table: pa.Table, path: Path) -> None:
+def write_atomic(table: pa.Table, path: "Path | Location") -> None:
+    if isinstance(path, Location):  # one PUT: visible whole or not at all
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        path.write_bytes(sink.getvalue().to_pybytes())
+        return
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
+
+
+def write_file(path: "Path | Location", data: bytes) -> None:
+    """A file of OUT other than a table (a checkpoint, the report, a figure), written whole."""
+    (path if isinstance(path, Location) else Location.of(path)).write_bytes(data)
 
 
 def write_table(out: str | Path, name: str, rows: list[dict] | pd.DataFrame) -> Path:
@@ -436,13 +543,17 @@ def replace_runs(out: str | Path, rows: list[dict]) -> pd.DataFrame:
 
 def relative(out: str | Path, path: str | Path) -> str:
     """A path inside OUT as stored in a table: relative to OUT, so the folder can be moved or copied."""
+    out = where(out)
+    if isinstance(out, Location):
+        inside = path.path if isinstance(path, Location) else str(path)
+        return out.relative(inside)
     path, root = Path(path).resolve(), Path(out).resolve()
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 def located(out: str | Path, stored: str) -> Path:
     """A stored path (relative to OUT; absolute in tables written before 0.2) as a path to open."""
-    return Path(out) / stored
+    return where(out) / stored
 
 
 def read_table(out: str | Path, name: str) -> pd.DataFrame:
@@ -450,7 +561,7 @@ def read_table(out: str | Path, name: str) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame({f.name: pd.Series(dtype=f.type.to_pandas_dtype()) for f in SCHEMAS[name]})
     try:
-        return pq.read_table(path).to_pandas()
+        return read_parquet(path).to_pandas()
     except (OSError, pa.ArrowException) as e:
         raise CorruptResult(f"{path}: unreadable table ({e}); rerun the command that writes it "
                             f"(unravel train or run for runs and epochs)") from None
@@ -465,13 +576,13 @@ def prune(out: str | Path, run_ids: set[str], unit_keys: set[str]) -> dict[str, 
     for table in PART_SCHEMAS:
         count = 0
         for part in parts(out, table):
-            data = pq.read_table(part)  # hive columns stay in the folder names, not in the file
+            data = read_parquet(part)  # hive columns stay in the folder names, not in the file
             keep = pa.array([k in unit_keys for k in data.column("unit_key").to_pylist()])
             dropped = len(keep) - sum(keep.to_pylist())
             if not dropped:
                 continue
             if dropped == len(keep):
-                part.unlink()
+                part.delete() if isinstance(part, Location) else part.unlink()
             else:
                 write_atomic(data.filter(keep), part)
             count += dropped
@@ -487,7 +598,9 @@ def prune(out: str | Path, run_ids: set[str], unit_keys: set[str]) -> dict[str, 
 
 def remove_temporaries(out: str | Path) -> int:
     """Delete the temporary files a killed writer left behind (never read: they are not parts)."""
-    out = Path(out)
+    out = where(out)
+    if isinstance(out, Location):
+        return 0  # object storage: an upload cut short leaves no object
     stale = [p for folder in (*PART_SCHEMAS, IMPORTED) if (out / folder).exists()
              for p in (out / folder).rglob(".*.tmp")] + list(out.glob(".*.tmp"))
     for p in stale:
@@ -502,8 +615,13 @@ class OutputBusy(RuntimeError):
 @contextmanager
 def writer_lock(out: str | Path) -> Iterator[None]:
     """Hold ``<out>/.unravel.lock`` (flock) while writing: a second writer of the same folder is
-    refused at once instead of racing the first. The lock goes with the process, even on SIGKILL."""
-    out = Path(out)
+    refused at once instead of racing the first. The lock goes with the process, even on SIGKILL.
+    On object storage the lock is a lease object (``_lease``)."""
+    out = where(out)
+    if isinstance(out, Location):
+        with _lease(out):
+            yield
+        return
     out.mkdir(parents=True, exist_ok=True)
     with open(out / LOCK_FILE, "a+") as f:
         try:
@@ -525,10 +643,90 @@ def writer_lock(out: str | Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+LEASE_S = 60.0          # a lease not renewed for this long is lapsed (its writer is gone)
+LEASE_SETTLE_S = 0.5    # between writing a lease and reading it back: a writer racing ours has written by then
+
+
+def _holder(lease: dict) -> str:
+    return f"pid {lease.get('pid')} on {lease.get('host')}"
+
+
+def _read_lease(lock: Location) -> dict | None:
+    try:
+        return json.loads(lock.read_bytes())
+    except FileNotFoundError:
+        return None
+    except ValueError:  # a torn or foreign file: treated as no lease
+        return None
+
+
+def _lapsed(lease: dict) -> bool:
+    """Expired, or held by a process of this machine that is gone (a killed driver, rerun at once)."""
+    if lease.get("expires", 0) < time.time():
+        return True
+    if lease.get("host") == os.uname().nodename:
+        try:
+            os.kill(int(lease["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except (OSError, KeyError, ValueError):
+            return False
+    return False
+
+
+@contextmanager
+def _lease(out: Location) -> Iterator[None]:
+    """OUT's writer lock on object storage: a lease object with an owner and an expiry, renewed while
+    the command runs and deleted at its end. Taking it is write, wait, read back: of two writers that
+    both found it free, the one whose lease is read back holds it; the other is refused."""
+    import threading
+    lock = out / LOCK_FILE
+    held = _read_lease(lock)
+    if held is not None and not _lapsed(held):
+        raise OutputBusy(f"{out} is being written by another unravel process ({_holder(held)}, lease until "
+                         f"{time.strftime('%H:%M:%S', time.localtime(held['expires']))}); wait for it to finish "
+                         f"or choose another --out")
+    mine = {"pid": os.getpid(), "host": os.uname().nodename, "token": uuid.uuid4().hex}
+
+    def renew() -> None:
+        lock.write_bytes(json.dumps({**mine, "expires": time.time() + LEASE_S}).encode())
+
+    renew()
+    time.sleep(LEASE_SETTLE_S)
+    now = _read_lease(lock) or {}
+    if now.get("token") != mine["token"]:
+        raise OutputBusy(f"{out} is being written by another unravel process ({_holder(now)}); wait for it "
+                         f"to finish or choose another --out")
+    stop = threading.Event()
+
+    def keep() -> None:
+        while not stop.wait(LEASE_S / 4):
+            try:
+                renew()
+            except Exception:  # a blip: the next renewal tries again well before the lease lapses
+                pass
+
+    keeper = threading.Thread(target=keep, name="unravel-lease", daemon=True)
+    keeper.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        keeper.join()
+        if (_read_lease(lock) or {}).get("token") == mine["token"]:
+            lock.delete()
+
+
 def discard_if_unused(out: str | Path) -> None:
     """Remove an OUT that a command made, then met bad input in, if it holds nothing but the lock
     and the spec the command recorded."""
-    out = Path(out)
+    out = where(out)
+    if isinstance(out, Location):
+        names = {PurePosixPath(i.path).name for i in out.children()}
+        if names <= {LOCK_FILE, SPEC_FILE}:
+            (out / SPEC_FILE).delete()
+        (out / LOCK_FILE).delete()
+        return
     try:
         if not any(p.name not in (LOCK_FILE, SPEC_FILE) for p in out.iterdir()):
             (out / SPEC_FILE).unlink(missing_ok=True)
@@ -543,13 +741,12 @@ def discard_if_unused(out: str | Path) -> None:
 def save_spec(out: str | Path, raw: dict, path: str = "") -> None:
     """Keep the spec beside its results, so `unravel status OUT` and the report know what was asked."""
     text = json.dumps({"path": path, "spec": raw}, indent=1, sort_keys=True)
-    with atomic_path(Path(out) / SPEC_FILE) as tmp:
-        tmp.write_text(text)
+    write_file(where(out) / SPEC_FILE, text.encode())
 
 
 def read_spec(out: str | Path) -> dict | None:
     """The spec document that made OUT (None if OUT holds none)."""
-    path = Path(out) / SPEC_FILE
+    path = where(out) / SPEC_FILE
     if not path.exists():
         return None
     try:
@@ -559,12 +756,13 @@ def read_spec(out: str | Path) -> dict | None:
 
 
 def imported_checkpoint(out: str | Path, run_id: str) -> Path:
-    return Path(out) / IMPORTED / run_id / "model.pt"
+    return where(out) / IMPORTED / run_id / "model.pt"
 
 
-def tune_dir(out: str | Path, experiment: str) -> Path:
+def tune_dir(out: str | Path, experiment: str) -> "Path | Location":
     """Where Ray Tune keeps an experiment's state (absolute: Tune resolves paths itself)."""
-    return Path(out).resolve() / TUNE / experiment
+    out = where(out)
+    return out / TUNE / experiment if isinstance(out, Location) else out.resolve() / TUNE / experiment
 
 
 def has_results(out: str | Path, run_id: str) -> bool:

@@ -48,7 +48,7 @@ def pending_units(spec: ExperimentSpec, out: Path) -> tuple[list[Unit], list[Uni
 
 def run_studies(spec: ExperimentSpec, out: str | Path, progress: bool = True) -> SweepOutcome:
     """Compute every unit of the spec not yet in OUT, writing each finished batch as it comes."""
-    out = Path(out)
+    out = store.where(out)
     started = time.perf_counter()
     runs = store.read_table(out, "runs")
     units, todo = pending_units(spec, out)

@@ -11,11 +11,12 @@ cannot. The driver then writes the ``runs`` and ``epochs`` tables from the final
 """
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 from ray import tune
@@ -28,6 +29,8 @@ from workloads.train.loop import Trainer
 
 from . import faults, interrupts, store
 from .cluster import quiet_tune
+from .data_cache import local_root
+from .location import Location
 from .spec import ExperimentSpec, Trial
 
 STATE_FILE = "state.pt"     # the whole training state, to resume
@@ -39,16 +42,15 @@ def train_trial(config: dict) -> None:
     trial = Trial.from_dict(config["run"]["trial"])
     set_threads(max(1, int(config.get("cpu", 1))))
     use_gpu = config.get("gpu", 0) > 0 and torch.cuda.is_available()
-    data = load_dataset(config["dataset"], config["data_root"], config["download"])
+    data = load_dataset(config["dataset"], local_root(config["data_root"]), config["download"])
     trainer = Trainer(trial.net_config, trial.train_config, data, "cuda" if use_gpu else "cpu")
     checkpoint = tune.get_checkpoint()  # this attempt's own, after a failure Tune retried
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             trainer.load_state_dict(torch.load(Path(d) / STATE_FILE, map_location=trainer.device,
                                                weights_only=True))
-    elif config["run"]["resume_from"]:  # an earlier attempt's newest state of this run
-        trainer.load_state_dict(torch.load(config["run"]["resume_from"], map_location=trainer.device,
-                                           weights_only=True))
+    elif config["run"]["resume_from"]:  # an earlier attempt's newest state of this run (a path or a URI)
+        trainer.load_state_dict(_load(Location.of(config["run"]["resume_from"]), trainer.device))
     total = trial.train_config.iterations
     every = trial.train_config.checkpoint_every
 
@@ -110,28 +112,41 @@ class TrainingOutcome:
     seconds: float
 
 
-def _params(trial_dir: Path) -> dict | None:
+def _load(path: Location, device="cpu") -> dict:
+    """A checkpoint file of the Tune state (on local disk or object storage)."""
+    return torch.load(io.BytesIO(path.read_bytes()), map_location=device, weights_only=True)
+
+
+def _params(trial_dir: Location) -> dict | None:
     try:
         return json.loads((trial_dir / "params.json").read_text())
     except (OSError, ValueError):
         return None
 
 
-def earlier_checkpoints(tune_root: Path) -> dict[str, Path]:
+def earlier_checkpoints(tune_root: "Path | Location") -> dict[str, Location]:
     """The newest checkpoint folder of each run id over every earlier attempt (by the state's
-    iteration count: a later attempt may hold an older state than the one it resumed from)."""
-    newest: dict[str, tuple[int, Path]] = {}
-    for trial_dir in sorted(tune_root.glob("attempt-*/*/")):
-        params = _params(trial_dir)
+    iteration count: a later attempt may hold an older state than the one it resumed from), from one
+    listing of the Tune state."""
+    root = Location.of(tune_root)
+    trials: dict[str, list[str]] = {}   # attempt-N/<trial> -> its checkpoint folders holding a state
+    for info in root.files():
+        parts = root.relative(info.path).split("/")
+        if len(parts) >= 3 and parts[0].startswith("attempt-"):
+            trial = trials.setdefault("/".join(parts[:2]), [])
+            if len(parts) == 4 and parts[2].startswith("checkpoint_") and parts[3] == STATE_FILE:
+                trial.append(parts[2])
+    newest: dict[str, tuple[int, Location]] = {}
+    for trial, checkpoints in sorted(trials.items()):
+        params = _params(root / trial)
         try:
             run_id = params["run"]["trial"]["run_id"]
         except (TypeError, KeyError):
             continue
-        for folder in trial_dir.glob("checkpoint_*"):
-            if not (folder / STATE_FILE).exists():
-                continue
+        for name in checkpoints:
+            folder = root / trial / name
             try:
-                iteration = int(torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)["iteration"])
+                iteration = int(_load(folder / STATE_FILE)["iteration"])
             except Exception:  # noqa: BLE001 - a damaged state is never resumed from
                 continue
             if run_id not in newest or iteration > newest[run_id][0]:
@@ -139,8 +154,9 @@ def earlier_checkpoints(tune_root: Path) -> dict[str, Path]:
     return {run_id: folder for run_id, (_, folder) in newest.items()}
 
 
-def _next_attempt(tune_root: Path) -> str:
-    numbers = [int(p.name.split("-", 1)[1]) for p in tune_root.glob("attempt-*") if p.name.split("-", 1)[1].isdigit()]
+def _next_attempt(tune_root: "Path | Location") -> str:
+    names = [PurePosixPath(i.path).name for i in Location.of(tune_root).children()]
+    numbers = [int(n.split("-", 1)[1]) for n in names if n.startswith("attempt-") and n.split("-", 1)[1].isdigit()]
     return f"attempt-{max(numbers, default=0) + 1}"
 
 
@@ -148,7 +164,7 @@ def run_training(spec: ExperimentSpec, out: str | Path, progress: bool = True) -
     """Train the spec's trials not yet finished in OUT (continuing interrupted ones) and write the
     runs, epochs and training_errors tables; finished runs are kept as they are."""
     quiet_tune()
-    out = Path(out)
+    out = store.where(out)
     started = time.perf_counter()
     recorded = set(store.read_table(out, "runs")["run_id"])
     pending = [t for t in spec.training.trials if t.run_id not in recorded]
@@ -164,8 +180,8 @@ def run_training(spec: ExperimentSpec, out: str | Path, progress: bool = True) -
     return outcome
 
 
-def _fit(spec: ExperimentSpec, trials: list[Trial], found: dict[str, Path], tune_root: Path,
-         progress: bool) -> list[tuple[Trial, Path | None, str | None]]:
+def _fit(spec: ExperimentSpec, trials: list[Trial], found: dict[str, Location], tune_root: "Path | Location",
+         progress: bool) -> list[tuple[Trial, Location | None, str | None]]:
     """One new Tune experiment over ``trials``: (trial, final checkpoint folder or None, error)."""
     resources = spec.training.resources
     trainable = tune.with_resources(train_trial, {"cpu": resources.cpu, "gpu": resources.gpu})
@@ -174,12 +190,15 @@ def _fit(spec: ExperimentSpec, trials: list[Trial], found: dict[str, Path], tune
     configs = [{"trial": t.to_dict(), "resume_from": str(found[t.run_id] / STATE_FILE) if t.run_id in found else ""}
                for t in trials]
     bar = _Progress(len(trials)) if progress else None
+    root = Location.of(tune_root)
+    storage = {"storage_path": str(tune_root)} if root.local else {"storage_path": root.path,
+                                                                   "storage_filesystem": root.fs}
     tuner = tune.Tuner(
         trainable,
         param_space={**common, "run": tune.grid_search(configs)},
         tune_config=tune.TuneConfig(reuse_actors=False),
         run_config=tune.RunConfig(
-            name=_next_attempt(tune_root), storage_path=str(tune_root), verbose=0, callbacks=[bar] if bar else [],
+            name=_next_attempt(tune_root), **storage, verbose=0, callbacks=[bar] if bar else [],
             failure_config=tune.FailureConfig(max_failures=spec.training.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
@@ -194,7 +213,7 @@ def _fit(spec: ExperimentSpec, trials: list[Trial], found: dict[str, Path], tune
     results = []
     for result in grid:
         trial = by_id[result.config["run"]["trial"]["run_id"]]
-        folder = Path(result.checkpoint.path) if result.checkpoint is not None else None
+        folder = root / root.relative(result.checkpoint.path) if result.checkpoint is not None else None
         if folder is None or not (folder / MODEL_FILE).exists():
             results.append((trial, None, str(result.error or "no final checkpoint")))
         else:
@@ -202,7 +221,7 @@ def _fit(spec: ExperimentSpec, trials: list[Trial], found: dict[str, Path], tune
     return results
 
 
-def _collect(spec: ExperimentSpec, out: Path, results: list, seconds: float) -> TrainingOutcome:
+def _collect(spec: ExperimentSpec, out: "Path | Location", results: list, seconds: float) -> TrainingOutcome:
     """The tables, with this command's runs added to those already there (never replacing others')."""
     runs, epochs, failed = [], [], {}
     for trial, folder, error in results:
@@ -210,12 +229,13 @@ def _collect(spec: ExperimentSpec, out: Path, results: list, seconds: float) -> 
             if not interrupts.received():  # a trial a signal stopped is no failure: the rerun continues it
                 failed[trial.run_id] = error
             continue
-        final = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
+        final = _load(folder / MODEL_FILE)
         shape = skeleton(trial.net_config)  # counted on the meta device: no weights are made
         runs.append(store.run_row(
             trial, dataset=final["dataset"], iterations=int(final["iterations"]), epochs=len(final["history"]),
             test_error=float(final["test_error"]), test_loss=float(final["test_loss"]), num_blocks=shape.num_blocks,
-            parameters=sum(p.numel() for p in shape.parameters()), checkpoint=store.relative(out, folder / MODEL_FILE),
+            parameters=sum(p.numel() for p in shape.parameters()),
+            checkpoint=store.relative(out, _in_out(folder / MODEL_FILE)),
             train_seconds=float(final["train_seconds"])))
         epochs += store.epoch_rows(trial.run_id, final["history"])
     all_runs = store.replace_runs(out, runs)
@@ -225,3 +245,8 @@ def _collect(spec: ExperimentSpec, out: Path, results: list, seconds: float) -> 
                        attempted)
     wanted = {t.run_id for t in spec.training.trials}
     return TrainingOutcome(all_runs[all_runs["run_id"].isin(wanted)].reset_index(drop=True), failed, seconds)
+
+
+def _in_out(path: Location) -> "Path | Location":
+    """A file of the Tune state as the store names files of OUT (a Path on local disk)."""
+    return Path(path.path) if path.local else path

@@ -1,11 +1,49 @@
 """Shared fixtures: tiny networks with non-trivial BatchNorm statistics, and tiny data."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
 
 from workloads.models import build_network
+
+
+# object storage in tests is a local S3-compatible server (``s3_server``): fake credentials, set before any
+# Ray starts so its workers inherit them, and no instance-metadata lookup (no traffic beyond loopback)
+os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                  AWS_EC2_METADATA_DISABLED="true")
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 (a free port), for the session: its endpoint URL."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_server, request):
+    """A new bucket on the local S3 server; returns a function naming a URI in it, with the endpoint in
+    its query as a user would write it."""
+    import uuid
+
+    import pyarrow.fs as pafs
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    endpoint = s3_server.removeprefix("http://")
+    pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", allow_bucket_creation=True).create_dir(name)
+
+    def uri(prefix: str = "exp", bucket_name: str = name) -> str:
+        return f"s3://{bucket_name}/{prefix}?endpoint_override={endpoint}&scheme=http"
+    return uri
 
 
 def randomise_bn(net: nn.Module, seed: int = 0) -> nn.Module:

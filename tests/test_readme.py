@@ -19,6 +19,7 @@ import shlex
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.fs as pafs
 import pytest
 import torch
 import yaml
@@ -37,6 +38,7 @@ SUBSTITUTIONS = [
     ("results/digits", "{results}"),                       # what `make demo` writes: the tiny demo's folder
     ("for seed in range(100)]", "for seed in range(2)]"),  # F5a / F5b: 100 draws per k
     ("for seed in range(10)])", "for seed in range(2)])"),  # F6b: 10 draws per path length
+    ("s3://YOUR-BUCKET/unravel/digits", "{s3_results}"),   # the demo's folder copied to the local S3 server
 ]
 # names the README's Python leaves to the reader (their data, their checkpoint), made here
 PROVIDED = ("path", "test_images", "test_labels", "batch_images", "batch_labels")
@@ -61,9 +63,9 @@ def fenced_blocks(language: str) -> list[str]:
             if m.group(1) == language]
 
 
-def substituted(text: str, results: Path) -> str:
+def substituted(text: str, results: Path, s3_results: str = "") -> str:
     for original, tiny in SUBSTITUTIONS:
-        text = text.replace(original, tiny.format(results=results))
+        text = text.replace(original, tiny.format(results=results, s3_results=s3_results))
     return text
 
 
@@ -182,11 +184,14 @@ def provided(tmp_path: Path) -> dict:
     return names
 
 
-def test_python_blocks_run_in_order(demo, tmp_path):
+def test_python_blocks_run_in_order(demo, tmp_path, bucket):
     out, spec, _ = demo
     namespace = provided(tmp_path)
+    s3_results = bucket("unravel/digits")
+    s3, prefix = pafs.FileSystem.from_uri(s3_results)
+    pafs.copy_files(str(out), prefix, destination_filesystem=s3)  # the demo's folder, as if run with --out s3://...
     with single_thread():  # the surgery block's ResNet-110 on 8x8 images: tiny ops (registry_cases.single_thread)
-        values = [run_block(substituted(code, out), namespace, f"README python block {i}")
+        values = [run_block(substituted(code, out, s3_results), namespace, f"README python block {i}")
                   for i, code in enumerate(fenced_blocks("python"))]
     assert len(values) >= 4
     # results: the demo's tables, read the README's three ways
@@ -201,6 +206,7 @@ def test_python_blocks_run_in_order(demo, tmp_path):
     assert len(namespace["results"]) == len(namespace["plans"]) == 54 + 20 * 2 + 27 * 2
     assert all(r.examples == 16 for r in namespace["results"])
     assert len(namespace["grads"]) == 54 * 2
+    assert namespace["on_s3"].count_rows() == len(namespace["lesion"])
     assert len(namespace["gates"]) == 54 and all(g.examples == 16 and g.branch_weight == 1.0 for g in namespace["gates"])
 
 

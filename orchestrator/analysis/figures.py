@@ -11,6 +11,7 @@ them -- and, when the experiment has several seeds, one marker per seed.
 from __future__ import annotations
 
 import functools
+import io
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,12 +85,15 @@ def drawable(text: str, fonts: list[str] | None = None) -> str:
     return out
 
 
-def _save(fig: Figure, folder: Path, name: str) -> str:
-    folder.mkdir(parents=True, exist_ok=True)
+def _save(fig: Figure, folder, name: str) -> str:
+    """The figure as PNG and PDF in ``folder`` (of OUT: a local folder or object storage), each written whole."""
+    from .. import store
     for text in fig.findobj(Text):
         text.set_text(drawable(text.get_text()))
     for ext in ("png", "pdf"):
-        fig.savefig(folder / f"{name}.{ext}")
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=ext)
+        store.write_file(folder / f"{name}.{ext}", buffer.getvalue())
     return f"{name}.png"
 
 

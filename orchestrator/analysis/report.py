@@ -151,14 +151,15 @@ def figures_section(figures: dict[str, str]) -> list[str]:
 
 def write_report(out: str | Path) -> Path:
     """report.md and report.html in OUT, the sections in order (each function returns its Markdown lines)."""
-    out = Path(out)
+    from .. import store
+    out = store.where(out)
     results = Results.load(out)
     figures = all_figures(results, out / "figures")
     md = "\n".join(header(results) + what_was_run(results) + claims_section(all_claims(results))
                    + critical_blocks_section(results) + t1_section(results)
                    + im_section(results) + h_section(results) + figures_section(figures))
-    (out / "report.md").write_text(md)
-    (out / "report.html").write_text(markdown_to_html(md))
+    store.write_file(out / "report.md", md.encode())
+    store.write_file(out / "report.html", markdown_to_html(md).encode())
     return out / "report.md"
 
 

@@ -87,7 +87,7 @@ class Results:
     def load(cls, out: str | Path) -> "Results":
         """OUT's tables, restricted to the rows the current spec (spec.json) asks for: rows of earlier
         settings stay on disk (``unravel prune`` removes them) and are counted in ``stale``."""
-        out = Path(out)
+        out = store.where(out)
         raw = store.read_spec(out) or {}
         tables = {name: store.read_table(out, name) for name in ("runs", "epochs")}
         tables.update({name: store.read_parts(out, name) for name in (*store.STUDY_TABLES, "errors")})

@@ -1,0 +1,266 @@
+"""An experiment on object storage (a local S3-compatible server: moto's, on 127.0.0.1) behaves as one in a
+local folder: the store's parts, listing, resume index, compaction killed at each step, prune and writer
+lock, run against both; then the real CLI with `--out s3://...`: a sweep with Tune's state on the bucket,
+a driver SIGKILLed mid-sweep and rerun, a second writer refused, query/status/figures from the URI, and
+bad URIs refused in one line with nothing written."""
+import json
+import os
+import signal
+import time
+
+import pyarrow.fs as pafs
+import pytest
+from click.testing import CliRunner
+
+from orchestrator import compaction, current, store
+from orchestrator.cli import main
+from orchestrator.location import Location
+from orchestrator.spec import parse_spec
+from orchestrator.units import expand
+from sweep_cases import BASE
+from test_compaction import Killed, SPEC, kill_at, queried, rows, write_sweep
+from test_faults import cli, write_spec
+
+
+@pytest.fixture(params=["folder", "s3"])
+def place(request, tmp_path):
+    """OUT as a local folder, or as a URI on the local S3 server."""
+    if request.param == "folder":
+        return tmp_path / "out"
+    return store.where(request.getfixturevalue("bucket")("out"))
+
+
+def snapshot(out) -> tuple:
+    return rows(out), store.done_keys(out), current.status(SPEC, out), queried(out)
+
+
+def objects(uri: str) -> list[str]:
+    """Every object below a URI, relative to it."""
+    where = Location.of(uri)
+    return sorted(where.relative(i.path) for i in where.files())
+
+
+def test_parts_are_listed_read_and_resumed_alike(place):
+    write_sweep(place)
+    before = snapshot(place)
+    assert all(r["done"] == r["units"] for r in before[2])
+    assert {u.key for u in expand(SPEC)} <= before[1]
+    folder = store.where(place)
+    assert isinstance(folder, Location) == (not hasattr(folder, "mkdir"))
+    assert len(before[0]["lesion"]) == len([u for u in expand(SPEC) if u.study != "gradients"])
+
+
+@pytest.mark.parametrize("point", ["compact_staged", "compact_swapped"])
+def test_compaction_killed_at_each_step_then_rerun(place, monkeypatch, point):
+    write_sweep(place)
+    before = snapshot(place)
+    kill_at(monkeypatch, point, 2)
+    with pytest.raises(Killed):
+        compaction.compact(place)
+    assert snapshot(place) == before  # every row once, in the state the kill left
+    monkeypatch.undo()
+    result = CliRunner().invoke(main, ["compact", str(place)])
+    assert result.exit_code == 0, result.output
+    assert snapshot(place) == before and not compaction.pending(place)
+    partitions = [f.partition for t in store.STUDY_TABLES for f in store.data_files(place, t)]
+    assert len(partitions) == len(set(partitions))  # one file per study and run
+
+
+def test_an_incomplete_set_of_compacted_files_is_never_read_and_is_removed(bucket, monkeypatch):
+    """Compaction into several files (--max-rows) killed after the first: its rows are not read, the parts are."""
+    place = store.where(bucket())
+    write_sweep(place)
+    before = snapshot(place)
+    kill_at(monkeypatch, "kill_before_rename", 2)  # the second compacted file's PUT never happens
+    with pytest.raises(Killed):
+        compaction.compact(place, max_rows=2)
+    monkeypatch.undo()
+    assert snapshot(place) == before
+    assert any(n.endswith(".parquet") and "compact-" in n for n in objects(bucket()))
+    compaction.settle(place)
+    assert snapshot(place) == before and not any("compact-" in n for n in objects(bucket()))
+    compaction.compact(place, max_rows=2)
+    assert snapshot(place) == before and not compaction.pending(place)
+
+
+def test_prune_rewrites_and_deletes_parts_alike(place):
+    write_sweep(place)
+    keep = {u.key for u in expand(SPEC) if u.study == "single_deletion"}
+    removed = store.prune(place, {t.run_id for t in SPEC.training.trials}, keep)
+    assert removed["lesion"] > 0 and set(store.done_keys(place)) == keep
+
+
+def test_a_second_writer_is_refused_and_a_dead_writers_lease_is_taken_over(place):
+    with store.writer_lock(place):
+        with pytest.raises(store.OutputBusy, match="being written by another unravel process"):
+            with store.writer_lock(place):
+                pass
+    with store.writer_lock(place):  # released: taken again
+        pass
+    if isinstance(store.where(place), Location):
+        lock = store.where(place) / store.LOCK_FILE
+        gone = {"pid": 2 ** 22 + 7, "host": os.uname().nodename, "token": "x", "expires": time.time() + 600}
+        lock.write_bytes(json.dumps(gone).encode())  # a driver of this machine, SIGKILLed: its pid is gone
+        with store.writer_lock(place):
+            pass
+        elsewhere = {**gone, "host": "another-node"}
+        lock.write_bytes(json.dumps(elsewhere).encode())  # alive as far as this machine can tell
+        with pytest.raises(store.OutputBusy, match="another-node"):
+            with store.writer_lock(place):
+                pass
+        lock.write_bytes(json.dumps({**elsewhere, "expires": time.time() - 1}).encode())  # lapsed
+        with store.writer_lock(place):
+            pass
+        assert not lock.exists()
+
+
+# -- the CLI, on the bucket -----------------------------------------------------------------------------
+
+RAW = {**BASE, "training": {**BASE["training"], "iterations": 10},   # small: a sweep long enough to be killed in
+       "studies": {"test_examples": 60, "single_deletion": {}, "random_deletion": {"k_max": 2, "draws": 2},
+                   "gradients": {"draws": 1, "batch_size": 8}, "plans_per_batch": 1, "evaluators": {"count": 1, "cpu": 1}}}
+TOTAL = len(expand(parse_spec(RAW)))
+LESION = len([u for u in expand(parse_spec(RAW)) if u.study != "gradients"])   # rows of the lesion table
+
+
+def unit_keys(uri: str) -> list[str]:
+    return store.read_parts(uri, "lesion")["unit_key"].tolist() + store.read_parts(uri, "gradients")["unit_key"].tolist()
+
+
+@pytest.mark.slow
+def test_a_sweep_to_s3_killed_rerun_then_read_from_the_uri(bucket, ray_session, tmp_path, monkeypatch):
+    """`unravel run --out s3://...`: the driver SIGKILLed mid-sweep, rerun (every unit exactly once, Tune's
+    state and the runs on the bucket), rerun again (nothing computed), then status, query, figures and
+    compact from the URI, and pyarrow and DuckDB reading it; nothing of it on local disk."""
+    monkeypatch.chdir(tmp_path)  # the default results/ would land here: nothing may
+    spec, uri = write_spec(tmp_path, RAW), bucket("sweeps/first")
+    proc = cli("run", str(spec), "--out", uri, "--address", ray_session)
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline and len(store.data_files(uri, "lesion")) < 3:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    written = unit_keys(uri)
+    assert 0 < len(written) == len(set(written)) < TOTAL
+    assert store.LOCK_FILE in objects(uri)  # the killed driver's lease: its pid is gone, so it is taken over
+
+    result = CliRunner().invoke(main, ["run", str(spec), "--out", uri, "--address", ray_session])
+    assert result.exit_code == 0, result.output
+    assert f"{len(written)} already written, {TOTAL - len(written)} computed, 0 failed" in result.output
+    assert len(unit_keys(uri)) == len(set(unit_keys(uri))) == TOTAL
+    names = objects(uri)
+    for expected in ("spec.json", "runs.parquet", "epochs.parquet", "report.md", "report.html",
+                     "figures/f3_single_deletion.png", "figures/f5a_random_deletion.pdf"):
+        assert expected in names, names
+    assert any(n.startswith("tune/studies/attempt-") and n.endswith("/model.pt") for n in names)
+    assert store.LOCK_FILE not in names
+    assert sorted(os.listdir(tmp_path)) == ["spec.yaml"]  # nothing of the experiment on local disk
+    runs = store.read_table(uri, "runs")
+    assert len(runs) == 2 and all(c.startswith("tune/") for c in runs["checkpoint"])  # relative, as in a folder
+
+    again = CliRunner().invoke(main, ["run", str(spec), "--out", uri, "--address", ray_session])
+    assert again.exit_code == 0 and f"{TOTAL} already written, 0 computed" in again.output, again.output
+
+    status = CliRunner().invoke(main, ["status", uri, "--format", "json"])
+    assert status.exit_code == 0, status.output
+    doc = json.loads(status.output)
+    assert doc["units"]["done"] == TOTAL and doc["trials"]["finished"] == 2
+    query = CliRunner().invoke(main, ["query", uri, "select count(*) as n from lesion", "--format", "json"])
+    assert query.exit_code == 0 and json.loads(query.output) == [{"n": LESION}], query.output
+    report = Location.of(uri) / "report.md"
+    report.delete()
+    figures = CliRunner().invoke(main, ["figures", uri])
+    assert figures.exit_code == 0 and report.exists(), figures.output
+    compacted = CliRunner().invoke(main, ["compact", uri])
+    assert compacted.exit_code == 0 and "compacted" in compacted.output, compacted.output
+    assert len(unit_keys(uri)) == len(set(unit_keys(uri))) == TOTAL
+
+    # pyarrow and DuckDB read the results from the URI as users would
+    import duckdb
+    import pyarrow.dataset as ds
+    fs, path = pafs.FileSystem.from_uri(uri)
+    lesion = ds.dataset(f"{path}/lesion", filesystem=fs, format="parquet", partitioning="hive").to_table()
+    assert lesion.num_rows == LESION
+    assert duckdb.sql("select count(*) from lesion").fetchall() == [(LESION,)]
+
+
+def test_a_second_writer_of_the_same_uri_is_refused_in_one_line(bucket, tmp_path):
+    uri = bucket()
+    write_sweep(store.where(uri))
+    with store.writer_lock(uri):
+        result = CliRunner().invoke(main, ["prune", uri])
+    assert result.exit_code == 2 and "is being written by another unravel process" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command, case", [("run", "scheme"), ("run", "bucket"), ("run", "endpoint"),
+                                           ("status", "bucket"), ("query", "scheme")])
+def test_a_bad_uri_is_one_line_exit_2_and_nothing_written(case, command, bucket, s3_server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = write_spec(tmp_path, BASE)
+    uri = {"scheme": "nosuchscheme://bucket/exp",
+           "bucket": bucket("exp", bucket_name="no-such-bucket-here"),
+           "endpoint": "s3://b/exp?endpoint_override=127.0.0.1:9&scheme=http"}[case]
+    args = {"run": ["run", str(spec), "--out", uri], "status": ["status", uri], "query": ["query", uri, "select 1"]}[command]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and uri.split("?")[0] in lines[0], result.output
+    expected = {"scheme": "unknown scheme", "bucket": "does not exist", "endpoint": "127.0.0.1:9"}[case]
+    assert expected in lines[0]
+    assert sorted(os.listdir(tmp_path)) == ["spec.yaml"]
+    assert objects(bucket("")) == []  # the test's own bucket: untouched
+
+
+def test_a_data_root_on_s3_is_copied_once_per_node_and_again_when_it_changes(fake_cifar, bucket, tmp_path,
+                                                                            monkeypatch):
+    from orchestrator import data_cache
+    from orchestrator.preflight import check_inputs
+    from workloads.data import load_dataset
+    monkeypatch.setenv("UNRAVEL_CACHE", str(tmp_path / "cache"))
+    root = bucket("cifar10")
+    s3, prefix = pafs.FileSystem.from_uri(root)
+    pafs.copy_files(str(fake_cifar / "cifar-10-batches-py"), f"{prefix}/cifar-10-batches-py", destination_filesystem=s3)
+    check_inputs(parse_spec({**BASE, "data": {"dataset": "cifar10", "root": root}}))  # the preflight sees it
+    local = data_cache.local_root(root)
+    assert local.startswith(str(tmp_path / "cache")) and load_dataset("cifar10", local).test_size() == 10
+    stamp = os.stat(os.path.join(local, "cifar-10-batches-py", "test_batch")).st_mtime_ns
+    assert data_cache.local_root(root) == local  # the node's copy, not copied again
+    assert os.stat(os.path.join(local, "cifar-10-batches-py", "test_batch")).st_mtime_ns == stamp
+    (Location.of(root) / "cifar-10-batches-py" / "readme.html").write_bytes(b"changed")
+    assert os.path.exists(os.path.join(data_cache.local_root(root), "cifar-10-batches-py", "readme.html"))
+    with pytest.raises(Exception, match="data.root: nothing under"):
+        check_inputs(parse_spec({**BASE, "data": {"dataset": "cifar10", "root": bucket("elsewhere")}}))
+
+
+@pytest.mark.slow
+def test_a_multi_node_sweep_writes_only_to_the_bucket(bucket, tmp_path):
+    """Nodes with their own temporary folders and a driver in an empty folder: after `unravel run` to the
+    bucket, the experiment is all on the bucket, and on local disk there is nothing of it but Ray's caches."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    small = {**BASE, "training": {**BASE["training"], "iterations": 10},
+             "studies": {"test_examples": 60, "single_deletion": {}, "evaluators": {"count": 2, "cpu": 1}}}
+    spec, uri = write_spec(tmp_path, small), bucket("multinode")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "HOME": str(home),
+           "UNRAVEL_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, str(Path(__file__).parent / "multinode_s3.py"), str(spec), uri,
+                             str(tmp_path)], env=env, capture_output=True, text=True, timeout=900,
+                            start_new_session=True)
+    assert result.returncode == 0 and "code=0" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "nodes=3" in result.stdout
+    total = len(expand(parse_spec(small)))
+    assert len(unit_keys(uri)) == len(set(unit_keys(uri))) == total
+    names = objects(uri)
+    assert {"spec.json", "runs.parquet", "report.md"} <= set(names)
+    assert any(n.startswith("tune/") and n.endswith("/model.pt") for n in names)
+    assert not list((tmp_path / "driver").iterdir())  # the driver's working folder: empty
+    # in the driver's folder and HOME (Ray's temporary folders, its caches, are elsewhere): no file of it
+    ours = ("runs.parquet", "epochs.parquet", "spec.json", "report.md", "model.pt", "state.pt", ".unravel.lock")
+    left = [p for p in tmp_path.rglob("*") if p.is_file()
+            and (p.name in ours or p.name.startswith(("part-", "compact-")))]
+    assert not left, left
