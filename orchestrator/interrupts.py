@@ -13,10 +13,14 @@ What a signal does, wherever it lands in a command:
   process exits with 128 + the signal's number.
 
 A second signal while stopping is ignored: unwinding the clean-up itself is how a double Ctrl-C used to
-crash among Ray's threads. Stopping is bounded instead: when the Ray it talks to is gone (``timeout`` and
-Slurm send SIGTERM to every process, the private Ray's too, and Ray's calls then block for a minute),
-or after ``HURRY_AFTER_S`` whatever the cause, a watchdog says the same line and ends the process at
-once (the private Ray's processes share its fate; Tune's state and every written file are already whole).
+crash among Ray's threads. The private Ray's processes run in a session of their own (cluster.py), so a
+signal to the command's process group (a terminal, ``timeout``) reaches the driver alone and it shuts that
+Ray down itself. Stopping is bounded: when the Ray it talks to is gone anyway (Slurm and Kubernetes signal
+every process of the job, the Ray's too, and Ray's calls then block for a minute), or after
+``HURRY_AFTER_S`` whatever the cause, a watchdog says the same line and ends the process at once (the
+private Ray's processes share its fate; Tune's state and every written file are already whole). Where the
+Ray's object store dies before this handler runs, Ray itself ends the driver (exit 1): what was written is
+kept as always, and the rerun continues.
 
 The handlers replace the ones ``ray.init`` installs for SIGTERM (Ray's own dumps a C++ stack and aborts),
 so they are installed again after connecting (``after_ray_init``). Tune's own SIGINT handler is kept out
