@@ -6,6 +6,7 @@ Usage: python multinode_s3.py SPEC.yaml URI WORKDIR  -- prints the CLI's exit co
 """
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -14,14 +15,19 @@ from pathlib import Path
 from ray.cluster_utils import Cluster
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def main() -> None:
     spec, uri, workdir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     short = Path(tempfile.mkdtemp(prefix="u-", dir="/tmp"))  # Ray's socket paths must stay short
     temps = [short / name for name in ("h", "a", "b")]
-    try:
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": str(temps[0])})
-    except RuntimeError:  # "Timed out waiting for file .../gcs_server_port": a head slow to start on a busy machine
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": str(temps[0])})
+    # a port of its own: a head takes 6379 by default, which another test's cluster may hold at the same time
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": str(temps[0]),
+                                                            "gcs_server_port": free_port()})
     for temp in temps[1:]:
         cluster.add_node(num_cpus=1, temp_dir=str(temp))
     cluster.wait_for_nodes()

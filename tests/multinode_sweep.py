@@ -3,6 +3,7 @@
 Usage: python multinode_sweep.py SPEC.json OUT  -- prints "total=N keys=K unique=U".
 """
 import json
+import socket
 import sys
 import threading
 import time
@@ -18,10 +19,17 @@ from orchestrator.spec import parse_spec
 from orchestrator.sweep import run_studies
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def main() -> None:
     spec = parse_spec(json.loads(Path(sys.argv[1]).read_text()))
     out = Path(sys.argv[2])
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    # a port of its own: a head takes 6379 by default, which another test's cluster may hold at the same time
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "gcs_server_port": free_port()})
     # two evaluators of 1 CPU, three 1-CPU workers: a spare for the evaluator whose node dies
     # (add_node cannot run off the main thread: it installs signal handlers)
     workers = [cluster.add_node(num_cpus=1) for _ in range(3)]
