@@ -301,7 +301,7 @@ def _studies(experiment, out: Path) -> int:
                f"{outcome.failed} failed, in {outcome.seconds:.0f} s")
     for name in store.PART_SCHEMAS:
         if (out / name).exists():
-            click.echo(f"  {out / name}/")
+            click.echo(f"  {out / name}{'' if store.remote(out) else '/'}")
     if outcome.failed:
         click.echo(f"{outcome.failed} units failed: see the errors table ({out / 'errors'})", err=True)
         return 1

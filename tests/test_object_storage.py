@@ -235,14 +235,16 @@ def test_a_data_root_on_s3_is_copied_once_per_node_and_again_when_it_changes(fak
 
 
 @pytest.mark.slow
-def test_a_multi_node_sweep_writes_only_to_the_bucket(bucket, tmp_path):
-    """Nodes with their own temporary folders and a driver in an empty folder: after `unravel run` to the
-    bucket, the experiment is all on the bucket, and on local disk there is nothing of it but Ray's caches."""
+def test_a_multi_node_sweep_losing_a_node_writes_only_to_the_bucket_exactly_once(bucket, tmp_path):
+    """Nodes with their own temporary folders, a driver in an empty folder, a node running an evaluator lost
+    mid-sweep: after `unravel run` to the bucket, every unit is there exactly once, the trials' checkpoints
+    too (Tune on the workers wrote them there), and on local disk nothing of it but Ray's caches."""
     import subprocess
     import sys
     from pathlib import Path
     small = {**BASE, "training": {**BASE["training"], "iterations": 10},
-             "studies": {"test_examples": 60, "single_deletion": {}, "evaluators": {"count": 2, "cpu": 1}}}
+             "studies": {"test_examples": 60, "single_deletion": {}, "random_deletion": {"k_max": 9, "draws": 4},
+                         "plans_per_batch": 2, "evaluators": {"count": 2, "cpu": 1}}}
     spec, uri = write_spec(tmp_path, small), bucket("multinode")
     home = tmp_path / "home"
     home.mkdir()
@@ -252,12 +254,13 @@ def test_a_multi_node_sweep_writes_only_to_the_bucket(bucket, tmp_path):
                              str(tmp_path)], env=env, capture_output=True, text=True, timeout=900,
                             start_new_session=True)
     assert result.returncode == 0 and "code=0" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "nodes=3" in result.stdout
+    assert "nodes=3 removed=1" in result.stdout, result.stdout[-3000:]  # four, less the one removed
     total = len(expand(parse_spec(small)))
+    assert f"0 already written, {total} computed, 0 failed" in result.stdout
     assert len(unit_keys(uri)) == len(set(unit_keys(uri))) == total
     names = objects(uri)
     assert {"spec.json", "runs.parquet", "report.md"} <= set(names)
-    assert any(n.startswith("tune/") and n.endswith("/model.pt") for n in names)
+    assert sum(n.startswith("tune/") and n.endswith("/model.pt") for n in names) == 2
     assert not list((tmp_path / "driver").iterdir())  # the driver's working folder: empty
     # in the driver's folder and HOME (Ray's temporary folders, its caches, are elsewhere): no file of it
     ours = ("runs.parquet", "epochs.parquet", "spec.json", "report.md", "model.pt", "state.pt", ".unravel.lock")
