@@ -16,8 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-import ray
-import ray.util.state
+from ray._private import ray_constants
 from ray.cluster_utils import Cluster
 
 from orchestrator import store
@@ -27,6 +26,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def raylet_pid(node) -> int:
+    return node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+
+
+def evaluator_raylets() -> set[int]:
+    """The raylets whose workers run an evaluator (its process title, ``ray::Evaluator``; its parent, the
+    raylet that started it). Read from /proc: a driver attached here could sit on the node taken away."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(b"ray::Evaluator"):
+                status = (entry / "status").read_text()
+                found.add(int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("PPid:"))))
+        except OSError:
+            continue
+    return found
 
 
 def main() -> None:
@@ -39,18 +56,16 @@ def main() -> None:
     # (add_node cannot run off the main thread: it installs signal handlers)
     workers = [cluster.add_node(num_cpus=1, temp_dir=str(short / name)) for name in ("a", "b", "c")]
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)  # only to see where the evaluators run
     driver_dir = workdir / "driver"
     driver_dir.mkdir()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     removed = []
 
     def remove_one() -> None:  # once a few batches are on the bucket, take a node away (not gracefully)
-        while len(store.data_files(uri, "lesion")) < 3:
+        while len(store.data_files(uri, "lesion")) < 3 or not evaluator_raylets() & set(map(raylet_pid, workers)):
             time.sleep(0.1)
-        busy = {a.node_id for a in ray.util.state.list_actors(filters=[("state", "=", "ALIVE")])
-                if a.class_name == "Evaluator"}
-        victim = next(w for w in workers if w.node_id in busy)
+        busy = evaluator_raylets()
+        victim = next(w for w in workers if raylet_pid(w) in busy)
         cluster.remove_node(victim, allow_graceful=False)
         removed.append(victim)
 
@@ -64,7 +79,6 @@ def main() -> None:
         print(result.stderr[-3000:], file=sys.stderr)
         print(f"nodes={len(cluster.list_all_nodes())} removed={len(removed)}")
     finally:
-        ray.shutdown()
         cluster.shutdown()
         shutil.rmtree(short, ignore_errors=True)
 
