@@ -581,7 +581,9 @@ def prune(out: str | Path, run_ids: set[str], unit_keys: set[str]) -> dict[str, 
             dropped = len(keep) - sum(keep.to_pylist())
             if not dropped:
                 continue
-            if dropped == len(keep):
+            if dropped == len(keep) and isinstance(part, Location) and part.name.startswith("compact-"):
+                write_atomic(data.slice(0, 0), part)  # emptied, not deleted: its set stays complete (live_files)
+            elif dropped == len(keep):
                 part.delete() if isinstance(part, Location) else part.unlink()
             else:
                 write_atomic(data.filter(keep), part)

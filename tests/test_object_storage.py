@@ -267,3 +267,17 @@ def test_a_multi_node_sweep_losing_a_node_writes_only_to_the_bucket_exactly_once
     left = [p for p in tmp_path.rglob("*") if p.is_file()
             and (p.name in ours or p.name.startswith(("part-", "compact-")))]
     assert not left, left
+
+
+def test_prune_after_compaction_on_s3_keeps_every_other_row_of_a_compacted_set(bucket):
+    """A compacted file emptied by prune stays (empty): deleting it would leave its set incomplete and hide the
+    rows of the set's other files."""
+    place = store.where(bucket())
+    write_sweep(place)
+    compaction.compact(place, max_rows=2)
+    files = [f for f in store.data_files(place, "lesion") if dict(f.partition)["study"] == "single_deletion"]
+    first = store.read_parquet(files[0].path, columns=["unit_key"]).column(0).to_pylist()
+    assert len(files) > 2 and len(first) == 2  # a set of several files; the first one's rows all go
+    keep = store.done_keys(place) - set(first)
+    store.prune(place, {t.run_id for t in SPEC.training.trials}, keep)
+    assert store.done_keys(place) == keep
