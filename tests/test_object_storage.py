@@ -3,6 +3,7 @@ local folder: the store's parts, listing, resume index, compaction killed at eac
 lock, run against both; then the real CLI with `--out s3://...`: a sweep with Tune's state on the bucket,
 a driver SIGKILLed mid-sweep and rerun, a second writer refused, query/status/figures from the URI, and
 bad URIs refused in one line with nothing written."""
+import io
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import time
 
 import pyarrow.fs as pafs
 import pytest
+import torch
 from click.testing import CliRunner
 
 from orchestrator import compaction, current, store
@@ -116,7 +118,7 @@ def test_a_second_writer_is_refused_and_a_dead_writers_lease_is_taken_over(place
 
 # -- the CLI, on the bucket -----------------------------------------------------------------------------
 
-RAW = {**BASE, "training": {**BASE["training"], "iterations": 10},   # small: a sweep long enough to be killed in
+RAW = {**BASE, "training": {**BASE["training"], "iterations": 20},   # small: a sweep long enough to be killed in
        "studies": {"test_examples": 60, "single_deletion": {}, "random_deletion": {"k_max": 2, "draws": 2},
                    "gradients": {"draws": 1, "batch_size": 8}, "plans_per_batch": 1, "evaluators": {"count": 1, "cpu": 1}}}
 TOTAL = len(expand(parse_spec(RAW)))
@@ -129,11 +131,33 @@ def unit_keys(uri: str) -> list[str]:
 
 @pytest.mark.slow
 def test_a_sweep_to_s3_killed_rerun_then_read_from_the_uri(bucket, ray_session, tmp_path, monkeypatch):
-    """`unravel run --out s3://...`: the driver SIGKILLed mid-sweep, rerun (every unit exactly once, Tune's
-    state and the runs on the bucket), rerun again (nothing computed), then status, query, figures and
-    compact from the URI, and pyarrow and DuckDB reading it; nothing of it on local disk."""
+    """`unravel run --out s3://...`: the driver SIGKILLed in training (one trial finished, the other held in
+    its second epoch) and rerun: the finished trial is kept and the other continues from its checkpoint on the
+    bucket; SIGKILLed again mid-sweep and rerun: every unit exactly once; rerun again: nothing computed; then
+    status, query, figures and compact from the URI, and pyarrow and DuckDB reading it; nothing on local disk."""
     monkeypatch.chdir(tmp_path)  # the default results/ would land here: nothing may
     spec, uri = write_spec(tmp_path, RAW), bucket("sweeps/first")
+
+    def checkpoints(label: str, name: str) -> list[str]:
+        """The objects ``name`` in the checkpoints of the trial labelled ``label`` (its params.json says which)."""
+        names = objects(uri)
+        trials = {n.rsplit("/", 1)[0] for n in names if n.startswith("tune/") and n.endswith("/params.json")}
+        ours = [t for t in trials
+                if json.loads((Location.of(uri) / t / "params.json").read_text())["run"]["trial"]["label"] == label]
+        return sorted(n for n in names for t in ours if n.startswith(f"{t}/checkpoint_") and n.endswith(f"/{name}"))
+
+    proc = cli("run", str(spec), "--out", uri, "--address", ray_session, env={"UNRAVEL_FAULTS": "hold_in_epoch.res=2"})
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline and not (checkpoints("plain", "model.pt")
+                                                                  and checkpoints("res", "state.pt")):
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    time.sleep(1.2)  # Tune saves its experiment state every second
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    plain_model = (Location.of(uri) / checkpoints("plain", "model.pt")[-1]).read_bytes()
+    assert not checkpoints("res", "model.pt") and not store.read_table(uri, "runs").shape[0]
+
     proc = cli("run", str(spec), "--out", uri, "--address", ray_session)
     deadline = time.time() + 240
     while proc.poll() is None and time.time() < deadline and len(store.data_files(uri, "lesion")) < 3:
@@ -156,8 +180,13 @@ def test_a_sweep_to_s3_killed_rerun_then_read_from_the_uri(bucket, ray_session, 
     assert any(n.startswith("tune/studies/attempt-") and n.endswith("/model.pt") for n in names)
     assert store.LOCK_FILE not in names
     assert sorted(os.listdir(tmp_path)) == ["spec.yaml"]  # nothing of the experiment on local disk
-    runs = store.read_table(uri, "runs")
+    runs = store.read_table(uri, "runs").set_index("label")
     assert len(runs) == 2 and all(c.startswith("tune/") for c in runs["checkpoint"])  # relative, as in a folder
+    assert (Location.of(uri) / runs.loc["plain", "checkpoint"]).read_bytes() == plain_model  # not retrained
+    resumed = torch.load(io.BytesIO((Location.of(uri) / runs.loc["res", "checkpoint"]).read_bytes()),
+                         weights_only=True)
+    assert [m["epoch"] for m in resumed["history"]] == [1, 2]
+    assert runs.loc["res", "checkpoint"].split("/")[2] != "attempt-1"  # finished by the rerun's attempt
 
     again = CliRunner().invoke(main, ["run", str(spec), "--out", uri, "--address", ray_session])
     assert again.exit_code == 0 and f"{TOTAL} already written, 0 computed" in again.output, again.output
