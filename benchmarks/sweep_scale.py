@@ -61,7 +61,7 @@ def steady_rate(out) -> float:
     """Units per second between the first and the last part written (actor start-up excluded)."""
     if store.remote(out):
         root = store.where(out) / "lesion"
-        parts = sorted((i.mtime.timestamp(), root / root.relative(i.path)) for i in root.files())
+        parts = sorted(((i.mtime.timestamp(), root / root.relative(i.path)) for i in root.files()), key=lambda p: p[0])
     else:
         parts = sorted((p.stat().st_mtime, p) for p in (out / "lesion").rglob("part-*.parquet"))
     if len(parts) < 3:

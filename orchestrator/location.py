@@ -166,7 +166,10 @@ class Location:
                                     f"cannot see it)")
             self.info()
         except OSError as e:
-            raise LocationError(f"{self.uri}: {_first_line(e)}") from None
+            said = _first_line(e)
+            if any(sign in said for sign in ("ACCESS_DENIED", "HTTP status 403", "credentials")):
+                said += "; check the credentials (environment, profile or instance role)"
+            raise LocationError(f"{self.uri}: {said}") from None
 
 
 def join(uri: str, name: str) -> str:

@@ -310,3 +310,49 @@ def test_prune_after_compaction_on_s3_keeps_every_other_row_of_a_compacted_set(b
     keep = store.done_keys(place) - set(first)
     store.prune(place, {t.run_id for t in SPEC.training.trials}, keep)
     assert store.done_keys(place) == keep
+
+
+@pytest.fixture
+def strict_s3_server(tmp_path):
+    """A second local S3 server (moto's, in its own process) that checks every request's credentials."""
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert time.time() < deadline, "the S3 server did not start"
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest.mark.parametrize("credentials", ["missing", "unknown"])
+def test_credentials_the_store_refuses_are_one_line_exit_2_and_nothing_written(credentials, strict_s3_server,
+                                                                              tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if credentials == "missing":
+        monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+        monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+        monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.aws either
+    spec = write_spec(tmp_path, BASE)
+    uri = f"s3://experiments/exp?endpoint_override={strict_s3_server}&scheme=http"
+    result = CliRunner().invoke(main, ["run", str(spec), "--out", uri])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and uri in lines[0], result.output
+    # unsigned requests: real S3 answers 403 (the hint), this server 500, said as it is
+    assert "check the credentials" in lines[0] or credentials == "missing", lines[0]
+    assert sorted(os.listdir(tmp_path)) == ["spec.yaml"]
