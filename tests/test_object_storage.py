@@ -356,3 +356,30 @@ def test_credentials_the_store_refuses_are_one_line_exit_2_and_nothing_written(c
     # unsigned requests: real S3 answers 403 (the hint), this server 500, said as it is
     assert "check the credentials" in lines[0] or credentials == "missing", lines[0]
     assert sorted(os.listdir(tmp_path)) == ["spec.yaml"]
+
+
+def test_imported_checkpoints_are_converted_into_out_alike(place, tmp_path):
+    """`models:` checkpoints converted into OUT (imported/<run>/model.pt beside source.json), once; a changed
+    source is refused; the runs table names the copy relative to OUT."""
+    from orchestrator.imported import import_models
+    from orchestrator.spec import SpecError
+    from workloads.models import build_network
+    source = tmp_path / "net.pt"
+    small = {"network": "preact_resnet20", "label": "mine", "overrides": {"widths": [4, 8, 16]}}
+
+    def net(seed: int):
+        torch.manual_seed(seed)
+        return build_network("preact_resnet20", widths=[4, 8, 16], in_channels=1, num_classes=10)
+
+    torch.save(net(0).state_dict(), source)
+    experiment = parse_spec({"name": "mine", "data": {"dataset": "digits"},
+                             "models": [{**small, "checkpoint": str(source)}], "studies": {"single_deletion": {}}})
+    runs = import_models(experiment, place)
+    copy = store.located(place, runs["checkpoint"].iloc[0])
+    assert runs["checkpoint"].iloc[0] == f"imported/{experiment.models[0].run_id}/model.pt" and copy.exists()
+    first = copy.read_bytes()
+    import_models(experiment, place)  # unchanged: not converted again
+    assert copy.read_bytes() == first
+    torch.save(net(1).state_dict(), source)  # new weights, same path
+    with pytest.raises(SpecError, match="changed since it was imported"):
+        import_models(experiment, place)
