@@ -463,11 +463,21 @@ def done_keys(out: str | Path, table: str | None = None) -> set[str]:
     """The resume index: unit keys already written (read from the data files themselves), in ``table``
     or, by default, in every table of study results."""
     keys: set[str] = set()
-    for p in (parts(out, table) if table else [p for t in STUDY_TABLES for p in parts(out, t)]):
+    for name in (table,) if table else STUDY_TABLES:
+        data = dataset(out, name)  # the unit_key column of every file, read in parallel (on object storage,
+        if data is None:           # one request after another took 20 s at 100k units)
+            continue
         try:
-            keys.update(read_parquet(p, columns=["unit_key"]).column(0).to_pylist())
-        except Exception as e:  # a corrupt part is never read as data
-            raise CorruptResult(f"{p}: unreadable result file ({e}); delete it and rerun to recompute its units") from None
+            keys.update(data.to_table(columns=["unit_key"]).column(0).to_pylist())
+        except (OSError, pa.ArrowException) as e:  # a corrupt part is never read as data: name it
+            for f in data.files:
+                p = where(out) / relative(out, f) if remote(out) else Path(f)
+                try:
+                    read_parquet(p, columns=["unit_key"])
+                except Exception as bad:
+                    raise CorruptResult(f"{p}: unreadable result file ({bad}); delete it and rerun to recompute "
+                                        f"its units") from None
+            raise CorruptResult(f"{where(out) / name}: cannot be read ({e})") from None
     return keys
 
 
