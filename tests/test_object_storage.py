@@ -133,7 +133,7 @@ def unit_keys(uri: str) -> list[str]:
 def test_a_sweep_to_s3_killed_rerun_then_read_from_the_uri(bucket, ray_session, tmp_path, monkeypatch):
     """`unravel run --out s3://...`: the driver SIGKILLed in training (one trial finished, the other held in
     its second epoch) and rerun: the finished trial is kept and the other continues from its checkpoint on the
-    bucket; SIGKILLed again mid-sweep and rerun: every unit exactly once; rerun again: nothing computed; then
+    bucket (the training-resume test of every OUT: the code that finds checkpoints is the same for a folder); SIGKILLed again mid-sweep and rerun: every unit exactly once; rerun again: nothing computed; then
     status, query, figures and compact from the URI, and pyarrow and DuckDB reading it; nothing on local disk."""
     monkeypatch.chdir(tmp_path)  # the default results/ would land here: nothing may
     spec, uri = write_spec(tmp_path, RAW), bucket("sweeps/first")
@@ -156,6 +156,8 @@ def test_a_sweep_to_s3_killed_rerun_then_read_from_the_uri(bucket, ray_session, 
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     plain_model = (Location.of(uri) / checkpoints("plain", "model.pt")[-1]).read_bytes()
+    killed = torch.load(io.BytesIO((Location.of(uri) / checkpoints("res", "state.pt")[-1]).read_bytes()),
+                        weights_only=True)
     assert not checkpoints("res", "model.pt") and not store.read_table(uri, "runs").shape[0]
 
     proc = cli("run", str(spec), "--out", uri, "--address", ray_session)
@@ -186,6 +188,9 @@ def test_a_sweep_to_s3_killed_rerun_then_read_from_the_uri(bucket, ray_session, 
     resumed = torch.load(io.BytesIO((Location.of(uri) / runs.loc["res", "checkpoint"]).read_bytes()),
                          weights_only=True)
     assert [m["epoch"] for m in resumed["history"]] == [1, 2]
+    # continued from the checkpoint, not trained again from scratch: the first epoch (with its timings) is
+    # the one measured before the kill
+    assert resumed["history"][0] == killed["history"][0]
     assert runs.loc["res", "checkpoint"].split("/")[2] != "attempt-1"  # finished by the rerun's attempt
 
     again = CliRunner().invoke(main, ["run", str(spec), "--out", uri, "--address", ray_session])
@@ -275,10 +280,8 @@ def test_a_multi_node_sweep_losing_a_node_writes_only_to_the_bucket_exactly_once
              "studies": {"test_examples": 60, "single_deletion": {}, "random_deletion": {"k_max": 9, "draws": 4},
                          "plans_per_batch": 2, "evaluators": {"count": 2, "cpu": 1}}}
     spec, uri = write_spec(tmp_path, small), bucket("multinode")
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "HOME": str(home),
-           "UNRAVEL_CACHE": str(tmp_path / "cache")}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+           "UNRAVEL_CACHE": str(tmp_path / "cache")}  # HOME stays: Ray keeps its cluster token in ~/.ray
     result = subprocess.run([sys.executable, str(Path(__file__).parent / "multinode_s3.py"), str(spec), uri,
                              str(tmp_path)], env=env, capture_output=True, text=True, timeout=900,
                             start_new_session=True)
@@ -293,7 +296,7 @@ def test_a_multi_node_sweep_losing_a_node_writes_only_to_the_bucket_exactly_once
     assert {"spec.json", "runs.parquet", "report.md"} <= set(names)
     assert sum(n.startswith("tune/") and n.endswith("/model.pt") for n in names) == 2
     assert not list((tmp_path / "driver").iterdir())  # the driver's working folder: empty
-    # in the driver's folder and HOME (Ray's temporary folders, its caches, are elsewhere): no file of it
+    # under the test's folder (the driver's working folder, the data cache; Ray's temporary folders are elsewhere)
     ours = ("runs.parquet", "epochs.parquet", "spec.json", "report.md", "model.pt", "state.pt", ".unravel.lock")
     left = [p for p in tmp_path.rglob("*") if p.is_file()
             and (p.name in ours or p.name.startswith(("part-", "compact-")))]
