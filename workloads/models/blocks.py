@@ -25,11 +25,13 @@ class BlockInfo:
     deletable: bool       # a deleted block still yields a tensor of the right shape
     residual: bool        # has a residual branch whose gradient path can be chosen (F6b)
     identity_skip: bool = True  # deleting it is a no-op (its shortcut is the identity)
+    kind: str = "conv"    # what the unit computes: "conv" (a residual block), "attention", "mlp" (a sublayer)
 
     @property
     def group(self) -> tuple[int, str] | None:
-        """Blocks with equal groups may swap places; shape-changing blocks stay put."""
-        return None if self.changes_shape else (self.stage, "same-shape")
+        """Blocks with equal groups may swap places: same stage and kind (attention with attention); shape-changing
+        blocks stay put."""
+        return None if self.changes_shape else (self.stage, self.kind)
 
 
 class Block(nn.Module):
@@ -48,6 +50,7 @@ class Block(nn.Module):
     identity_skip: bool = True
     # True when post() is a plain ReLU: its VJP is a mask saved from the forward.
     post_is_relu: bool = False
+    kind: str = "conv"   # BlockInfo.kind
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -77,7 +80,7 @@ class Block(nn.Module):
     def info(self, index: int) -> BlockInfo:
         return BlockInfo(index=index, stage=self.stage, changes_shape=self.changes_shape,
                           deletable=self.deletable, residual=self.residual,
-                          identity_skip=self.identity_skip)
+                          identity_skip=self.identity_skip, kind=self.kind)
 
 
 class BlockNetwork(nn.Module):

@@ -120,6 +120,8 @@ class _Tape:
         ref_net = anchor if anchor is not None else net
         with torch.no_grad():
             x = ref_net.stem(images.to(next(ref_net.parameters()).dtype).contiguous(memory_format=fmt))
+        if x.dim() != 4:  # tokens (a transformer's units): no channels to put last
+            fmt = torch.contiguous_format
         for block, ref in zip(net.blocks, ref_net.blocks):
             x_in = x.detach().float().contiguous(memory_format=fmt).requires_grad_(True)
             chain = block.branch_chain()

@@ -1,0 +1,91 @@
+"""torchvision's Vision Transformer as residual units at sublayer granularity (vit_adapter.py): the adapter
+checks itself against the model's own tensors, the engine equals one full forward per plan (deleting attention
+or MLP sublayers, whole layers, reordering units of a kind), and gradients by path length equal a float64
+backward with the other branches detached. A tiny ViT with random weights: nothing downloaded."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from registry_cases import single_thread
+from workloads.models.vit_adapter import AdapterError, check_adapter, from_torchvision_vit
+from workloads.surgery import (delete_blocks, evaluate_plans, forward_plan, gradient_norms, intact,
+                               naive_gradient_norm, random_deletion, random_swaps)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with single_thread():
+        yield
+
+
+def tiny_vit(seed: int = 0, layers: int = 3):
+    import torchvision
+    torch.manual_seed(seed)
+    model = torchvision.models.VisionTransformer(image_size=16, patch_size=4, num_layers=layers, num_heads=2,
+                                                 hidden_dim=16, mlp_dim=32, num_classes=10)
+    with torch.no_grad():  # torchvision zero-initialises the classifier: give it weights, so errors differ
+        model.heads.head.weight.normal_(0, 0.5)
+        model.class_token.normal_(0, 0.5)
+    return model.eval()
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(24, 3, 16, 16, generator=g), torch.randint(0, 10, (24,), generator=g)
+
+
+def test_two_units_per_layer_of_their_kind_and_the_adapter_checks_itself(batch):
+    model = tiny_vit()
+    net = from_torchvision_vit(model).eval()
+    infos = net.block_infos()
+    assert [i.kind for i in infos] == ["attention", "mlp"] * 3
+    assert all(i.identity_skip and i.deletable and not i.changes_shape for i in infos)
+    check_adapter(model, net, batch[0])
+    with torch.no_grad():
+        assert torch.equal(net(batch[0]), model(batch[0]))
+
+
+def test_an_adapter_that_carries_the_wrong_tensor_is_refused_in_one_line(batch):
+    model = tiny_vit()
+    net = from_torchvision_vit(model)
+    net.blocks[3].parts = lambda x: (x, torch.zeros_like(x))  # a unit that lost its branch
+    with pytest.raises(AdapterError) as err:
+        check_adapter(model, net, batch[0])
+    assert "unit 3 (layer 1, mlp)" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(AdapterError, match="expected a torchvision VisionTransformer"):
+        from_torchvision_vit(torch.nn.Linear(2, 2))
+
+
+def test_engine_equals_one_forward_per_plan(batch):
+    x, y = batch
+    net = from_torchvision_vit(tiny_vit()).eval()
+    infos = net.block_infos()
+    plans = [intact(infos)] + [delete_blocks(infos, [i]) for i in range(len(infos))]
+    plans += [delete_blocks(infos, [2 * j, 2 * j + 1]) for j in range(3)]  # whole layers
+    plans += [random_deletion(infos, k, s) for k in (2, 4) for s in range(3)]
+    plans += [random_swaps(infos, k, s) for k in (1, 2) for s in range(3)]
+    for p in plans:  # a reorder moves attention with attention, MLP with MLP
+        assert [infos[b].kind for b in p.order] == [i.kind for i in infos]
+    assert any(p.order != tuple(sorted(p.order)) for p in plans)
+    got = evaluate_plans(net, plans, x, y, chunk_size=8)
+    with torch.no_grad():
+        for plan, r in zip(plans, got, strict=True):
+            logits = forward_plan(net, plan, x)
+            assert abs(r.error - (logits.argmax(1) != y).float().mean().item()) <= 1 / len(y) + 1e-9, plan
+            assert r.loss == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-4, abs=1e-5), plan
+    assert len({round(r.loss, 6) for r in got}) > 3  # the plans really differ
+
+
+def test_gradients_by_path_length_equal_a_float64_backward(batch):
+    x, y = batch[0][:8], batch[1][:8]
+    net = from_torchvision_vit(tiny_vit()).eval()
+    ref = copy.deepcopy(net).double().requires_grad_(False)
+    n = net.num_blocks
+    draws = [(k, s) for k in (0, 1, n // 2, n) for s in range(2)]
+    for r in gradient_norms(net, x, y, draws):
+        want = naive_gradient_norm(ref, x.double(), y, r.chosen)
+        assert r.log10_norm == pytest.approx(math.log10(want), abs=2e-5), (r.k, r.chosen)
