@@ -160,16 +160,27 @@ class Location:
         try:
             if self.local:
                 return
+            probe = _quick(self.fs)
             bucket = self.path.split("/", 1)[0]
-            if self.fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            if probe.get_file_info(bucket).type == pafs.FileType.NotFound:
                 raise LocationError(f"{self.uri}: the bucket {bucket!r} does not exist (or these credentials "
                                     f"cannot see it)")
-            self.info()
+            probe.get_file_info(self.path)
         except OSError as e:
             said = _first_line(e)
             if any(sign in said for sign in ("ACCESS_DENIED", "HTTP status 403", "credentials")):
                 said += "; check the credentials (environment, profile or instance role)"
             raise LocationError(f"{self.uri}: {said}") from None
+
+
+def _quick(fs: pafs.FileSystem) -> pafs.FileSystem:
+    """The same S3 filesystem with two attempts and short timeouts: for the one check at start-up, so an
+    endpoint that does not answer is said in seconds, not after the SDK's retries (other stores as they are)."""
+    if not isinstance(fs, pafs.S3FileSystem):
+        return fs
+    rebuild, (options,) = fs.__reduce__()
+    return rebuild({**options, "connect_timeout": 5.0, "request_timeout": 10.0,
+                    "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=2)})
 
 
 def join(uri: str, name: str) -> str:
