@@ -4,6 +4,9 @@ In one run, on one device and precision:
   (1) naive: one full forward per plan, fp32, batches of 128, no_grad, NCHW (as public code does);
   (2) the engine: all plans in one trie walk per chunk;
   (3) ceiling: the intact network's forward at its best settings.
+``--model vit_b_16`` runs the same on a ViT-B/16-shaped torchvision Vision Transformer (random weights,
+224 px inputs) seen as 24 residual units (an attention and an MLP unit per layer, vit_adapter.py), whose
+reorders swap units of a kind.
 Checks that (1) and (2) agree within one example per plan, then prints
 ``speedup=X ideal=Y efficiency=Z``: speedup = naive wall / engine wall; ideal = naive block
 evaluations / engine block evaluations; efficiency = engine block evaluations per second /
@@ -92,6 +95,8 @@ def main(argv=None) -> int:
     p.add_argument("--examples", type=int, default=None, help="test examples (CIFAR-10 test set: 10000)")
     p.add_argument("--studies", default="F3,F5a,F5b", help="comma-separated subset of F3,F5a,F5b")
     p.add_argument("--network", default="resnet110")
+    p.add_argument("--model", choices=["vit_b_16"], default=None,
+                   help="a transformer instead of --network: vit_b_16 (ViT-B/16 shape, random weights, 224 px)")
     p.add_argument("--chunk", type=int, default=None, help="engine chunk size (default: chosen for the device)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default=None)
     p.add_argument("--device", default=None)
@@ -101,9 +106,21 @@ def main(argv=None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = args.precision or default_precision(device)
     torch.manual_seed(0)
-    net = trained_like(build_network(args.network)).to(device)
+    if args.model:
+        import torchvision
+
+        from workloads.models.vit_adapter import check_adapter, from_torchvision_vit
+        vit = getattr(torchvision.models, args.model)().eval()
+        with torch.no_grad():  # torchvision zero-initialises the classifier: errors would not vary across plans
+            vit.heads.head.weight.normal_(0, 0.02)
+        net = from_torchvision_vit(vit).to(device)
+        check_adapter(vit.to(device), net, torch.randn(2, 3, 224, 224, device=device), rtol=1e-3, atol=1e-4)
+        args.network, size = args.model, 224
+    else:
+        net = trained_like(build_network(args.network)).to(device)
+        size = 32
     infos = net.block_infos()
-    images = torch.randn(examples, 3, 32, 32)
+    images = torch.randn(examples, 3, size, size)
     labels = torch.randint(0, 10, (examples,))
     plans = sweep_plans(infos, draws, args.studies)
     trie = PlanTrie.build(plans, infos)
