@@ -20,7 +20,8 @@ def check_inputs(spec: ExperimentSpec) -> None:
     """The files a spec names (data, imported checkpoints) exist: a one-line SpecError if not."""
     from workloads.data.imagefolder import class_folders, empty_class
     d = spec.data
-    if "://" in d.root and not d.root.startswith("file://"):
+    from .location import is_uri
+    if is_uri(d.root):
         _check_remote_root(spec)
         return _check_models(spec)
     root = Path(d.root).expanduser()

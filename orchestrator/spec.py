@@ -124,7 +124,8 @@ class DataSpec(Section):
     def resolved_root(self) -> str:
         """The data folder as every process must see it (workers do not share the driver's cwd); a URI
         as it is (each node copies it: orchestrator.data_cache)."""
-        if "://" in self.root and not self.root.startswith("file://"):
+        from .location import is_uri
+        if is_uri(self.root):
             return self.root
         return str(Path(self.root).expanduser().resolve())
 

@@ -470,8 +470,9 @@ def done_keys(out: str | Path, table: str | None = None) -> set[str]:
         try:
             keys.update(data.to_table(columns=["unit_key"]).column(0).to_pylist())
         except (OSError, pa.ArrowException) as e:  # a corrupt part is never read as data: name it
+            base = where(out)
             for f in data.files:
-                p = where(out) / relative(out, f) if remote(out) else Path(f)
+                p = base / base.relative(f) if isinstance(base, Location) else Path(f)
                 try:
                     read_parquet(p, columns=["unit_key"])
                 except Exception as bad:

@@ -43,13 +43,17 @@ class _Head(nn.Module):
         return self.model.heads(self.model.encoder.ln(x)[:, 0])
 
 
-class AttentionUnit(Block):
-    """``x + dropout(self_attention(ln_1(x)))`` of one encoder layer."""
-    kind = "attention"
+class _Sublayer(Block):
+    """A residual sublayer of one torchvision EncoderBlock (shared with it, not copied)."""
 
     def __init__(self, layer):
         super().__init__()
         self.layer = layer
+
+
+class AttentionUnit(_Sublayer):
+    """``x + dropout(self_attention(ln_1(x)))`` of one encoder layer."""
+    kind = "attention"
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.layer.ln_1(x)
@@ -57,13 +61,9 @@ class AttentionUnit(Block):
         return x, self.layer.dropout(h)
 
 
-class MlpUnit(Block):
+class MlpUnit(_Sublayer):
     """``x + mlp(ln_2(x))`` of one encoder layer."""
     kind = "mlp"
-
-    def __init__(self, layer):
-        super().__init__()
-        self.layer = layer
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return x, self.layer.mlp(self.layer.ln_2(x))
