@@ -104,14 +104,14 @@ def test_driver_killed_between_writing_a_part_and_renaming_it(out, ray_session, 
     assert_exactly_once(out, total)
 
 
-def test_driver_killed_at_four_random_points_then_rerun_is_exactly_once(out, ray_session, tmp_path):
+def test_driver_killed_at_three_random_points_then_rerun_is_exactly_once(out, ray_session, tmp_path):
     raw = with_studies(random_deletion={"k_max": 9, "draws": 40}, plans_per_batch=2,
                        evaluators={"count": 2, "cpu": 1})
     total = len(expand(parse_spec(raw)))
     args = ["lesion", str(write_spec(tmp_path, raw)), "--out", str(out), "--address", ray_session]
     rng = random.Random(2016)
     kills, seen, rounds = 0, [], 0
-    while kills < 4 and rounds < 8:  # a round whose sweep ends before its kill point does not count
+    while kills < 3 and rounds < 6:  # a round whose sweep ends before its kill point does not count
         rounds += 1
         # a random point: during start-up (no new part yet), or after 1 to 12 more parts plus a
         # fraction of a batch (mid-batch, mid-write, between batches)
@@ -134,7 +134,7 @@ def test_driver_killed_at_four_random_points_then_rerun_is_exactly_once(out, ray
             assert len(keys) == len(set(keys))
             seen.append(len(keys))
     partial = [n for n in seen if 0 < n < total]
-    assert kills == 4 and len(set(partial)) >= 3, (kills, seen)  # most kills landed mid-sweep
+    assert kills == 3 and len(set(partial)) >= 2, (kills, seen)  # most kills landed mid-sweep
     code, err = finish(cli(*args), timeout=600)
     assert code == 0, err[-2000:]
     assert_exactly_once(out, total)

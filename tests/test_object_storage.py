@@ -277,7 +277,7 @@ def test_a_multi_node_sweep_losing_a_node_writes_only_to_the_bucket_exactly_once
     import sys
     from pathlib import Path
     small = {**BASE, "training": {**BASE["training"], "iterations": 10},
-             "studies": {"test_examples": 60, "single_deletion": {}, "random_deletion": {"k_max": 9, "draws": 2},
+             "studies": {"test_examples": 60, "single_deletion": {}, "random_deletion": {"k_max": 9, "draws": 1},
                          "plans_per_batch": 2, "evaluators": {"count": 2, "cpu": 1}}}
     spec, uri = write_spec(tmp_path, small), bucket("multinode")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
