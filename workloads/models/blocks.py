@@ -26,6 +26,11 @@ class BlockInfo:
     residual: bool        # has a residual branch whose gradient path can be chosen (F6b)
     identity_skip: bool = True  # deleting it is a no-op (its shortcut is the identity)
     kind: str = "conv"    # what the unit computes: "conv" (a residual block), "attention", "mlp" (a sublayer)
+    layer: int = -1       # the model's layer it belongs to (a transformer layer holds two units); -1: its index
+
+    def __post_init__(self) -> None:
+        if self.layer < 0:
+            object.__setattr__(self, "layer", self.index)
 
     @property
     def group(self) -> tuple[int, str] | None:
@@ -51,6 +56,7 @@ class Block(nn.Module):
     # True when post() is a plain ReLU: its VJP is a mask saved from the forward.
     post_is_relu: bool = False
     kind: str = "conv"   # BlockInfo.kind
+    layer: int = -1      # BlockInfo.layer: set by adapters whose layers hold several units
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -80,7 +86,7 @@ class Block(nn.Module):
     def info(self, index: int) -> BlockInfo:
         return BlockInfo(index=index, stage=self.stage, changes_shape=self.changes_shape,
                           deletable=self.deletable, residual=self.residual,
-                          identity_skip=self.identity_skip, kind=self.kind)
+                          identity_skip=self.identity_skip, kind=self.kind, layer=self.layer)
 
 
 class BlockNetwork(nn.Module):
@@ -90,11 +96,16 @@ class BlockNetwork(nn.Module):
     mechanism behind stochastic depth and effective-path training.
     """
 
-    def __init__(self, stem: nn.Module, blocks: list[Block], head: nn.Module):
+    def __init__(self, stem: nn.Module, blocks: list[Block], head: nn.Module, *, anchors=(), reference=None):
         super().__init__()
         self.stem = stem
         self.blocks = nn.ModuleList(blocks)
         self.head = head
+        # an adapted model's checks (adapter_check.py): the original modules whose tensors the units must
+        # reproduce, and the original model's own forward
+        # (kept out of nn.Module's registry: the reference is the model whose modules the units already hold)
+        self.__dict__["anchors"] = list(anchors)
+        self.__dict__["reference"] = reference
 
     def forward(self, x: torch.Tensor, active: list[bool] | torch.Tensor | None = None) -> torch.Tensor:
         x = self.stem(x)
