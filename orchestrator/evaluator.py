@@ -48,6 +48,7 @@ class Evaluator:
         self.calibration = self.calibration_images if studies.recalibrate_bn else None
         self.precision = default_precision(self.device) if studies.precision == "auto" else studies.precision
         self.exclude = studies.exclude_blocks
+        self.metric = "next_token" if data.text else "classification"
         self.cache: OrderedDict[str, torch.nn.Module] = OrderedDict()
         self.cache_size = cache_size
         gradients = studies.study("gradients")
@@ -111,7 +112,7 @@ class Evaluator:
                                       recalibrate=self.calibration)
         seconds = (time.perf_counter() - started) / len(plans)
         rows = [store.lesion_row(u, p, r, test_rule=u.test_rule, precision=self.precision,
-                                 bn_recalibrated=self.calibration is not None, seconds=seconds)
+                                 bn_recalibrated=self.calibration is not None, seconds=seconds, metric=self.metric)
                 for u, p, r in zip(units, plans, results)]
         return rows, errors
 

@@ -1,12 +1,14 @@
 """Runs trained elsewhere: a user's checkpoint, checked and converted once into unravel's format.
 
 Each file named under ``models:`` is read with ``weights_only=True`` and fitted to its
-network; a file of another network's shape, a truncated file or a pickled model is refused
-with a message naming it. Every file is checked before any is written, then each is saved
-as ``<out>/imported/<run_id>/model.pt`` (config + weights) beside ``source.json`` (the
-source's sha256), so the evaluators read imported and trained runs alike. A source file
-that changes after import is refused rather than mixed with results computed from the old
-weights; a damaged converted copy is converted again from the unchanged source.
+network (a Hugging Face model is a folder, read by ``from_pretrained`` with no download); a file of
+another network's shape, a truncated file or a pickled model is refused with a message naming it. A
+network of another library is adapted into units, and the adapter must prove itself on a batch
+(``workloads.models.adapter_check``) before anything is written. Every source is checked before any is
+written, then each is saved as ``<out>/imported/<run_id>/model.pt`` (config + weights) beside
+``source.json`` (the source's sha256), so the evaluators read imported and trained runs alike. A source
+that changes after import is refused rather than mixed with results computed from the old weights; a
+damaged converted copy is converted again from the unchanged source.
 """
 from __future__ import annotations
 
@@ -18,8 +20,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from workloads.models import (CheckpointError, load_checkpoint, network_from_weights, read_weights, skeleton,
-                              state_dict_of)
+from workloads.models import CheckpointError, load_checkpoint, read_weights, skeleton, state_dict_of
+from workloads.models.adapter_check import AdapterError, check_adapter
+from workloads.models.checkpoint import adapted_from_weights, checkpoint_of, network_from_weights
+from workloads.models.registry import ADAPTED
 
 from . import store
 from .spec import ExperimentSpec, SpecError, Trial
@@ -27,12 +31,46 @@ from .spec import ExperimentSpec, SpecError, Trial
 SOURCE_FILE = "source.json"   # the source file's path and sha256, to refuse a changed source
 
 
-def _fitted(model: Trial, index: int, blob: bytes):
-    name = str(Path(model.checkpoint).expanduser())
+def _fitted(model: Trial, index: int, source: Path):
+    """(units, the library's model or None) of a source, with its adapter proven on a batch."""
+    name = str(source)
+    cfg = model.net_config
     try:
-        return network_from_weights(model.net_config, state_dict_of(read_weights(blob, name), name), name)
-    except CheckpointError as e:
+        if cfg.arch == "hf":
+            from workloads.models.adapters import adapt
+            from workloads.models.hf_loading import load_causal_lm
+            original = load_causal_lm(source)
+            net = adapt(original).eval()
+        else:
+            weights = state_dict_of(read_weights(source.read_bytes(), name), name)
+            if cfg.arch not in ADAPTED:
+                return network_from_weights(cfg, weights, name), None
+            net, original = adapted_from_weights(cfg, weights, name)
+        check_adapter(original, net, _example(cfg))
+    except (CheckpointError, AdapterError) as e:
         raise SpecError(f"models[{index}].checkpoint: {e}") from None
+    return net, original
+
+
+def _example(cfg) -> torch.Tensor:
+    """A small batch of the network's input, to prove its adapter on: token ids or images."""
+    g = torch.Generator().manual_seed(0)
+    if cfg.arch == "hf":
+        return torch.randint(0, cfg.num_classes, (2, min(cfg.image_size, 16)), generator=g)
+    return torch.randn(2, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g)
+
+
+def _digest(source: Path) -> str:
+    """sha256 of a checkpoint file, or of a model folder's files (names and contents, in order)."""
+    h = hashlib.sha256()
+    if source.is_dir():
+        for f in sorted(p for p in source.rglob("*") if p.is_file()):
+            h.update(str(f.relative_to(source)).encode() + b"\0")
+            with f.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        return h.hexdigest()
+    return hashlib.sha256(source.read_bytes()).hexdigest()
 
 
 def _usable(target) -> bool:
@@ -50,10 +88,9 @@ def import_models(spec: ExperimentSpec, out: str | Path) -> pd.DataFrame:
     for i, model in enumerate(spec.models):  # every file is checked before anything is written
         source = Path(model.checkpoint).expanduser()
         try:
-            blob = source.read_bytes()
+            digest = _digest(source)
         except OSError as e:
             raise SpecError(f"models[{i}].checkpoint: cannot read {source} ({e.strerror})") from None
-        digest = hashlib.sha256(blob).hexdigest()
         target = store.imported_checkpoint(out, model.run_id)
         record = target.parent / SOURCE_FILE
         kept = json.loads(record.read_text())["sha256"] if record.exists() else None
@@ -66,15 +103,13 @@ def import_models(spec: ExperimentSpec, out: str | Path) -> pd.DataFrame:
                             f"weights they came from; use another --out")
         if kept is not None and _usable(target):
             continue
-        _fitted(model, i, blob)  # new, or its converted copy was damaged: (re)convert from the same source
-        todo.append((i, model, blob, digest))
-    for i, model, blob, digest in todo:
+        # new, or its converted copy was damaged: (re)convert from the same source
+        todo.append((i, model, _fitted(model, i, source), digest))
+    for i, model, (net, original), digest in todo:
         target = store.imported_checkpoint(out, model.run_id)
-        net = _fitted(model, i, blob)
         converted = io.BytesIO()
-        torch.save({"net_config": model.net_config.to_json(), "state_dict": net.state_dict(),
-                    "source": str(Path(model.checkpoint).expanduser().resolve()), "dataset": spec.data.dataset},
-                   converted)
+        torch.save(checkpoint_of(model.net_config, net, original, dataset=spec.data.dataset,
+                                 source=str(Path(model.checkpoint).expanduser().resolve())), converted)
         store.write_file(target, converted.getvalue())
         store.write_file(target.parent / SOURCE_FILE, json.dumps(
             {"source": str(Path(model.checkpoint).expanduser().resolve()), "sha256": digest}).encode())

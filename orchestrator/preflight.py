@@ -66,6 +66,8 @@ def _check_remote_root(spec: ExperimentSpec) -> None:
 def _check_models(spec: ExperimentSpec) -> None:
     for i, m in enumerate(spec.models):
         path = Path(m.checkpoint).expanduser()
+        if m.net_config.arch == "hf":   # a Hugging Face folder: read whole when imported (config read already)
+            continue
         if not path.is_file():
             _fail(f"models[{i}].checkpoint", f"no such file {m.checkpoint}")
         if not os.access(path, os.R_OK):

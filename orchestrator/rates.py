@@ -166,8 +166,13 @@ def _synthetic(spec: ExperimentSpec, train: int, test: int):
     from workloads.data import SPLITS, TensorDataset
     channels, classes, size = spec.data.shape
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(max(train, test), channels, size, size, generator=g)
-    y = torch.randint(0, classes, (len(x),), generator=g)
+    if spec.data.text:  # token ids, each sequence with its next tokens
+        classes = max(t.net_config.num_classes for t in spec.runs)
+        x = torch.randint(0, classes, (max(train, test), size), generator=g)
+        y = torch.randint(0, classes, x.shape, generator=g)
+    else:
+        x = torch.randn(max(train, test), channels, size, size, generator=g)
+        y = torch.randint(0, classes, (len(x),), generator=g)
     augmentation = SPLITS[spec.data.dataset][2] if spec.data.dataset in SPLITS else "none"
     return TensorDataset("calibration", x[:train], y[:train], x[:test], y[:test], classes, augmentation)
 
@@ -200,7 +205,7 @@ def _plan_unit_seconds(spec: ExperimentSpec, net, device, test_size: int) -> tup
     studies = spec.studies
     precision = default_precision(device) if studies.precision == "auto" else studies.precision
     channels, _, size = spec.data.shape
-    examples = min(test_size, default_chunk_size(device, (channels, size, size)))
+    examples = min(test_size, default_chunk_size(device, (size,) if spec.data.text else (channels, size, size)))
     data = _synthetic(spec, min(studies.calibration_examples, examples), examples)
     images, labels = data.test_images.to(device), data.test_labels.to(device)
     per_plan = _timed(lambda: evaluate_plans(net, plans, images, labels, precision=precision, device=device),

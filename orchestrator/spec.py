@@ -88,6 +88,7 @@ def _check_label(label: str) -> str:
 Label = Annotated[Text, AfterValidator(_check_label)]
 
 _IMAGE_FOLDER_KEYS = {"image_size", "resize", "num_classes", "workers"}
+_TEXT_KEYS = {"tokenizer", "sequence_length", "column"}
 _DATA_SHAPES = {"digits": (1, 10, 8), "cifar10": (3, 10, 32), "cifar100": (3, 100, 32)}
 
 
@@ -99,9 +100,21 @@ class DataSpec(Section):
     resize: count(16, 8192) | None = None          # imagenet: shorter side before the crop (default 256/224 of it)
     num_classes: count(2, 10**6) = 1000            # imagenet: class folders under val/
     workers: count(0, 256) = 0                     # imagenet: DataLoader processes per evaluator
+    # text (root: a .txt or .parquet corpus): the tokenizer's folder (default: the first model's folder), the
+    # tokens per sequence the model reads (each sequence predicts its next sequence_length tokens), and the
+    # text column of a Parquet corpus
+    tokenizer: Text | None = None
+    sequence_length: count(2, 1_000_000) = 128
+    column: Text = "text"
 
     @model_validator(mode="after")
     def _image_folder_settings(self) -> "DataSpec":
+        if self.dataset != "text":
+            for key in sorted(_TEXT_KEYS & self.model_fields_set):
+                raise rule(key, f"applies only to dataset text, not {self.dataset}")
+        else:
+            for key in sorted((_IMAGE_FOLDER_KEYS | {"download"}) & self.model_fields_set):
+                raise rule(key, "applies only to image datasets, not text")
         if self.dataset not in STREAMED:
             for key in sorted(_IMAGE_FOLDER_KEYS & self.model_fields_set):
                 raise rule(key, f"applies only to dataset imagenet, not {self.dataset}")
@@ -116,8 +129,15 @@ class DataSpec(Section):
         return self.dataset in STREAMED
 
     @property
+    def text(self) -> bool:
+        return self.dataset == "text"
+
+    @property
     def shape(self) -> tuple[int, int, int]:
-        """(channels, classes, image size) the networks are built for."""
+        """(channels, classes, image size) the networks are built for (text: one channel of token ids, the
+        classes its model's vocabulary sets, the sequence length)."""
+        if self.text:
+            return 1, 2, self.sequence_length
         return (3, self.num_classes, self.image_size) if self.streamed else _DATA_SHAPES[self.dataset]
 
     @property
@@ -132,7 +152,14 @@ class DataSpec(Section):
     @property
     def loader_options(self) -> dict:
         """Keyword arguments of ``workloads.data.load_dataset`` beyond name, root and download."""
+        if self.text:
+            return {"tokenizer": self.resolved_tokenizer, "sequence_length": self.sequence_length,
+                    "column": self.column}
         return {"image_size": self.image_size, "resize": self.resize, "workers": self.workers}
+
+    @property
+    def resolved_tokenizer(self) -> str:
+        return str(Path(self.tokenizer).expanduser().resolve()) if self.tokenizer else ""
 
 
 class Resources(Section):
@@ -417,9 +444,15 @@ def _net_config(network: str, overrides: dict, mode: str, data: DataSpec, where:
     channels, classes, size = data.shape
     fields = {**overrides, **({"stochastic_depth": True} if mode == "stochastic_depth" else {})}
     try:
-        return network_config(network, in_channels=channels, num_classes=classes, image_size=size, **fields)
+        net = network_config(network, **{"in_channels": channels, "num_classes": classes, "image_size": size,
+                                         **fields})
     except ValidationError as e:
         raise SpecError(one_line(e, NetConfig, where)) from None
+    if net.arch == "timm":
+        import timm  # only for a spec that names a timm network
+        if not timm.is_model(net.timm_arch):
+            _fail(f"{where}.overrides.timm_arch", f"timm has no model {net.timm_arch!r}")
+    return net
 
 
 @lru_cache(maxsize=256)  # many runs share a network (seeds, modes)
@@ -433,6 +466,9 @@ def _blocks(cfg: NetConfig, exclude: tuple[int, ...] = ()) -> tuple[int, int, in
 
 
 def _trials(section: TrainingSection, data: DataSpec) -> TrainingSpec:
+    if data.text:
+        _fail("training", "dataset text is evaluated, not trained here; list language models under models: "
+                          "(network: hf_causal_lm, checkpoint: the model's folder)")
     if data.streamed:
         _fail("training", f"dataset {data.dataset} is evaluated from disk, not trained here; list networks trained "
                           f"elsewhere under models: (network, checkpoint)")
@@ -482,11 +518,38 @@ def _imports(entries: list[ModelEntry], data: DataSpec) -> tuple[Trial, ...]:
     for i, entry in enumerate(entries):
         label = entry.label if entry.label is not None else entry.network
         overrides = entry.overrides.model_dump(mode="json", exclude_unset=True)
-        net = _net_config(entry.network, overrides, "normal", data, f"models[{i}]")
+        language = NETWORKS[entry.network].get("arch") == "hf"
+        if language != data.text:
+            _fail(f"models[{i}].network", f"{entry.network} reads {'text' if language else 'images'}, and dataset "
+                                          f"{data.dataset} holds {'text' if data.text else 'images'}")
+        fields = {**overrides, **(_language_model(entry, i, data) if language else {})}
+        net = _net_config(entry.network, fields, "normal", data, f"models[{i}]")
         run_id = _safe_id(f"{label}.pretrained." + _short_hash(net.to_json(), entry.checkpoint, data.dataset))
         models.append(Trial(run_id, label, entry.network, json.dumps(overrides, sort_keys=True), "pretrained", 0, net,
                             None, entry.checkpoint))
     return tuple(models)
+
+
+def _language_model(entry: ModelEntry, index: int, data: DataSpec) -> dict:
+    """A language model's config from its folder's config.json (what the network is, and part of its run id),
+    with the sequence length checked against the positions it takes."""
+    folder = Path(entry.checkpoint).expanduser()
+    try:
+        text = (folder / "config.json").read_text(encoding="utf-8")
+        config = json.loads(text)
+    except OSError:
+        what = "no such folder" if not folder.is_dir() else "no config.json in it"
+        raise SpecError(f"models[{index}].checkpoint: {entry.checkpoint}: {what} (a Hugging Face model folder, as "
+                        f"save_pretrained writes it)") from None
+    except ValueError as e:
+        raise SpecError(f"models[{index}].checkpoint: {folder / 'config.json'} is not valid JSON ({e})") from None
+    longest = config.get("n_positions") or config.get("max_position_embeddings")
+    if isinstance(longest, int) and data.sequence_length > longest:
+        _fail("data.sequence_length", f"{data.sequence_length} is beyond the {longest} positions the model of "
+                                      f"models[{index}] takes")
+    vocabulary = config.get("vocab_size")
+    return {"hf_config": json.dumps(config, sort_keys=True),
+            **({"num_classes": vocabulary} if isinstance(vocabulary, int) and vocabulary > 0 else {})}
 
 
 def _select(trials: tuple[Trial, ...], runs: list[str] | None, where: str) -> list[Trial]:
@@ -562,11 +625,21 @@ def parse_spec(raw: Any, path: str = "") -> ExperimentSpec:
         doc = SpecDocument.model_validate(raw)
     except ValidationError as e:
         raise SpecError(one_line(e, SpecDocument)) from None
-    training = _trials(doc.training, doc.data) if doc.training is not None else TrainingSpec()
-    models = _imports(doc.models, doc.data) if doc.models is not None else ()
+    data = _with_tokenizer(doc.data, doc.models)
+    training = _trials(doc.training, data) if doc.training is not None else TrainingSpec()
+    models = _imports(doc.models, data) if doc.models is not None else ()
     _no_twins(training.trials + models, "models", "give them different labels")
-    studies = _resolve_studies(doc.studies, training.trials + models, doc.data)
-    return ExperimentSpec(doc.name, doc.data, training, studies, raw=raw, path=path, models=models)
+    studies = _resolve_studies(doc.studies, training.trials + models, data)
+    return ExperimentSpec(doc.name, data, training, studies, raw=raw, path=path, models=models)
+
+
+def _with_tokenizer(data: DataSpec, models: list[ModelEntry] | None) -> DataSpec:
+    """Text is tokenised by data.tokenizer, by default the first model's folder (where save_pretrained put it)."""
+    if not data.text or data.tokenizer is not None:
+        return data
+    if not models:
+        _fail("data.tokenizer", "is required with dataset text when no model folder under models: holds one")
+    return data.model_copy(update={"tokenizer": models[0].checkpoint})
 
 
 def load_spec(path: str | Path) -> ExperimentSpec:

@@ -22,6 +22,7 @@ import errno
 import fcntl
 import functools
 import json
+import math
 import os
 import time
 import uuid
@@ -39,10 +40,13 @@ from . import faults
 from .location import Location, is_uri
 
 SCHEMA_VERSION = "1"
-# tables whose schema grew since version 1: lesion 2 added test_rule (how an effective-paths run was evaluated)
-TABLE_VERSIONS = {"lesion": "2"}
+# tables whose schema grew since version 1: lesion 2 added test_rule (how an effective-paths run was evaluated),
+# lesion 3 metric and perplexity (language models: error and loss are next-token error and loss)
+TABLE_VERSIONS = {"lesion": "3"}
 # the value a column added later reads as in parts written before it existed
-ADDED_COLUMNS: dict[str, dict[str, object]] = {"lesion": {"test_rule": ""}}
+ADDED_COLUMNS: dict[str, dict[str, object]] = {
+    "lesion": {"test_rule": "", "metric": "classification", "perplexity": float("nan")}}
+METRICS = ("classification", "next_token")   # what error and loss count: images, or tokens of a text
 
 SCHEMAS: dict[str, pa.Schema] = {
     "runs": pa.schema([
@@ -72,6 +76,7 @@ PART_SCHEMAS: dict[str, pa.Schema] = {
         ("order", pa.list_(pa.int64())), ("kendall_tau", pa.float64()), ("active_blocks", pa.int64()),
         ("error", pa.float64()), ("loss", pa.float64()), ("examples", pa.int64()), ("precision", pa.string()),
         ("bn_recalibrated", pa.bool_()), ("seconds", pa.float64()), ("test_rule", pa.string()),
+        ("metric", pa.string()), ("perplexity", pa.float64()),
     ]),
     "gradients": pa.schema([
         ("unit_key", pa.string()), ("k", pa.int64()), ("draw", pa.int64()), ("chosen", pa.list_(pa.int64())),
@@ -146,13 +151,17 @@ def epoch_rows(run_id: str, history: list[dict]) -> list[dict]:
     return [{"run_id": run_id, **{k: m[k] for k in SCHEMAS["epochs"].names if k != "run_id"}} for m in history]
 
 
-def lesion_row(unit, plan, result, *, test_rule: str, precision: str, bn_recalibrated: bool, seconds: float) -> dict:
+def lesion_row(unit, plan, result, *, test_rule: str, precision: str, bn_recalibrated: bool, seconds: float,
+               metric: str = "classification") -> dict:
     """A lesion row: one plan (``workloads.surgery.Plan``) evaluated on the test set, under the run's test-time
-    rule ("" where its mode needs none)."""
+    rule ("" where its mode needs none). ``metric`` next_token: error, loss and examples count the predicted
+    tokens of a text (error = 1 - next-token accuracy), and perplexity is exp(loss)."""
+    language = metric == "next_token"
     return {"unit_key": unit.key, "k": unit.k, "draw": unit.draw, "deleted": sorted(plan.deleted),
             "order": list(plan.order), "kendall_tau": plan.kendall_tau, "active_blocks": plan.active_blocks,
             "error": result.error, "loss": result.loss, "examples": result.examples, "precision": precision,
-            "bn_recalibrated": bn_recalibrated, "seconds": seconds, "test_rule": test_rule}
+            "bn_recalibrated": bn_recalibrated, "seconds": seconds, "test_rule": test_rule, "metric": metric,
+            "perplexity": math.exp(min(result.loss, 700.0)) if language else float("nan")}
 
 
 def gradient_row(unit, result, *, seconds: float) -> dict:

@@ -60,9 +60,11 @@ def settings_of(spec: ExperimentSpec, study: str) -> str:
     """The spec settings that change a unit's result: part of its key, so changing them recomputes."""
     s = spec.studies
     data = ""
-    if spec.data.streamed:  # images read from disk: which folder, and how they are resized
-        d = spec.data
+    d = spec.data
+    if d.streamed:  # images read from disk: which folder, and how they are resized
         data = f"|data={d.resolved_root}:{d.image_size}:{d.resize}"
+    if d.text:  # which corpus, tokenised how, cut how
+        data = f"|data={d.resolved_root}:{d.column}:{d.resolved_tokenizer}:{d.sequence_length}"
     if study == "gradients":
         return f"batch={s.study('gradients').batch_size}{data}"
     if study == "gates":  # always fp32, the stored BatchNorm statistics: only the test set matters

@@ -29,7 +29,7 @@ from matplotlib.ticker import MaxNLocator
 
 from workloads.surgery.paths import path_length_distribution, surviving_fraction
 
-from .results import EFFECTIVE_MASS, Results, variant_text
+from .results import EFFECTIVE_MASS, ERROR, Results, variant_text
 from .stats import mean_interval
 
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"]  # yellow last: faint
@@ -250,24 +250,25 @@ def f3(results: Results, folder: Path) -> str | None:
     def blocks(r):
         return d[d["run_id"] == r].assign(block=lambda x: x["deleted"].map(lambda b: int(b[0]) + 1)).sort_values("block")
 
+    m = results.measure
     for members in by.values():
         look = looks[members[0]]
         if pooled:
             rows = [blocks(r) for r in members]
-            mean = pd.concat(rows).groupby("block")["error"].mean()
+            mean = pd.concat(rows).groupby("block")[m.column].mean()
             for one in rows if len(members) > 1 else ():
-                ax.plot(one["block"], 100 * one["error"], lw=0.6, alpha=0.4, color=look.color, ls=look.ls)
-            ax.plot(mean.index, 100 * mean, marker="o", ms=2.5, lw=1.3, color=look.color, ls=look.ls)
-            ax.axhline(100 * np.mean([results.intact_error(r) for r in members]), color=look.color, ls=":", lw=0.9)
+                ax.plot(one["block"], m.of(one[m.column]), lw=0.6, alpha=0.4, color=look.color, ls=look.ls)
+            ax.plot(mean.index, m.of(mean), marker="o", ms=2.5, lw=1.3, color=look.color, ls=look.ls)
+            ax.axhline(np.mean([results.intact_value(r) for r in members]), color=look.color, ls=":", lw=0.9)
         for r in members:
             rows = blocks(r)
             if not pooled:
-                ax.plot(rows["block"], 100 * rows["error"], marker=looks[r].marker, ms=3, lw=1, color=look.color,
+                ax.plot(rows["block"], m.of(rows[m.column]), marker=looks[r].marker, ms=3, lw=1, color=look.color,
                         ls=look.ls)
-                ax.axhline(100 * results.intact_error(r), color=look.color, ls=":", lw=0.9)
+                ax.axhline(results.intact_value(r), color=look.color, ls=":", lw=0.9)
             for b in results.critical_blocks(r) if not results.structure(r).plain else ():
-                e = rows[rows["block"] == b + 1]["error"]
-                ax.plot([b + 1] * len(e), 100 * e, "s", mfc="none", mec=look.color, ms=7)
+                e = rows[rows["block"] == b + 1][m.column]
+                ax.plot([b + 1] * len(e), m.of(e), "s", mfc="none", mec=look.color, ms=7)
     if strip is not None:
         names = []
         for row, ((n, down), members) in enumerate(shapes.items()):
@@ -290,17 +291,23 @@ def f3(results: Results, folder: Path) -> str | None:
         strip.set_title(f"F3: deleting one block at test time ({results.dataset}); top: downsampling blocks")
     else:
         ax.set_title(f"F3: deleting one block at test time ({results.dataset})")
-    ax.set_xlabel("deleted block or layer (1-based position)")
-    ax.set_ylabel("test error (%)")
-    ax.set_ylim(0, 100)
+    ax.set_xlabel("deleted block or unit (1-based position)")
+    _measure_axis(ax, m)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _legend_below(fig, handles)
     return _save(fig, folder, "f3_single_deletion")
 
 
-def _band(ax, x, lo, hi, color, alpha):
-    """A 95% interval band, clipped to the 0-100% an error can take; missing where there is no interval."""
-    lo, hi = np.clip(100 * np.asarray(lo, float), 0, 100), np.clip(100 * np.asarray(hi, float), 0, 100)
+def _measure_axis(ax, m, suffix: str = "") -> None:
+    """The y axis of what is plotted: error from 0 to 100%, a loss from 0 up."""
+    ax.set_ylabel(m.label + suffix)
+    ax.set_ylim(0, m.top)
+
+
+def _band(ax, x, lo, hi, color, alpha, m=ERROR):
+    """A 95% interval band, clipped to the values the measure can take (0-100% for an error); missing where
+    there is no interval."""
+    lo, hi = np.clip(m.of(lo), 0, m.top), np.clip(m.of(hi), 0, m.top)
     ok = np.isfinite(lo) & np.isfinite(hi)
     if ok.any():
         ax.fill_between(np.asarray(x, float), lo, hi, where=ok, color=color, alpha=alpha, lw=0)
@@ -326,20 +333,20 @@ def f5a(results: Results, folder: Path) -> str | None:
     handles = _handles(looks, runs) + key
     fig = _figure(_legend_height(handles, 3.3, 6.0), width=6.0)
     ax = fig.subplots()
+    m = results.measure
     for r in runs:
         look = looks[r]
-        curve = results.deletion_curve(r)
-        ax.plot(curve["k"], 100 * curve["mean"], marker=look.marker, ms=3, color=look.color, ls=look.ls)
-        _band(ax, curve["k"], curve["lo"], curve["hi"], look.color, 0.18)
+        curve = results.deletion_curve(r, False, m.column)
+        ax.plot(curve["k"], m.of(curve["mean"]), marker=look.marker, ms=3, color=look.color, ls=look.ls)
+        _band(ax, curve["k"], curve["lo"], curve["hi"], look.color, 0.18, m)
         if r in avoiding:
-            spared = results.deletion_curve(r, True)
+            spared = results.deletion_curve(r, True, m.column)
             if len(spared):
-                ax.plot(spared["k"], 100 * spared["mean"], "--", color=look.color, lw=1)
-                _band(ax, spared["k"], spared["lo"], spared["hi"], look.color, 0.08)
-    ax.set_xlabel("number of deleted blocks k")
-    ax.set_ylabel("test error (%): mean over draws, 95% CI")
+                ax.plot(spared["k"], m.of(spared["mean"]), "--", color=look.color, lw=1)
+                _band(ax, spared["k"], spared["lo"], spared["hi"], look.color, 0.08, m)
+    ax.set_xlabel("number of deleted blocks (units) k")
+    _measure_axis(ax, m, ": mean over draws, 95% CI")
     ax.set_title(f"F5a: deleting k random blocks ({results.dataset})")
-    ax.set_ylim(0, 100)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _legend_below(fig, handles)
     return _save(fig, folder, "f5a_random_deletion")
@@ -367,19 +374,19 @@ def f5b(results: Results, folder: Path) -> str | None:
         Patch(color="0.3", alpha=0.2, label="line and band: binned mean, 95% bootstrap interval")]
     fig = _figure(_legend_height(handles, 3.3, 6.0), width=6.0)
     ax = fig.subplots()
+    m = results.measure
     for r in runs:
         look = looks[r]
         rows = d[d["run_id"] == r]
-        tau, error = rows["kendall_tau"].to_numpy(float), rows["error"].to_numpy(float)
-        ax.scatter(tau, 100 * error, s=6, alpha=0.3, color=look.color, marker=look.marker, lw=0)
-        b = np.array(_binned(tau, error))
-        ax.plot(b[:, 0], 100 * b[:, 1], color=look.color, ls=look.ls, lw=1.5)
-        _band(ax, b[:, 0], b[:, 2], b[:, 3], look.color, 0.2)
+        tau, value = rows["kendall_tau"].to_numpy(float), rows[m.column].to_numpy(float)
+        ax.scatter(tau, m.of(value), s=6, alpha=0.3, color=look.color, marker=look.marker, lw=0)
+        b = np.array(_binned(tau, value))
+        ax.plot(b[:, 0], m.of(b[:, 1]), color=look.color, ls=look.ls, lw=1.5)
+        _band(ax, b[:, 0], b[:, 2], b[:, 3], look.color, 0.2, m)
     ax.set_xlabel("Kendall tau between the new order and the original")
-    ax.set_ylabel("test error (%)")
+    _measure_axis(ax, m)
     ax.set_title(f"F5b: reordering blocks ({results.dataset})")
     ax.invert_xaxis()
-    ax.set_ylim(0, 100)
     _legend_below(fig, handles)
     return _save(fig, folder, "f5b_reorder")
 

@@ -58,6 +58,24 @@ def variant_text(variant_json: str) -> str:
                      for k in first + sorted(set(v) - set(first)))
 
 
+@dataclass(frozen=True)
+class Measure:
+    """What the lesion figures plot: test error in percent for images, mean next-token loss for a language
+    model (the layer-pruning studies' measure; its verdicts still read next-token error in points)."""
+
+    column: str      # lesion column: error | loss
+    scale: float     # plotted = scale x column
+    label: str       # the y axis
+    top: float | None   # the axis' upper end, where the measure has one
+
+    def of(self, values) -> np.ndarray:
+        return self.scale * np.asarray(values, float)
+
+
+ERROR = Measure("error", 100.0, "test error (%)", 100.0)
+NEXT_TOKEN_LOSS = Measure("loss", 1.0, "next-token loss (nats)", None)
+
+
 def _once(method):
     """Memoise a Results method per instance and arguments (the tables do not change once loaded)."""
     @functools.wraps(method)
@@ -146,6 +164,19 @@ class Results:
             return float(rows["error"].iloc[0]) if len(rows) else float("nan")
         return float(rows["error"].iloc[0]) if len(rows) else float(self.run(run_id)["test_error"])
 
+    @functools.cached_property
+    def measure(self) -> Measure:
+        """Next-token loss where the lesions were measured on text, else test error."""
+        language = "metric" in self.lesion and (self.lesion["metric"] == "next_token").any()
+        return NEXT_TOKEN_LOSS if language else ERROR
+
+    def intact_value(self, run_id: str) -> float:
+        """The intact network's value of ``measure``, as plotted."""
+        if self.measure.column == "error":
+            return self.measure.of(self.intact_error(run_id)).item()
+        rows = self.lesion[(self.lesion["run_id"] == run_id) & (self.lesion["study"] == "intact")]
+        return float(rows["loss"].iloc[0]) if len(rows) else float("nan")
+
     @_once
     def single_deletion_rises(self, run_id: str) -> dict[int, float]:
         """Error points each single-block deletion adds to the intact network, by 0-based block."""
@@ -172,12 +203,12 @@ class Results:
         return rows
 
     @_once
-    def deletion_curve(self, run_id: str, avoiding_critical: bool = False) -> pd.DataFrame:
-        """F5a per k: mean error over the draws with its 95% bootstrap interval (lo, hi) and the draws
-        behind it."""
+    def deletion_curve(self, run_id: str, avoiding_critical: bool = False, column: str = "error") -> pd.DataFrame:
+        """F5a per k: mean error (or ``column``) over the draws with its 95% bootstrap interval (lo, hi) and the
+        draws behind it."""
         curve = []
         for k, g in self.random_deletions(run_id, avoiding_critical).groupby("k"):
-            ci = mean_interval(g["error"])
+            ci = mean_interval(g[column])
             curve.append({"k": int(k), "mean": ci.estimate, "lo": ci.lo, "hi": ci.hi, "draws": ci.n})
         return pd.DataFrame(curve, columns=["k", "mean", "lo", "hi", "draws"])
 

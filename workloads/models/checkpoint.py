@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .blocks import BlockNetwork
-from .registry import NetConfig, build_network, torchvision_model
+from .registry import ADAPTED, NetConfig, build_network, source_model
 
 # plain attribute holders that training scripts save beside the weights (torchvision's reference
 # script saves its argparse.Namespace): no code runs to rebuild them
@@ -87,17 +87,34 @@ def _load_strict(module: torch.nn.Module, weights: dict, name: str, what: str) -
 
 
 def network_from_weights(cfg: NetConfig, weights: dict[str, torch.Tensor], name: str = "checkpoint") -> BlockNetwork:
-    """``cfg``'s network with a user's weights. torchvision networks take torchvision's own
-    parameter names (a state_dict from ``torchvision.models.resnet50().state_dict()``)."""
-    what = cfg.name or cfg.torchvision_arch or cfg.arch
-    if cfg.arch == "torchvision":
-        from .torchvision_adapter import from_torchvision
-        model = torchvision_model(cfg)
-        _load_strict(model, weights, name, f"{what} with {cfg.num_classes} classes")
-        return from_torchvision(model).eval()
+    """``cfg``'s network with a user's weights. Networks of another library (torchvision, timm, Hugging Face)
+    take that library's own parameter names (a state_dict from ``torchvision.models.resnet50().state_dict()``)
+    and are adapted into units after loading."""
+    return adapted_from_weights(cfg, weights, name)[0] if cfg.arch in ADAPTED else _own(cfg, weights, name)
+
+
+def adapted_from_weights(cfg: NetConfig, weights: dict[str, torch.Tensor],
+                         name: str = "checkpoint") -> tuple[BlockNetwork, torch.nn.Module]:
+    """(units, the library's model) of an adapted network with its library's weights."""
+    from .adapters import adapt
+    what = cfg.name or cfg.torchvision_arch or cfg.timm_arch or cfg.arch
+    model = source_model(cfg)
+    _load_strict(model, weights, name, f"{what} with {cfg.num_classes} classes" if cfg.arch != "hf" else what)
+    return adapt(model.eval()).eval(), model
+
+
+def _own(cfg: NetConfig, weights: dict, name: str) -> BlockNetwork:
     net = build_network(cfg)
-    _load_strict(net, weights, name, what)
+    _load_strict(net, weights, name, cfg.name or cfg.arch)
     return net.eval()
+
+
+def checkpoint_of(cfg: NetConfig, net: BlockNetwork, model: torch.nn.Module | None = None, **extra) -> dict:
+    """What unravel saves of a network: its config and weights. An adapted network is saved as its library's
+    model (its own parameter names, each tensor once), and rebuilt by adapting that model again."""
+    if model is not None:
+        return {"net_config": cfg.to_json(), "state_dict": model.state_dict(), "weights_of": "source", **extra}
+    return {"net_config": cfg.to_json(), "state_dict": net.state_dict(), **extra}
 
 
 def load_checkpoint(source: str | Path | bytes, name: str | None = None) -> tuple[BlockNetwork, dict]:
@@ -110,6 +127,6 @@ def load_checkpoint(source: str | Path | bytes, name: str | None = None) -> tupl
         cfg = NetConfig.from_json(ckpt["net_config"])
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{name}: its net_config is invalid ({e})") from None
-    net = build_network(cfg)
-    _load_strict(net, ckpt["state_dict"], name, cfg.name or cfg.arch)
-    return net.eval(), ckpt
+    if ckpt.get("weights_of") == "source":   # an adapted network, saved as its library's model
+        return adapted_from_weights(cfg, ckpt["state_dict"], name)[0], ckpt
+    return _own(cfg, ckpt["state_dict"], name), ckpt

@@ -2,16 +2,19 @@
 
 Names (timm-style registry): ``resnet{20,32,44,56,110}`` (basic, unit a),
 ``preact_resnet{20,...,110}`` (unit e), ``resnet{164,1001}`` / ``preact_resnet{164,1001}``
-(bottleneck), ``plain15``, and torchvision's ``tv_resnet{18,34,50,101,152}`` /
-``tv_wide_resnet50_2``. Every field of NetConfig can override a name's defaults, e.g.
+(bottleneck), ``plain15``; networks a researcher brings: torchvision's ``tv_<builder>`` (``tv_resnet50``,
+``tv_resnext50_32x4d``, ``tv_vit_b_16``, ``tv_convnext_tiny``, ``tv_swin_t``, ...; ``tv_VisionTransformer``
+and ``tv_SwinTransformer`` take every constructor argument from ``arch_options``), ``timm`` (any timm model
+of a family the adapters know, named by ``timm_arch``) and ``hf_causal_lm`` (a Hugging Face causal language
+model, its config read from the user's folder). Every field of NetConfig can override a name's defaults, e.g.
 ``network_config("resnet110", unit="c", shortcut="exclusive_gating", in_channels=1)``.
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 from pydantic.dataclasses import dataclass
 
 from ..fields import FORBID, Flag, JsonConfig, count, number
@@ -20,7 +23,33 @@ from .plain import plain_net
 from .resnet import UNITS, blocks_per_stage, cifar_resnet
 from .shortcuts import SHORTCUT_VARIANTS
 
-TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2")
+TORCHVISION_ARCHS = (
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2",
+    "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
+    "regnet_y_400mf", "regnet_y_800mf", "regnet_y_1_6gf", "regnet_y_3_2gf", "regnet_y_8gf", "regnet_y_16gf",
+    "regnet_y_32gf", "regnet_y_128gf", "regnet_x_400mf", "regnet_x_800mf", "regnet_x_1_6gf", "regnet_x_3_2gf",
+    "regnet_x_8gf", "regnet_x_16gf", "regnet_x_32gf",
+    "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+    *(f"efficientnet_b{i}" for i in range(8)), "efficientnet_v2_s", "efficientnet_v2_m", "efficientnet_v2_l",
+    "convnext_tiny", "convnext_small", "convnext_base", "convnext_large",
+    "swin_t", "swin_s", "swin_b", "swin_v2_t", "swin_v2_s", "swin_v2_b",
+    "vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14",
+    "VisionTransformer", "SwinTransformer",   # the classes themselves: every argument from arch_options
+)
+# the names that existed before arch_options, timm_arch and hf_config: a config that leaves those at their
+# defaults serialises without them, so the run ids of every earlier spec stay what they were
+_LATER_FIELDS = {"arch_options": (), "timm_arch": "", "hf_config": ""}
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(_hashable(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _pairs(value: Any) -> Any:
+    """A mapping of keyword arguments as sorted (name, value) pairs, lists as tuples: a frozen config hashes."""
+    if isinstance(value, dict):
+        return tuple(sorted((str(k), _hashable(v)) for k, v in value.items()))
+    return value
 
 
 @dataclass(frozen=True, config=FORBID)
@@ -30,7 +59,7 @@ class NetConfig(JsonConfig):
     _noun = "network"
 
     name: str = "resnet110"
-    arch: Literal["resnet", "plain", "torchvision"] = "resnet"
+    arch: Literal["resnet", "plain", "torchvision", "timm", "hf"] = "resnet"
     depth: count(2, 1202) = 110
     bottleneck: Flag = False
     unit: Literal[UNITS] = "a"                       # residual-unit variant (a)-(e), Identity Mappings Fig. 4
@@ -47,6 +76,25 @@ class NetConfig(JsonConfig):
     in_channels: count(1, 4096) = 3
     num_classes: count(1, 10**6) = 10
     image_size: count(1, 8192) = 32                  # informational: networks pool globally
+    # torchvision/timm: keyword arguments of the builder (a mapping in a spec; kept as sorted pairs so the
+    # config hashes), e.g. {image_size: 32, patch_size: 8, num_layers: 4, ...} for tv_VisionTransformer
+    arch_options: Annotated[tuple[tuple[str, Any], ...], BeforeValidator(_pairs, json_schema_input_type=dict)] = ()
+    timm_arch: str = ""                              # timm only: the model's name, e.g. convnext_tiny
+    hf_config: str = ""                              # hf only: the model's config.json, as JSON text
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        for key, default in _LATER_FIELDS.items():
+            if d[key] == default or d[key] == list(default):
+                del d[key]
+        if "arch_options" in d:
+            d["arch_options"] = self.options
+        return d
+
+    @property
+    def options(self) -> dict:
+        """arch_options as keyword arguments."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.arch_options}
 
     def __post_init__(self) -> None:
         """The rules that tie fields together (bounds are in the field types)."""
@@ -55,6 +103,16 @@ class NetConfig(JsonConfig):
         if self.arch == "torchvision" and self.torchvision_arch not in TORCHVISION_ARCHS:
             raise ValueError(f"torchvision_arch must be one of {', '.join(TORCHVISION_ARCHS)}, "
                              f"got {self.torchvision_arch!r}")
+        if self.arch_options and self.arch not in ("torchvision", "timm"):
+            raise ValueError(f"arch_options applies only to torchvision and timm networks, not arch {self.arch}")
+        if self.arch == "timm" and not self.timm_arch:
+            raise ValueError("timm_arch must name the timm model (e.g. convnext_tiny)")
+        if self.arch == "hf" and not self.hf_config:
+            raise ValueError("hf_config must hold the model's config.json (read from its folder)")
+        if self.arch in ("timm", "torchvision") and self.in_channels != 3 and not self.torchvision_arch.startswith(
+                ("resnet", "wide_resnet", "resnext")):
+            raise ValueError(f"{self.torchvision_arch or self.timm_arch} takes 3-channel images, the data has "
+                             f"{self.in_channels}")
         if self.final_survival == 0.0:
             raise ValueError("final_survival must be above 0 (a last block that never runs)")
         if self.dropout_p == 1.0:
@@ -72,6 +130,8 @@ def _registry() -> dict[str, dict]:
     reg["plain15"] = dict(arch="plain", depth=15, widths=(64, 128, 256), layers_per_stage=5)
     for tv in TORCHVISION_ARCHS:
         reg[f"tv_{tv}"] = dict(arch="torchvision", torchvision_arch=tv, image_size=224, num_classes=1000)
+    reg["timm"] = dict(arch="timm", image_size=224, num_classes=1000)
+    reg["hf_causal_lm"] = dict(arch="hf")
     return reg
 
 
@@ -87,13 +147,30 @@ def network_config(name: str, **overrides) -> NetConfig:
     return NetConfig.from_dict(fields)
 
 
-def torchvision_model(cfg: NetConfig) -> torch.nn.Module:
-    """The torchvision model itself (its own parameter names, to load a user's state_dict)."""
-    import torchvision  # a second to import: only for torchvision networks
-    model = getattr(torchvision.models, cfg.torchvision_arch)(weights=None, num_classes=cfg.num_classes)
-    if cfg.in_channels != 3:
-        model.conv1 = type(model.conv1)(cfg.in_channels, 64, 7, 2, 3, bias=False)
-    return model
+ADAPTED = ("torchvision", "timm", "hf")   # networks built by another library and adapted into units
+
+
+def source_model(cfg: NetConfig) -> torch.nn.Module:
+    """The model as its own library builds it (its own parameter names, to load a user's weights):
+    torchvision's, timm's or Hugging Face's."""
+    if cfg.arch == "torchvision":
+        import torchvision  # a second to import: only for torchvision networks
+        builder = getattr(torchvision.models, cfg.torchvision_arch)
+        options = cfg.options if isinstance(builder, type) else {"weights": None, **cfg.options}
+        model = builder(num_classes=cfg.num_classes, **options)
+        if cfg.in_channels != 3:
+            model.conv1 = type(model.conv1)(cfg.in_channels, 64, 7, 2, 3, bias=False)
+        return model
+    if cfg.arch == "timm":
+        import timm
+        return timm.create_model(cfg.timm_arch, pretrained=False, num_classes=cfg.num_classes, **cfg.options)
+    if cfg.arch == "hf":
+        from .hf_loading import model_from_config
+        return model_from_config(cfg.hf_config, meta=torch.get_default_device().type == "meta")
+    raise ValueError(f"arch {cfg.arch} is unravel's own, not built by another library")
+
+
+torchvision_model = source_model   # the name the ResNet-only code knew
 
 
 def skeleton(config: NetConfig | str, **overrides) -> BlockNetwork:
@@ -108,7 +185,7 @@ def build_network(config: NetConfig | str, **overrides) -> BlockNetwork:
     cfg = network_config(config, **overrides) if isinstance(config, str) else config
     if cfg.arch == "plain":
         return plain_net(cfg)
-    if cfg.arch == "torchvision":
-        from .torchvision_adapter import from_torchvision
-        return from_torchvision(torchvision_model(cfg))
+    if cfg.arch in ADAPTED:
+        from .adapters import adapt
+        return adapt(source_model(cfg))
     return cifar_resnet(cfg)
