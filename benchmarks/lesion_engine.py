@@ -6,7 +6,9 @@ In one run, on one device and precision:
   (3) ceiling: the intact network's forward at its best settings.
 ``--model vit_b_16`` runs the same on a ViT-B/16-shaped torchvision Vision Transformer (random weights,
 224 px inputs) seen as 24 residual units (an attention and an MLP unit per layer, vit_adapter.py), whose
-reorders swap units of a kind.
+reorders swap units of a kind. ``--model gpt2`` runs it on a GPT-2-small-shaped causal language model (12 layers,
+width 768, 12 heads, vocabulary 50257, random weights) as 24 units (hf_adapter.py), on random token sequences
+(``--sequence-length``, 256), scored on next-token loss and accuracy at every position (an example is a position).
 Checks that (1) and (2) agree within one example per plan, then prints
 ``speedup=X ideal=Y efficiency=Z``: speedup = naive wall / engine wall; ideal = naive block
 evaluations / engine block evaluations; efficiency = engine block evaluations per second /
@@ -31,7 +33,8 @@ from benchmarks.memory import PeakMemory  # noqa: E402
 from workloads.models import build_network  # noqa: E402
 from workloads.surgery import (PlanTrie, delete_blocks, deletion_pool, evaluate_plans, forward_plan, intact,  # noqa: E402
                                random_deletion, random_swaps)
-from workloads.surgery.evaluate import autocast_for, default_chunk_size, default_precision  # noqa: E402
+from workloads.surgery.evaluate import autocast_for, default_precision, input_chunk_size  # noqa: E402
+from workloads.surgery.loss import summed  # noqa: E402
 from workloads.surgery.trie import naive_block_runs  # noqa: E402
 
 
@@ -64,21 +67,23 @@ def naive(net, plans, images, labels, device, batch=128):
             c = 0
             for s in range(0, len(images), batch):
                 x = images[s:s + batch].to(device)
-                c += int((forward_plan(net, plan, x).argmax(1) == labels[s:s + batch].to(device)).sum())
+                c += int(summed(forward_plan(net, plan, x), labels[s:s + batch].to(device))[1])
             correct.append(c)
     return correct
 
 
 def ceiling(net, images, device, precision, chunk, repeats):
-    net = net.to(memory_format=torch.channels_last)
+    fmt = torch.channels_last if images.dim() == 4 else torch.contiguous_format  # token ids: no channels
+    if images.dim() == 4:
+        net = net.to(memory_format=fmt)
     with torch.inference_mode(), autocast_for(device, precision):
         for s in range(0, min(len(images), chunk * 2), chunk):  # warm-up
-            net(images[s:s + chunk].to(device).contiguous(memory_format=torch.channels_last))
+            net(images[s:s + chunk].to(device).contiguous(memory_format=fmt))
         _sync(device)
         t = time.perf_counter()
         for _ in range(repeats):
             for s in range(0, len(images), chunk):
-                net(images[s:s + chunk].to(device).contiguous(memory_format=torch.channels_last))
+                net(images[s:s + chunk].to(device).contiguous(memory_format=fmt))
         _sync(device)
     return repeats * len(images) / (time.perf_counter() - t)
 
@@ -95,18 +100,35 @@ def main(argv=None) -> int:
     p.add_argument("--examples", type=int, default=None, help="test examples (CIFAR-10 test set: 10000)")
     p.add_argument("--studies", default="F3,F5a,F5b", help="comma-separated subset of F3,F5a,F5b")
     p.add_argument("--network", default="resnet110")
-    p.add_argument("--model", choices=["vit_b_16"], default=None,
-                   help="a transformer instead of --network: vit_b_16 (ViT-B/16 shape, random weights, 224 px)")
+    p.add_argument("--model", choices=["vit_b_16", "gpt2"], default=None,
+                   help="a transformer instead of --network: vit_b_16 (ViT-B/16 shape, random weights, 224 px) or "
+                        "gpt2 (GPT-2-small shape, random weights, token sequences)")
+    p.add_argument("--sequence-length", type=int, default=256, help="--model gpt2: tokens per sequence")
     p.add_argument("--chunk", type=int, default=None, help="engine chunk size (default: chosen for the device)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default=None)
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
     draws = args.draws if args.draws is not None else (1 if args.quick else 100)
-    examples = args.examples if args.examples is not None else (128 if args.quick else 2000)
+    if args.model == "gpt2":  # a sequence is 256 examples (positions), each forward ~60 GFLOP on a CPU
+        examples = args.examples if args.examples is not None else (2 if args.quick else 64)
+        if args.studies == p.get_default("studies"):
+            args.studies = "F3,F5a"  # single-unit and k random unit deletions
+    else:
+        examples = args.examples if args.examples is not None else (128 if args.quick else 2000)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = args.precision or default_precision(device)
     torch.manual_seed(0)
-    if args.model:
+    if args.model == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        from workloads.models.hf_adapter import check_adapter, from_causal_lm
+        lm = GPT2LMHeadModel(GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257,
+                                        n_positions=max(1024, args.sequence_length))).eval()
+        net = from_causal_lm(lm).to(device)
+        check_adapter(lm.to(device), net, torch.randint(0, 50257, (2, args.sequence_length), device=device),
+                      rtol=1e-3, atol=1e-4)
+        args.network = args.model
+    elif args.model:
         import torchvision
 
         from workloads.models.vit_adapter import check_adapter, from_torchvision_vit
@@ -120,13 +142,18 @@ def main(argv=None) -> int:
         net = trained_like(build_network(args.network)).to(device)
         size = 32
     infos = net.block_infos()
-    images = torch.randn(examples, 3, size, size)
-    labels = torch.randint(0, 10, (examples,))
+    if args.model == "gpt2":
+        images = torch.randint(0, 50257, (examples, args.sequence_length))
+        labels = torch.randint(0, 50257, (examples, args.sequence_length))
+    else:
+        images = torch.randn(examples, 3, size, size)
+        labels = torch.randint(0, 10, (examples,))
     plans = sweep_plans(infos, draws, args.studies)
     trie = PlanTrie.build(plans, infos)
-    chunk = args.chunk or default_chunk_size(device, images.shape[1:])
+    chunk = args.chunk or input_chunk_size(net, device, images)
+    what = f"sequences of {args.sequence_length} tokens" if args.model == "gpt2" else "images"
     print(f"{args.network} on {device} ({torch.get_num_threads()} threads), {precision}, "
-          f"{examples} examples, {len(plans)} plans ({args.studies}, {draws} draws per k), engine chunk {chunk}")
+          f"{examples} {what}, {len(plans)} plans ({args.studies}, {draws} draws per k), engine chunk {chunk}")
 
     with PeakMemory(device) as mem_naive:
         t = time.perf_counter()
@@ -142,7 +169,7 @@ def main(argv=None) -> int:
     ceiling_rate = ceiling(net, images, device, precision, chunk, repeats=2)
 
     mismatches = [i for i, (a, r) in enumerate(zip(naive_correct, results)) if abs(a - r.correct) > 1]
-    naive_blocks = naive_block_runs(plans) * examples
+    naive_blocks = naive_block_runs(plans) * examples  # sequences, not positions: the block counts of a ratio
     engine_blocks = trie.block_runs * examples
     speedup = naive_wall / engine_wall
     ideal = naive_blocks / engine_blocks
@@ -155,7 +182,7 @@ def main(argv=None) -> int:
     act_mb = max(chunk, 1) * 16 * 32 * 32 * 4 / 2**20 if args.network.startswith(("resnet", "preact")) else float("nan")
     print(f"memory bound of the engine: depth {net.num_blocks} x one chunk's activation "
           f"({act_mb:.0f} MiB at chunk {chunk}) = {net.num_blocks * act_mb:,.0f} MiB, whatever the number of plans")
-    print(f"ceiling: intact forward {ceiling_rate:,.0f} images/s = {ceiling_rate * net.num_blocks:,.0f} blocks/s")
+    print(f"ceiling: intact forward {ceiling_rate:,.0f} {what.split()[0]}/s = {ceiling_rate * net.num_blocks:,.0f} blocks/s")
     errs = [r.error for r in results]
     print(f"errors: intact {errs[0]:.4f}, min {min(errs):.4f}, max {max(errs):.4f}; "
           f"naive and engine agree within one example on {len(plans) - len(mismatches)}/{len(plans)} plans")

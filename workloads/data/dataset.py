@@ -13,8 +13,8 @@ class DataNotFound(FileNotFoundError):
 @dataclass
 class TensorDataset:
     name: str
-    train_images: torch.Tensor   # [N, C, H, W] float32, normalised per channel
-    train_labels: torch.Tensor   # [N] int64
+    train_images: torch.Tensor   # [N, C, H, W] float32, normalised per channel; text: token ids [N, L] int64
+    train_labels: torch.Tensor   # [N] int64; text: the next tokens [N, L] int64
     test_images: torch.Tensor
     test_labels: torch.Tensor
     num_classes: int

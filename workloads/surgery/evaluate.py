@@ -13,16 +13,20 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..models.blocks import BlockNetwork
+from .loss import summed
 from .plan import Plan, validate
 from .trie import Node, PlanTrie
 
 
 @dataclass(frozen=True)
 class PlanResult:
+    """One plan's score. For token data (logits [N, T, V], labels [N, T]) every token position is an example:
+    ``correct`` and ``examples`` count positions, ``loss`` is the mean next-token cross-entropy and ``error``
+    1 - next-token accuracy (loss.py)."""
+
     error: float        # fraction misclassified
     loss: float         # mean cross-entropy
     correct: int
@@ -33,15 +37,26 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def default_chunk_size(device: torch.device, example_shape: Sequence[int]) -> int:
-    """Examples per chunk: a power of two; CPU convolutions run fastest at 64-128 CIFAR images,
-    a GPU wants thousands. Small inputs (8x8 digits) get larger chunks."""
+def default_chunk_size(device: torch.device, example_shape: Sequence[int], floor: int = 16) -> int:
+    """Examples per chunk: a power of two, at least ``floor``; CPU convolutions run fastest at 64-128 CIFAR
+    images, a GPU wants thousands. Small inputs (8x8 digits) get larger chunks."""
     numel = 1
     for d in example_shape:
         numel *= int(d)
     budget, cap = ((1 << 23), 4096) if device.type == "cuda" else ((1 << 19), 1024)
-    n = max(16, min(cap, budget // max(numel, 1)))
+    n = max(floor, min(cap, budget // max(numel, 1)))
     return 1 << (n.bit_length() - 1)
+
+
+def input_chunk_size(net: BlockNetwork, device: torch.device, inputs: torch.Tensor) -> int:
+    """``default_chunk_size`` for these inputs. Images are sized by their own shape; token ids (integers) by
+    the stem's output for one sequence, since an int64 [T] is tiny and its activations are T x hidden, and may
+    go down to one sequence a chunk (a long context of a wide model)."""
+    if inputs.is_floating_point():
+        return default_chunk_size(device, inputs.shape[1:])
+    with torch.inference_mode():
+        activation = net.stem(inputs[:1].to(device)).shape[1:]
+    return default_chunk_size(device, activation, floor=1)
 
 
 def default_precision(device: torch.device) -> str:
@@ -79,9 +94,7 @@ class _Walk:
         self.correct = torch.zeros(num_plans, dtype=torch.int64, device=device)
 
     def leaf(self, node: Node, x: torch.Tensor, y: torch.Tensor) -> None:
-        logits = self.net.head(x).float()
-        loss = F.cross_entropy(logits, y, reduction="sum").double()
-        correct = (logits.argmax(1) == y).sum()
+        loss, correct = summed(self.net.head(x), y)
         first = node.plans[0]  # duplicates are filled in from the first plan at the end
         self.loss[first] += loss
         self.correct[first] += correct
@@ -128,7 +141,7 @@ def evaluate_plans(net: BlockNetwork, plans: Sequence[Plan], images: torch.Tenso
     trie = PlanTrie.build(plans, infos)
     if channels_last and images.dim() == 4:
         net.to(memory_format=torch.channels_last)
-    chunk = chunk_size or default_chunk_size(device, images.shape[1:])
+    chunk = chunk_size or input_chunk_size(net, device, images)
     walker = _Walk(net, len(plans), device)
     with torch.inference_mode(), autocast_for(device, precision):
         for start in range(0, len(images), chunk):
@@ -138,7 +151,7 @@ def evaluate_plans(net: BlockNetwork, plans: Sequence[Plan], images: torch.Tenso
                 x = x.contiguous(memory_format=torch.channels_last)
             walker.walk(trie.root, net.stem(x), y)
     loss, correct = walker.loss.cpu(), walker.correct.cpu()
-    n = len(images)
+    n = labels.numel()  # token data: every position
     first_of: dict[int, int] = {}
     _first_plan_index(trie.root, first_of)
     results = []
@@ -160,7 +173,7 @@ def evaluate_plans_over(net: BlockNetwork, plans: Sequence[Plan], chunks: Iterab
         for i, r in enumerate(evaluate_plans(net, plans, images, labels, **options)):
             correct[i] += r.correct
             loss[i] += r.loss * r.examples
-        total += len(labels)
+        total += labels.numel()
     if total == 0:
         raise ValueError("the test set is empty")
     return [PlanResult(error=1.0 - c / total, loss=l / total, correct=c, examples=total)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.blocks import BlockNetwork
+from .loss import mean_loss
 from .plan import PlanError
 
 _LN10 = math.log(10.0)
@@ -119,7 +120,9 @@ class _Tape:
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         ref_net = anchor if anchor is not None else net
         with torch.no_grad():
-            x = ref_net.stem(images.to(next(ref_net.parameters()).dtype).contiguous(memory_format=fmt))
+            dtype = next(ref_net.parameters()).dtype
+            inputs = images.to(dtype) if images.is_floating_point() else images  # token ids stay integers
+            x = ref_net.stem(inputs.contiguous(memory_format=fmt))
         if x.dim() != 4:  # tokens (a transformer's units): no channels to put last
             fmt = torch.contiguous_format
         for block, ref in zip(net.blocks, ref_net.blocks):
@@ -146,7 +149,7 @@ class _Tape:
             self.steps.append((x_in, s, r, post, block.identity_skip))
             x = y.detach()
         top = x.requires_grad_(True)
-        loss = F.cross_entropy(ref_net.head(top), labels)
+        loss = mean_loss(ref_net.head(top), labels)
         (top_grad,) = torch.autograd.grad(loss, top)
         self.top_grad = top_grad.float()
         self.channels_last = fmt == torch.channels_last and self.top_grad.dim() == 4
@@ -259,7 +262,7 @@ def naive_gradient_norm(net: BlockNetwork, images: torch.Tensor, labels: torch.T
     for i, block in enumerate(net.blocks):
         s, r = block.parts(x)
         x = block.post(s.detach() + r) if i in chosen_set else block.post(s + r.detach())
-    loss = F.cross_entropy(net.head(x), labels)
+    loss = mean_loss(net.head(x), labels)
     loss.backward()
     top = x0.grad.abs().max()
     return 0.0 if top == 0 else float(top) * float(torch.linalg.vector_norm(x0.grad / top))

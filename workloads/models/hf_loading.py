@@ -1,0 +1,133 @@
+"""Hugging Face causal language models from a local folder, and rebuilt from their config alone.
+
+A spec names a folder (``save_pretrained``'s: config.json and its weights); nothing is ever downloaded. A
+folder that is not what it should be (missing, no config.json, no weights, a model type the adapter does not
+know, weights of another shape) is refused in one line that names it, never a traceback and never a model
+that silently keeps random weights where the checkpoint lacked some. ``config_json`` and ``model_from_config``
+carry a model's architecture between processes (a worker rebuilds it, then loads a state_dict; on the meta
+device a spec counts the units of a 7B model without its memory).
+
+transformers is imported inside the functions: the CIFAR path never pays for it.
+"""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import torch
+
+from .adapter_check import AdapterError
+from .checkpoint import CheckpointError
+
+# config.json's model_type -> the causal LM class the adapter (hf_adapter.py) reproduces
+MODEL_TYPES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+               "qwen2": "Qwen2ForCausalLM"}
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+
+
+def _supported(model_type, where: str) -> None:
+    if model_type not in MODEL_TYPES:
+        raise AdapterError(f"{where}: model type {model_type!r} is not supported; supported: "
+                           f"{', '.join(MODEL_TYPES)} (causal language models whose layers the adapter reproduces)")
+
+
+def read_config(folder: str | Path) -> dict:
+    """config.json of a model folder, checked: the folder exists, holds a config.json of a supported model type
+    and weights."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such folder")
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: no config.json, so not a Hugging Face model folder (save_pretrained "
+                              f"writes config.json beside the weights)")
+    try:
+        config = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: holds a {type(config).__name__}, expected a JSON object")
+    _supported(config.get("model_type"), str(folder))
+    if not any(any(folder.glob(pattern)) for pattern in WEIGHT_FILES):
+        raise CheckpointError(f"{folder}: no weights (no *.safetensors or pytorch_model.bin beside config.json)")
+    return config
+
+
+@contextmanager
+def _quiet():
+    """transformers' load report and progress bars off while loading: problems are raised here, in one line."""
+    from transformers.utils import logging
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def load_causal_lm(folder: str | Path):
+    """The model saved in ``folder``, float32, eval mode; its weights must fit its config exactly."""
+    read_config(folder)
+    from transformers import AutoModelForCausalLM
+    try:
+        with _quiet():
+            model, info = AutoModelForCausalLM.from_pretrained(
+                str(folder), local_files_only=True, dtype=torch.float32, output_loading_info=True,
+                ignore_mismatched_sizes=True)  # mismatches are reported below, in one line
+    except Exception as e:  # noqa: BLE001 - a damaged file raises anything; the message says which folder
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"{folder}: cannot be loaded ({type(e).__name__}: {first})") from None
+    problems = []
+    if info.get("mismatched_keys"):
+        key, *shapes = sorted(info["mismatched_keys"], key=str)[0]
+        shown = f" (checkpoint {list(shapes[0])}, config {list(shapes[1])})" if len(shapes) == 2 else ""
+        problems.append(f"{len(info['mismatched_keys'])} of another shape, e.g. {key}{shown}")
+    if info.get("missing_keys"):
+        problems.append(f"{len(info['missing_keys'])} missing, e.g. {sorted(info['missing_keys'])[0]}")
+    if info.get("unexpected_keys"):
+        problems.append(f"{len(info['unexpected_keys'])} unexpected, e.g. {sorted(info['unexpected_keys'])[0]}")
+    if problems:
+        raise CheckpointError(f"{folder}: its weights do not fit its config.json: {'; '.join(problems)}")
+    return model.eval()
+
+
+def config_json(model) -> str:
+    """The model's config as JSON: enough for ``model_from_config`` to rebuild the architecture."""
+    return model.config.to_json_string(use_diff=False)
+
+
+def model_from_config(config_json: str, *, meta: bool = False):
+    """A model of that config with fresh random weights (float32, eval), e.g. to load a state_dict into;
+    ``meta=True`` builds it on the meta device, shapes without memory."""
+    try:
+        config = json.loads(config_json)
+    except ValueError as e:
+        raise CheckpointError(f"model config: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"model config: holds a {type(config).__name__}, expected a JSON object")
+    _supported(config.get("model_type"), "model config")
+    from transformers import AutoConfig, AutoModelForCausalLM
+    try:
+        built = AutoConfig.for_model(**config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"model config: not a valid {config['model_type']} config ({e})") from None
+    with torch.device("meta") if meta else nullcontext(), _quiet():
+        model = AutoModelForCausalLM.from_config(built, dtype=torch.float32)
+    return model.eval()
+
+
+def max_sequence_length(config_or_model) -> int:
+    """The most positions the model takes (GPT-2: n_positions; the Llama layout: max_position_embeddings)."""
+    config = getattr(config_or_model, "config", config_or_model)
+    if isinstance(config, dict):
+        value = config.get("n_positions") or config.get("max_position_embeddings")
+    else:
+        value = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    if not isinstance(value, int) or value < 1:
+        raise AdapterError(f"{type(config).__name__}: names no maximum sequence length (n_positions or "
+                           f"max_position_embeddings)")
+    return value
