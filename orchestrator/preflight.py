@@ -30,6 +30,9 @@ def check_inputs(spec: ExperimentSpec) -> None:
         if not (root / folder).is_dir():
             _fail("data.root", f"no {title} files in {root} (expected {root / folder}/); put torchvision's "
                                f"{title} files there, or set data.download: true on a machine with internet")
+    if d.text:
+        _check_models(spec)
+        return _check_corpus(spec)
     if d.streamed:
         classes = class_folders(root / "val")
         if not classes:
@@ -63,10 +66,36 @@ def _check_remote_root(spec: ExperimentSpec) -> None:
         _fail("data.root", str(e))
 
 
+def _check_corpus(spec: ExperimentSpec) -> None:
+    """The text tokenises into at least one sequence, with ids every model has embeddings for."""
+    from types import SimpleNamespace
+
+    from workloads.data import DataNotFound
+    from workloads.data.text import TextDataError, check_vocabulary, load_text_corpus, load_tokenizer
+    d = spec.data
+    try:
+        load_tokenizer(d.resolved_tokenizer)
+    except (DataNotFound, TextDataError) as e:
+        _fail("data.tokenizer", str(e))
+    try:
+        data = load_text_corpus(d.resolved_root, d.resolved_tokenizer, d.sequence_length, column=d.column)
+        for m in spec.models:
+            check_vocabulary(SimpleNamespace(vocab_size=m.net_config.num_classes), data)
+    except (DataNotFound, TextDataError) as e:
+        _fail("data.root", str(e))
+
+
 def _check_models(spec: ExperimentSpec) -> None:
+    from workloads.models import CheckpointError
+    from workloads.models.adapter_check import AdapterError
     for i, m in enumerate(spec.models):
         path = Path(m.checkpoint).expanduser()
-        if m.net_config.arch == "hf":   # a Hugging Face folder: read whole when imported (config read already)
+        if m.net_config.arch == "hf":   # a Hugging Face folder: its config, model type and weights
+            from workloads.models.hf_loading import read_config
+            try:
+                read_config(path)
+            except (CheckpointError, AdapterError) as e:
+                _fail(f"models[{i}].checkpoint", str(e))
             continue
         if not path.is_file():
             _fail(f"models[{i}].checkpoint", f"no such file {m.checkpoint}")

@@ -543,8 +543,13 @@ def _language_model(entry: ModelEntry, index: int, data: DataSpec) -> dict:
                         f"save_pretrained writes it)") from None
     except ValueError as e:
         raise SpecError(f"models[{index}].checkpoint: {folder / 'config.json'} is not valid JSON ({e})") from None
-    longest = config.get("n_positions") or config.get("max_position_embeddings")
-    if isinstance(longest, int) and data.sequence_length > longest:
+    from workloads.models.hf_loading import MODEL_TYPES, max_sequence_length
+    kind = config.get("model_type") if isinstance(config, dict) else None
+    if kind not in MODEL_TYPES:
+        _fail(f"models[{index}].checkpoint", f"{folder} holds a model of type {kind!r}; the layers unravel "
+                                             f"reproduces are those of {', '.join(MODEL_TYPES)}")
+    longest = max_sequence_length(config)
+    if data.sequence_length > longest:
         _fail("data.sequence_length", f"{data.sequence_length} is beyond the {longest} positions the model of "
                                       f"models[{index}] takes")
     vocabulary = config.get("vocab_size")

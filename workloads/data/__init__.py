@@ -15,10 +15,8 @@ from .dataset import DataNotFound, TensorDataset
 if TYPE_CHECKING:
     from .imagefolder import StreamedImageFolder
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagenet")
-# token sequences for language models: load_dataset reads them; not in DATASETS (what a spec may name) until the
-# spec gives them a shape (orchestrator/spec.py sizes networks from image datasets)
-TEXT_DATASETS = ("text",)
+DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "text")
+TEXT_DATASETS = ("text",)   # token sequences for language models (text.py)
 STREAMED = ("imagenet",)   # evaluated from disk in chunks; not trainable here
 # (training images, test images, augmentation) of each resident dataset, as its loader makes it: known
 # without the files, so `unravel plan` counts with them where the data is not present
