@@ -21,7 +21,7 @@ from torch import nn
 from conftest import randomise_bn
 from registry_cases import single_thread
 from workloads.models.adapter_check import AdapterError, check_adapter, describe
-from workloads.models.adapters import TIMM_FAMILIES, TORCHVISION_BUILDERS, adapt
+from workloads.models.adapters import ADAPTERS, TIMM_FAMILIES, TORCHVISION_BUILDERS, adapt
 from workloads.surgery import (delete_blocks, evaluate_plans, forward_plan, gradient_norms, intact,
                                naive_gradient_norm, random_deletion, random_swaps, swap_pairs)
 
@@ -229,6 +229,13 @@ def test_models_of_no_known_family_are_refused_in_one_line():
     message = str(err.value)
     assert message.startswith("VGG is not a residual network unravel can adapt (known: ") and "\n" not in message
     assert "timm ConvNeXt" in message and "torchvision SwinTransformer" in message
+
+
+@pytest.mark.parametrize("module, function", sorted(set(ADAPTERS.values())))
+def test_each_adapter_refuses_a_model_of_another_class(module, function):
+    adapter = getattr(importlib.import_module(f"workloads.models.{module}"), function)
+    with pytest.raises(AdapterError, match=r"^expected a (torchvision|timm) \w+.*, got Linear$"):
+        adapter(nn.Linear(2, 2))
 
 
 def _timm_vit_with(block: str) -> nn.Module:
