@@ -69,8 +69,10 @@ def check_adapter(model: nn.Module, net: nn.Module, example: torch.Tensor, *, rt
     def capture(module: nn.Module):
         def hook(mod, args, kwargs, out):
             inp = first_tensor(args) if args else first_tensor(list(kwargs.values()))
-            seen[(id(mod), "input")] = inp
-            seen[(id(mod), "output")] = first_tensor(out)
+            # copies: the model may write into a tensor after its module returned it (torchvision's MBConv and
+            # MobileNetV3 add the shortcut in place into their branch's output)
+            seen[(id(mod), "input")] = _copy(inp)
+            seen[(id(mod), "output")] = _copy(first_tensor(out))
         return module.register_forward_hook(hook, with_kwargs=True)
 
     hooks = [capture(m) for m in {id(a.module): a.module for a in anchors}.values()]
@@ -108,6 +110,10 @@ def check_adapter(model: nn.Module, net: nn.Module, example: torch.Tensor, *, rt
         for h in hooks:
             h.remove()
         model.train(was_training)
+
+
+def _copy(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach().clone()
 
 
 def _same(got, expected, problem: str, rtol: float, atol: float) -> None:

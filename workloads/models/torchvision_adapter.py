@@ -1,9 +1,11 @@
-"""torchvision's ResNets (resnet18 ... resnet152, wide_resnet50_2) seen as block lists.
+"""torchvision's ResNets (resnet18 ... resnet152, resnext50_32x4d ..., wide_resnet50_2 ...) seen as block lists.
 
 The adapter shares the torchvision modules (no copy), so a user's trained model, loaded
 with torchvision's own code and state_dict, can be lesioned as it is. torchvision's
 blocks compute relu(bn(conv(...)) + downsample(x)), i.e. unit (a) with option-B
-projections where the shape changes.
+projections where the shape changes; ResNeXt and wide ResNets are the same classes with
+grouped or wider 3x3 convolutions. Each unit is anchored to its torchvision block (input,
+branch up to the last BatchNorm, output), so ``check_adapter`` can prove it.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from .adapter_check import AdapterError, Anchor
 from .blocks import Block, BlockNetwork
 
 
@@ -45,12 +48,17 @@ class TorchvisionBlock(Block):
 
 
 def from_torchvision(model: ResNet) -> BlockNetwork:
-    """Wrap a torchvision ResNet (any depth, trained or not) as a BlockNetwork."""
+    """Wrap a torchvision ResNet, ResNeXt or wide ResNet (any depth, trained or not) as a BlockNetwork."""
     if not isinstance(model, ResNet):
-        raise TypeError(f"expected a torchvision ResNet, got {type(model).__name__}")
+        raise AdapterError(f"expected a torchvision ResNet, got {type(model).__name__}")
+    layers = [model.layer1, model.layer2, model.layer3, model.layer4]
+    odd = [type(b).__name__ for layer in layers for b in layer if type(b) not in (BasicBlock, Bottleneck)]
+    if odd:
+        raise AdapterError(f"its stages hold a {odd[0]}, not torchvision's BasicBlock or Bottleneck: the unit it "
+                           f"computes is not known")
     stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
-    blocks = [TorchvisionBlock(b, stage)
-              for stage, layer in enumerate([model.layer1, model.layer2, model.layer3, model.layer4])
-              for b in layer]
+    blocks = [TorchvisionBlock(b, stage) for stage, layer in enumerate(layers) for b in layer]
     head = nn.Sequential(model.avgpool, nn.Flatten(), model.fc)
-    return BlockNetwork(stem, blocks, head)
+    anchors = [a for i, unit in enumerate(blocks) for a in (
+        Anchor(i, unit.block, "input"), Anchor(i, unit._branch[-1], "branch"), Anchor(i, unit.block, "output"))]
+    return BlockNetwork(stem, blocks, head, anchors=anchors, reference=model)

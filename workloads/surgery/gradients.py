@@ -2,10 +2,11 @@
 
 For a draw of k blocks, the gradient of the loss flows back only through the residual
 branch of those k blocks and only through the shortcut of the others; we record the L2
-norm of the gradient at the input of the first residual block. One forward pass (BN in
-eval mode) serves every draw on a batch; each draw then costs vector-Jacobian products
-through its k chosen branches (input gradients only, no weight gradients) instead of a
-forward and a full backward of its own.
+norm of the gradient at the input of the first residual block. A layer without a shortcut
+(a downsampling layer between residual units) is on every path: k counts residual units
+only, and only they are chosen. One forward pass (BN in eval mode) serves every draw on a
+batch; each draw then costs vector-Jacobian products through its k chosen branches (input
+gradients only, no weight gradients) instead of a forward and a full backward of its own.
 
 The norms fall by orders of magnitude per block, so in fp32 a plain backward underflows
 to exactly 0 for long paths. The cotangent is carried renormalised block by block with
@@ -127,6 +128,13 @@ class _Tape:
             fmt = torch.contiguous_format
         for block, ref in zip(net.blocks, ref_net.blocks):
             x_in = x.detach().float().contiguous(memory_format=fmt).requires_grad_(True)
+            if not block.residual:  # no shortcut (a downsampling layer): every draw's gradient passes through it
+                out = block(x_in)
+                with torch.no_grad():
+                    y = ref(x) if anchor is not None else out.detach()
+                self.steps.append((x_in, None, out, None, False))
+                x = y.detach()
+                continue
             chain = block.branch_chain()
             if chain is not None and _LinearChain.supports(chain[0]):
                 r: torch.Tensor | _LinearChain = _LinearChain(chain[0], ref.branch_chain()[0], chain[1], x, fmt)
@@ -181,8 +189,8 @@ class _Tape:
                 (gz,) = torch.autograd.grad(post[0], post[1], self._logical(g), retain_graph=True,
                                             is_grads_batched=True)
                 g = self._storage(gz)
-            through = [j for j in range(d) if i in chosen[j]]
-            around = [j for j in range(d) if i not in chosen[j]]
+            through = [j for j in range(d) if s is None or i in chosen[j]]  # s None: a layer with no shortcut
+            around = [j for j in range(d) if s is not None and i not in chosen[j]]
             out = g if identity_shortcut else self._storage(
                 torch.empty((d, *x_in.shape), dtype=g.dtype, device=g.device))
             if through:
@@ -215,11 +223,11 @@ def gradient_norms(net: BlockNetwork, images: torch.Tensor, labels: torch.Tensor
     """
     if renorm_every < 1:
         raise ValueError(f"renorm_every must be at least 1, got {renorm_every}")
-    infos = net.block_infos()
-    if not all(i.residual for i in infos):
-        raise PlanError("gradient by path length needs a residual network; this one has non-residual layers")
-    n = len(infos)
-    chosen = [choose_blocks(n, k, seed) for k, seed in draws]
+    # k counts residual units: a layer without a shortcut is on every path, never chosen
+    residual = [i.index for i in net.block_infos() if i.residual]
+    if not residual:
+        raise PlanError("gradient by path length needs a residual network; this one has no residual units")
+    chosen = [tuple(residual[j] for j in choose_blocks(len(residual), k, seed)) for k, seed in draws]
     device = torch.device(device) if device is not None else images.device
     net.eval().to(device)
     channels_last = channels_last and images.dim() == 4
@@ -260,6 +268,9 @@ def naive_gradient_norm(net: BlockNetwork, images: torch.Tensor, labels: torch.T
     x0 = net.stem(images).detach().requires_grad_(True)
     x = x0
     for i, block in enumerate(net.blocks):
+        if not block.residual:
+            x = block(x)
+            continue
         s, r = block.parts(x)
         x = block.post(s.detach() + r) if i in chosen_set else block.post(s + r.detach())
     loss = mean_loss(net.head(x), labels)
