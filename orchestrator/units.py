@@ -120,8 +120,8 @@ def expand(spec: ExperimentSpec) -> list[Unit]:
         settings = settings_of(spec, study.study)
         for run_id in study.runs:
             trial = trials[run_id]
-            if study.study == "gradients":
-                n = len(_block_infos(trial.net_config))
+            if study.study == "gradients":  # path lengths 1..n over the residual units
+                n = sum(i.residual for i in _block_infos(trial.net_config))
                 units += [_unit(trial, "gradients", k, d, settings, _studied_rule(trial))
                           for d in range(study.draws) for k in range(1, n + 1)]
             elif study.study == "gates":

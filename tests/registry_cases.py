@@ -17,6 +17,12 @@ Two cases that build the same network (preact_resnet20 with unit a is resnet20) 
 
 Large networks (``BIG_BLOCKS``, ``BIG_PARAMETERS``) still run, with fewer examples, plans and draws
 (``Budget``).
+
+Networks of another library (torchvision's ~50 builders, timm, Hugging Face) are adapted by one adapter per
+family (``workloads.models.adapters``), and members of a family share its adapter and block classes: the
+cases run one or two representatives per family (``ADAPTED_CASES``; the ViT and Swin classes made tiny through
+``arch_options``), while tests/test_families.py runs every adapter on a tiny model of its own. The language
+models' inputs are tokens, not images: their family's rule sends them to tests/test_language_models.py.
 """
 from __future__ import annotations
 
@@ -42,6 +48,7 @@ class TinyRule:
     widths: tuple[int, ...] | None   # stage widths; None: the network's own (torchvision fixes them)
     image_size: int                  # input height and width, pixels
     variant_depth: int | None = None  # the depth the unit x shortcut product runs at; None: no variants
+    tested_in: str = ""              # a family whose inputs are not images: the test module that covers it
 
 
 # one rule per family. Bottleneck blocks are 4x their stage width: (2, 4, 8) is 8/16/32 channels.
@@ -51,6 +58,27 @@ RULES = {
     "cifar_bottleneck": TinyRule(widths=(2, 4, 8), image_size=8, variant_depth=29),
     "plain": TinyRule(widths=(8, 16, 32), image_size=8),
     "torchvision": TinyRule(widths=None, image_size=32),  # five stride-2 steps: 32 px end at 1x1
+    "timm": TinyRule(widths=None, image_size=32),
+    "hf": TinyRule(widths=None, image_size=0, tested_in="tests/test_language_models.py"),
+}
+
+
+def _pairs(**options) -> tuple:
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()))
+
+
+# adapted networks: which registered names run, and at which settings (see the module's docstring)
+ADAPTED_CASES: dict[str, list[tuple]] = {
+    **{f"tv_{name}": [()] for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+                                       "wide_resnet50_2", "resnext50_32x4d", "regnet_x_400mf", "regnet_y_400mf",
+                                       "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny")},
+    "tv_VisionTransformer": [(("arch_options", _pairs(image_size=32, patch_size=8, num_layers=3, num_heads=2,
+                                                      hidden_dim=16, mlp_dim=32)),)],
+    "tv_SwinTransformer": [(("arch_options", _pairs(patch_size=[2, 2], embed_dim=8, depths=[2, 2],
+                                                    num_heads=[1, 2], window_size=[4, 4])),)],
+    "timm": [(("timm_arch", "resnet18"),),  # test_resnet has one block per stage: none to swap
+             (("timm_arch", "test_convnext"),),
+             (("arch_options", _pairs(img_size=32)), ("timm_arch", "test_vit"))],
 }
 
 # a network over either bound is big: fewer examples, plans and draws (it still runs)
@@ -97,7 +125,7 @@ STATISTICS_FROM_DATA_BLOCKS = 100
 @lru_cache(maxsize=None)
 def _size(name: str, variant: tuple) -> tuple[int, int, bool]:
     net = skeleton(name, **_overrides(name, variant))  # meta device: no memory, no init
-    return net.num_blocks, sum(p.numel() for p in net.parameters()), all(i.residual for i in net.block_infos())
+    return net.num_blocks, sum(p.numel() for p in net.parameters()), any(i.residual for i in net.block_infos())
 
 
 def _overrides(name: str, variant: tuple) -> dict[str, Any]:
@@ -122,7 +150,7 @@ class Case:
 
     @property
     def residual(self) -> bool:
-        """Every block has a residual branch: gradients by path length have paths to choose."""
+        """Some block has a residual branch: gradients by path length have paths to choose."""
         return _size(self.name, self.variant)[2]
 
     @property
@@ -166,8 +194,13 @@ def single_thread():
 def registry_cases() -> list[Case]:
     cases = []
     for name in sorted(NETWORKS):
-        rule(name)  # a family with no rule fails here, at collection, naming the network
-        cases.append(Case(name))
+        fam_rule = rule(name)  # a family with no rule fails here, at collection, naming the network
+        if fam_rule.tested_in:
+            continue
+        if family(name) in ("torchvision", "timm"):
+            cases += [Case(name, variant) for variant in ADAPTED_CASES.get(name, ())]
+        else:
+            cases.append(Case(name))
     for fam, fam_rule in sorted(RULES.items()):
         if fam_rule.variant_depth is None:
             continue  # the Identity Mappings variants do not apply to this family

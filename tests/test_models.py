@@ -3,20 +3,21 @@ import json
 import pytest
 import torch
 
+from registry_cases import params, registry_cases, rule
 from workloads.models import NETWORKS, NetConfig, build_network, network_config
 from workloads.models.shortcuts import SubsamplePad
 
-SMALL_INPUT = {"tv": (2, 3, 64, 64)}
 
-
-@pytest.mark.parametrize("name", sorted(NETWORKS))
-def test_every_registered_network_runs_forward(name):
+@pytest.mark.parametrize("case", params([c for c in registry_cases() if not c.variant or c.name in NETWORKS
+                                         and rule(c.name).widths is None]))
+def test_every_registered_network_runs_forward(case):
     # train-mode BN: at initialisation, eval-mode statistics (mean 0, var 1) let a
     # 333-block ResNet-1001 overflow, which says nothing about the network
-    net = build_network(name, num_classes=7).train()
-    shape = SMALL_INPUT["tv"] if name.startswith("tv_") else (2, 3, 8, 8)
+    overrides = {k: v for k, v in case.overrides.items() if k != "widths"}
+    net = build_network(case.name, num_classes=7, **overrides).train()
+    size = max(rule(case.name).image_size, 8)
     with torch.no_grad():
-        out = net(torch.randn(*shape))
+        out = net(torch.randn(2, 3, size, size))
     assert out.shape == (2, 7)
     assert torch.isfinite(out).all()
     infos = net.block_infos()

@@ -29,6 +29,10 @@ ADAPTERS: dict[tuple[str, str], tuple[str, str]] = {
     ("timm.models.resnet", "ResNet"): ("timm_resnet_adapter", "from_timm_resnet"),
     ("timm.models.convnext", "ConvNeXt"): ("convnext_adapter", "from_timm_convnext"),
     ("timm.models.vision_transformer", "VisionTransformer"): ("timm_vit_adapter", "from_timm_vit"),
+    ("transformers.models.gpt2.modeling_gpt2", "GPT2LMHeadModel"): ("hf_adapter", "from_causal_lm"),
+    ("transformers.models.llama.modeling_llama", "LlamaForCausalLM"): ("hf_adapter", "from_causal_lm"),
+    ("transformers.models.mistral.modeling_mistral", "MistralForCausalLM"): ("hf_adapter", "from_causal_lm"),
+    ("transformers.models.qwen2.modeling_qwen2", "Qwen2ForCausalLM"): ("hf_adapter", "from_causal_lm"),
 }
 
 # torchvision's builders (torchvision.models.<name>) whose models adapt: the networks a registry can list

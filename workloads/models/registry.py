@@ -11,6 +11,7 @@ model, its config read from the user's folder). Every field of NetConfig can ove
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 
 import torch
@@ -18,24 +19,14 @@ from pydantic import BeforeValidator, Field
 from pydantic.dataclasses import dataclass
 
 from ..fields import FORBID, Flag, JsonConfig, count, number
+from .adapters import TORCHVISION_BUILDERS
 from .blocks import BlockNetwork
 from .plain import plain_net
 from .resnet import UNITS, blocks_per_stage, cifar_resnet
 from .shortcuts import SHORTCUT_VARIANTS
 
-TORCHVISION_ARCHS = (
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2",
-    "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
-    "regnet_y_400mf", "regnet_y_800mf", "regnet_y_1_6gf", "regnet_y_3_2gf", "regnet_y_8gf", "regnet_y_16gf",
-    "regnet_y_32gf", "regnet_y_128gf", "regnet_x_400mf", "regnet_x_800mf", "regnet_x_1_6gf", "regnet_x_3_2gf",
-    "regnet_x_8gf", "regnet_x_16gf", "regnet_x_32gf",
-    "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
-    *(f"efficientnet_b{i}" for i in range(8)), "efficientnet_v2_s", "efficientnet_v2_m", "efficientnet_v2_l",
-    "convnext_tiny", "convnext_small", "convnext_base", "convnext_large",
-    "swin_t", "swin_s", "swin_b", "swin_v2_t", "swin_v2_s", "swin_v2_b",
-    "vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14",
-    "VisionTransformer", "SwinTransformer",   # the classes themselves: every argument from arch_options
-)
+# torchvision's builders, and two classes built from arch_options alone (a ViT or Swin of any size)
+TORCHVISION_ARCHS = (*TORCHVISION_BUILDERS, "VisionTransformer", "SwinTransformer")
 # the names that existed before arch_options, timm_arch and hf_config: a config that leaves those at their
 # defaults serialises without them, so the run ids of every earlier spec stay what they were
 _LATER_FIELDS = {"arch_options": (), "timm_arch": "", "hf_config": ""}
@@ -157,7 +148,8 @@ def source_model(cfg: NetConfig) -> torch.nn.Module:
         import torchvision  # a second to import: only for torchvision networks
         builder = getattr(torchvision.models, cfg.torchvision_arch)
         options = cfg.options if isinstance(builder, type) else {"weights": None, **cfg.options}
-        model = builder(num_classes=cfg.num_classes, **options)
+        with _regnet_widths_on_cpu():
+            model = builder(num_classes=cfg.num_classes, **options)
         if cfg.in_channels != 3:
             model.conv1 = type(model.conv1)(cfg.in_channels, 64, 7, 2, 3, bias=False)
         return model
@@ -171,6 +163,23 @@ def source_model(cfg: NetConfig) -> torch.nn.Module:
 
 
 torchvision_model = source_model   # the name the ResNet-only code knew
+
+
+@contextmanager
+def _regnet_widths_on_cpu():
+    """RegNet's builders compute their stage widths with tensors; on the meta device (a skeleton) those would
+    hold no values, so that arithmetic alone runs on the CPU."""
+    from torchvision.models.regnet import BlockParams
+    original = BlockParams.__dict__["from_init_params"]
+
+    def on_cpu(cls, *args, **kwargs):
+        with torch.device("cpu"):
+            return original.__func__(cls, *args, **kwargs)
+    BlockParams.from_init_params = classmethod(on_cpu)
+    try:
+        yield
+    finally:
+        BlockParams.from_init_params = original
 
 
 def skeleton(config: NetConfig | str, **overrides) -> BlockNetwork:
