@@ -38,6 +38,7 @@ SUBSTITUTIONS = [
     ("results/digits", "{results}"),                       # what `make demo` writes: the tiny demo's folder
     ("for seed in range(100)]", "for seed in range(2)]"),  # F5a / F5b: 100 draws per k
     ("for seed in range(10)])", "for seed in range(2)])"),  # F6b: 10 draws per path length
+    ("layer_spans(infos, max_length=4)", "layer_spans(infos, max_length=1)"),  # spans: the single deletions again
     ("s3://YOUR-BUCKET/unravel/digits", "{s3_results}"),   # the demo's folder copied to the local S3 server
 ]
 # names the README's Python leaves to the reader (their data, their checkpoint), made here
