@@ -1,9 +1,9 @@
 """Studies expanded into work units with deterministic keys, grouped into batches per run.
 
 A unit is one plan (a lesion, a span of deleted layers or a reordering, evaluated on the
-test set), one gradient draw, or one run's gates (all its gated blocks, read in one pass over the test set). Its
-key hashes the run, the study, k, the draw and the engine version, so the same spec
-always yields the same keys: the resume index is the set of keys already written,
+test set), one gradient draw, or one run's gates (all its gated blocks, read in one pass over
+the test set). Its key hashes the run, the study, k, the draw and the engine version, so the
+same spec always yields the same keys: the resume index is the set of keys already written,
 and a batch's file is named after its units, so a batch redone after a crash overwrites
 its own file instead of adding rows.
 
