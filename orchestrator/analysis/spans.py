@@ -22,6 +22,7 @@ from .figures import (LINESTYLES, SEED_MARKERS, STYLE, WIDTH, _figure, _legend_b
 from .results import Results
 
 LIGHTEST = 0.6   # the shortest span's line: this share of white mixed into its run's colour
+SPAN_LINESTYLES = [ls for ls in LINESTYLES if ls != ":"]   # dotted is the intact network's
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,7 +97,8 @@ def span_figure(results: Results, folder: Path) -> str | None:
     by_run = {s.run_id: s for s in runs}
     series = _series(looks, list(by_run))
     lengths = sorted(set(pd.concat([s.spans["length"] for s in runs])))
-    style = {n: (LINESTYLES[j % len(LINESTYLES)], SEED_MARKERS[j % len(SEED_MARKERS)]) for j, n in enumerate(lengths)}
+    style = {n: (SPAN_LINESTYLES[j % len(SPAN_LINESTYLES)], SEED_MARKERS[j % len(SEED_MARKERS)])
+             for j, n in enumerate(lengths)}
     handles = [Line2D([], [], color=_shade("0.25", j, len(lengths)), ls=style[n][0], marker=style[n][1], ms=3,
                       label=f"span of {n} layer{'s' * (n > 1)}") for j, n in enumerate(lengths)]
     handles.append(Line2D([], [], color="0.3", ls=":", lw=1, label="intact network (dotted)"))
