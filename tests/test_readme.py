@@ -204,7 +204,7 @@ def test_python_blocks_run_in_order(demo, tmp_path, bucket):
     assert len(by_k) == len(random_deletion.runs) * random_deletion.k_max
     # the networks, the torchvision import, the surgery
     assert namespace["model"].fc.out_features == 1000 and namespace["infos"][0].stage == 0
-    assert len(namespace["results"]) == len(namespace["plans"]) == 54 + 20 * 2 + 27 * 2
+    assert len(namespace["results"]) == len(namespace["plans"]) == 54 + 20 * 2 + 27 * 2 + 54   # spans: one layer
     assert all(r.examples == 16 for r in namespace["results"])
     assert len(namespace["grads"]) == 54 * 2
     assert namespace["on_s3"].count_rows() == len(namespace["lesion"])
