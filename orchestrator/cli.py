@@ -223,8 +223,8 @@ def train(spec: str, address: str | None, out: Path | None, resume: bool) -> Non
 @OUT
 @stoppable("units")
 def lesion(spec: str, address: str | None, out: Path | None) -> None:
-    """Run SPEC's studies (deletions, reorderings, gradients, gates) on the trained runs in OUT,
-    and on the networks its models: section imports from checkpoint files.
+    """Run SPEC's studies (deletions of blocks and of spans of layers, reorderings, gradients, gates) on the
+    trained runs in OUT, and on the networks its models: section imports from checkpoint files.
 
     Resumable: units already written are skipped, so rerunning after a crash or Ctrl-C
     computes only what is missing.

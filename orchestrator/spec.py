@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, Field, PrivateAttr, ValidationError, create_model,
@@ -291,11 +291,17 @@ class Gradients(SingleDeletion):
     batch_size: count(1, 10**6) = 128            # training images per forward
 
 
+class SpanDeletion(SingleDeletion):
+    """Every span of 1..max_length consecutive layers deleted (the layer-pruning literature's grid)."""
+
+    max_length: count(1, 10**6) = 4              # layers in the longest span
+
+
 class Gates(SingleDeletion):
     """H: the gates of gated shortcuts on the test set; by default every run whose shortcut is gated."""
 
 
-STUDIES = ("single_deletion", "random_deletion", "reorder", "gradients", "gates")
+STUDIES = ("single_deletion", "random_deletion", "reorder", "gradients", "gates", "span_deletion")
 GATED = ("exclusive_gating", "shortcut_gating")
 
 
@@ -308,6 +314,7 @@ class StudySpec:
     k_max: int = 0               # 0 where the study has no such setting (its defaults are in its section)
     draws: int = 0
     batch_size: int = 0
+    max_length: int = 0
 
 
 def _study(section: type[BaseModel]):
@@ -322,6 +329,7 @@ class StudiesSpec(Section):
     reorder: _study(RandomDraws) = None              # F5b
     gradients: _study(Gradients) = None              # F6b
     gates: _study(Gates) = None                      # H
+    span_deletion: _study(SpanDeletion) = None       # consecutive layers deleted together
     test_examples: count(1, 10**7) | None = None     # default: the whole test set
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     recalibrate_bn: Flag = False
@@ -339,7 +347,8 @@ class StudiesSpec(Section):
             section = getattr(self, name)
             if section is not None:
                 resolved.append(StudySpec(name, self._runs.get(name, ()), getattr(section, "k_max", 0),
-                                          getattr(section, "draws", 0), getattr(section, "batch_size", 0)))
+                                          getattr(section, "draws", 0), getattr(section, "batch_size", 0),
+                                          getattr(section, "max_length", 0)))
         return tuple(resolved)
 
     def study(self, name: str) -> StudySpec | None:
@@ -455,14 +464,30 @@ def _net_config(network: str, overrides: dict, mode: str, data: DataSpec, where:
     return net
 
 
+class Counts(NamedTuple):
+    """What bounds a network's studies: its blocks, its deletable blocks and same-shape pairs outside the
+    excluded blocks, and its layers."""
+
+    blocks: int
+    deletable: int
+    pairs: int
+    layers: int
+
+
 @lru_cache(maxsize=256)  # many runs share a network (seeds, modes)
-def _blocks(cfg: NetConfig, exclude: tuple[int, ...] = ()) -> tuple[int, int, int]:
-    """(blocks, deletable blocks, same-shape pairs) of a network, outside the excluded blocks,
-    from its meta-device skeleton (no memory, even for depth 1202)."""
+def _counts(cfg: NetConfig, exclude: tuple[int, ...] = ()) -> Counts:
+    """The network's counts, from its meta-device skeleton (no memory, even for depth 1202)."""
     from workloads.models import skeleton
-    from workloads.surgery import deletion_pool, swap_pairs
+    from workloads.surgery import deletion_pool, layer_units, swap_pairs
     infos = skeleton(cfg).block_infos()
-    return len(infos), len(deletion_pool(infos, exclude)), len(swap_pairs(infos, exclude))
+    return Counts(len(infos), len(deletion_pool(infos, exclude)), len(swap_pairs(infos, exclude)),
+                  len(layer_units(infos)))
+
+
+# a study's size setting and what bounds it in each run: (field, Counts field, what that counts)
+_BOUNDS = {"random_deletion": ("k_max", "deletable", "deletable blocks"),
+           "reorder": ("k_max", "pairs", "same-shape pairs to swap"),
+           "span_deletion": ("max_length", "layers", "layers")}
 
 
 def _trials(section: TrainingSection, data: DataSpec) -> TrainingSpec:
@@ -486,8 +511,8 @@ def _trials(section: TrainingSection, data: DataSpec) -> TrainingSpec:
                 if mode != "normal" and net.arch == "plain":
                     _fail(f"{where}.modes", f"mode {mode!r} needs a residual network, not {entry.network}")
                 active = entry.active_blocks if entry.active_blocks is not None else recipe.get("active_blocks")
-                if mode == "effective_paths" and active is not None and active > _blocks(net)[0]:
-                    _fail(f"{where}.active_blocks", f"must be between 1 and {_blocks(net)[0]} (the network's "
+                if mode == "effective_paths" and active is not None and active > _counts(net).blocks:
+                    _fail(f"{where}.active_blocks", f"must be between 1 and {_counts(net).blocks} (the network's "
                                                     f"blocks), got {active}")
                 for seed in section.seeds:
                     try:
@@ -572,7 +597,7 @@ def _resolve_studies(studies: StudiesSpec, runs: tuple[Trial, ...], data: DataSp
     """Each study's runs, checked against what the study needs of them."""
     exclude = studies.exclude_blocks
     if exclude and runs:
-        most = max(_blocks(t.net_config)[0] for t in runs)
+        most = max(_counts(t.net_config).blocks for t in runs)
         for i, b in enumerate(exclude):
             if b >= most:
                 _fail(f"studies.exclude_blocks[{i}]", f"block {b} does not exist (the largest network has {most} "
@@ -587,16 +612,15 @@ def _resolve_studies(studies: StudiesSpec, runs: tuple[Trial, ...], data: DataSp
             continue
         where = f"studies.{name}"
         chosen = _select(runs, section.runs, where)
-        if section.runs is None and name != "single_deletion":  # F5a, F5b, F6b are about residual networks
+        if section.runs is None and name != "single_deletion":  # F5a, F5b, F6b, spans: about residual networks
             chosen = [t for t in chosen if t.net_config.arch != "plain"]
-        if name in ("random_deletion", "reorder"):
+        if name in _BOUNDS:
+            setting, bound, what = _BOUNDS[name]
             for t in chosen:
-                _, deletable, pairs = _blocks(t.net_config, tuple(exclude))
-                limit = deletable if name == "random_deletion" else pairs
-                if section.k_max > limit:
-                    what = "deletable blocks" if name == "random_deletion" else "same-shape pairs to swap"
-                    _fail(f"{where}.k_max", f"k_max={section.k_max} is larger than the {limit} {what} of run "
-                                            f"{t.label!r}")
+                limit = getattr(_counts(t.net_config, tuple(exclude)), bound)
+                if getattr(section, setting) > limit:
+                    _fail(f"{where}.{setting}", f"{setting}={getattr(section, setting)} is larger than the {limit} "
+                                                f"{what} of run {t.label!r}")
         if name == "gradients":
             for t in chosen:
                 if t.net_config.arch == "plain":

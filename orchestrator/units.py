@@ -1,9 +1,9 @@
 """Studies expanded into work units with deterministic keys, grouped into batches per run.
 
-A unit is one plan (a lesion or reordering, evaluated on the test set), one gradient
-draw, or one run's gates (all its gated blocks, read in one pass over the test set). Its
-key hashes the run, the study, k, the draw and the engine version, so the same spec
-always yields the same keys: the resume index is the set of keys already written,
+A unit is one plan (a lesion, a span of deleted layers or a reordering, evaluated on the
+test set), one gradient draw, or one run's gates (all its gated blocks, read in one pass over
+the test set). Its key hashes the run, the study, k, the draw and the engine version, so the
+same spec always yields the same keys: the resume index is the set of keys already written,
 and a batch's file is named after its units, so a batch redone after a crash overwrites
 its own file instead of adding rows.
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from workloads.models import skeleton
-from workloads.surgery import deletion_pool, random_deletion, random_swaps
+from workloads.surgery import deletion_pool, layer_spans, random_deletion, random_swaps
 from workloads.train.modes import scaled_active_count
 
 from .spec import ExperimentSpec, StudySpec, Trial
@@ -30,9 +30,9 @@ ENGINE_VERSION = "1"   # bump when a change to workloads.surgery changes results
 class Unit:
     key: str
     run_id: str
-    study: str     # intact | single_deletion | random_deletion | reorder | gradients | gates
-    k: int         # blocks deleted / pairs swapped / path length (gates: 0)
-    draw: int      # draw index (single deletion: the deleted block; gates: 0)
+    study: str     # intact | single_deletion | random_deletion | reorder | gradients | gates | span_deletion
+    k: int         # blocks deleted / pairs swapped / path length / layers in the span (gates: 0)
+    draw: int      # draw index (single deletion: the deleted block; span deletion: its first layer; gates: 0)
     test_rule: str = ""     # effective-paths runs: how the network is evaluated ("" for other modes)
     train_active: int = 0   # effective-paths runs: m, the blocks each training mini-batch ran
 
@@ -104,6 +104,8 @@ def _lesion_units(trial: Trial, study: StudySpec, settings: str) -> list[Unit]:
     infos = _block_infos(trial.net_config)
     if study.study == "single_deletion":
         return [unit(1, b) for b in deletion_pool(infos)]
+    if study.study == "span_deletion":
+        return [unit(length, start) for start, length in layer_spans(infos, study.max_length)]
     return [unit(k, d) for k in range(1, study.k_max + 1) for d in range(study.draws)]
 
 
@@ -150,11 +152,13 @@ def batches(units: list[Unit], plans_per_batch: int) -> list[Batch]:
 
 def plan_for(unit: Unit, infos, exclude: tuple[int, ...]):
     """The execution plan of a lesion unit (seeded by its draw and k)."""
-    from workloads.surgery import delete_blocks, intact
+    from workloads.surgery import delete_blocks, delete_span, intact
     if unit.study == "intact":
         return intact(infos)
     if unit.study == "single_deletion":
         return delete_blocks(infos, [unit.draw])
+    if unit.study == "span_deletion":
+        return delete_span(infos, unit.draw, unit.k)
     if unit.study == "random_deletion":
         return random_deletion(infos, unit.k, unit.draw, exclude=exclude)
     if unit.study == "reorder":

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from figure_checks import assert_readable, legend_texts
 from orchestrator import store
 from orchestrator.analysis.claims import all_claims
 from orchestrator.analysis.results import Results
@@ -194,20 +195,6 @@ def drawn(monkeypatch):
     return made
 
 
-def _texts(fig):
-    """The figure's visible text other than tick labels: titles, axis labels, legends, notes."""
-    from matplotlib.text import Text
-
-    ticks = {id(t) for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)
-             for tick in axis.get_major_ticks() + axis.get_minor_ticks() for t in (tick.label1, tick.label2)}
-    return [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip() and id(t) not in ticks]
-
-
-def _legend_texts(fig):
-    return [t.get_text() for legend in fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
-            for t in legend.get_texts()]
-
-
 def _two_variants_two_seeds(known, label="v"):
     """Four more runs under one label: variants unit=d and shortcut=scaling (gate bias 0), seeds 0 and 1."""
     runs = store.read_table(known, "runs").to_dict("records")
@@ -241,7 +228,7 @@ def test_runs_are_told_apart_by_variant_and_seed(known, drawn):
     assert rows["v [unit=d], seed 1"][1:4] == ["unit=d", "normal", "1"]
     assert rows["v [shortcut=scaling, gate_bias=0], seed 0"][1] == "shortcut=scaling, gate_bias=0"
     assert rows["res, seed 0"][1] == "-"
-    legend = _legend_texts(drawn["training_curves"])
+    legend = legend_texts(drawn["training_curves"])
     assert "v [unit=d] (2 seeds)" in legend and "v [shortcut=scaling, gate_bias=0] (2 seeds)" in legend
     assert "seed 0" in legend and "seed 1" in legend
     # one colour per variant, one marker per seed
@@ -259,22 +246,8 @@ def test_figures_are_readable_at_their_printed_size(known, drawn, label):
     write_report(known)
     assert set(drawn) == {"f3_single_deletion", "f5a_random_deletion", "f5b_reorder", "f6_paths_and_gradients",
                           "f7_surviving_paths", "training_curves"}
-    from matplotlib.text import Text
-
     for name, fig in drawn.items():
-        assert fig.get_figwidth() <= 7.5, name
-        assert min(t.get_fontsize() for t in fig.findobj(Text) if t.get_text()) >= 7, name
-        renderer = fig.canvas.get_renderer()
-        page = fig.bbox.padded(1)
-        boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in _texts(fig)]
-        for text, box in boxes:
-            assert page.contains(box.x0, box.y0) and page.contains(box.x1, box.y1), (name, text)
-        for i, (a, box_a) in enumerate(boxes):
-            for b, box_b in boxes[i + 1:]:
-                assert not box_a.shrunk(0.98, 0.9).overlaps(box_b.shrunk(0.98, 0.9)), (name, a, b)
-        for legend in fig.legends:
-            frame = legend.get_window_extent(renderer)
-            assert not any(frame.overlaps(ax.get_window_extent(renderer)) for ax in fig.axes), name
+        assert_readable(name, fig)
 
 
 def test_f5a_band_is_the_bootstrap_interval_within_0_and_100(known, drawn):
@@ -302,7 +275,7 @@ def test_f7_legend_and_report_wording(known, drawn):
     store.write_errors(known, "z", [{"unit_key": "u1", "run_id": res, "study": "reorder", "k": 1, "draw": 0,
                                      "error": "RuntimeError: boom", "traceback": "-", "time": 0.0}])
     text = write_report(known).read_text()
-    assert "1 block deleted" in _legend_texts(drawn["f7_surviving_paths"])
+    assert "1 block deleted" in legend_texts(drawn["f7_surviving_paths"])
     assert "+-" not in text and "1 units" not in text and "1 runs" not in text
     assert "downsampling blocks 4, 7 (+2.0, -1.0 points)" in text
     assert "critical block 1 (+47.0 points)" in text
@@ -326,7 +299,7 @@ def test_a_cjk_label_draws_without_missing_glyphs(known, drawn, caplog):
     assert not [str(w.message) for w in caught if "lyph" in str(w.message) or "font" in str(w.message).lower()]
     assert not [r.getMessage() for r in caplog.records if r.name.startswith("matplotlib")]
     assert "| 残差网络 |" in text
-    legend = _legend_texts(drawn["f3_single_deletion"])
+    legend = legend_texts(drawn["f3_single_deletion"])
     shown = drawable("残差网络")
     assert shown in legend and (shown == "残差网络" or shown.startswith("U+6B8B"))
 

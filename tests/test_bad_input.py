@@ -100,6 +100,7 @@ VALID = {
         "random_deletion": {"k_max": 2, "draws": 2},
         "reorder": {"k_max": 2, "draws": 2},
         "gradients": {"draws": 2, "runs": ["res"], "batch_size": 8},
+        "span_deletion": {"max_length": 2},
         "evaluators": {"count": 1, "cpu": 1},
         "test_examples": 50,
         "exclude_blocks": [0],
@@ -112,8 +113,8 @@ KNOWN_WORDS = ["resnet20", "preact_resnet20", "plain15", "resnet21", "res", "pla
 KNOWN_KEYS = ["name", "data", "training", "studies", "dataset", "root", "download", "iterations", "seeds",
               "resources", "max_failures", "recipe", "runs", "network", "label", "overrides", "variants", "modes",
               "active_blocks", "widths", "depth", "unit", "lr", "batch_size", "milestones", "cpu", "gpu", "count",
-              "k_max", "draws", "single_deletion", "random_deletion", "reorder", "gradients", "precision",
-              "exclude_blocks", "evaluators"]
+              "k_max", "draws", "single_deletion", "random_deletion", "reorder", "gradients", "span_deletion",
+              "max_length", "precision", "exclude_blocks", "evaluators"]
 
 # ints: small ones (incl. negative), boundaries and huge ones; no mid-size ones (widths of a few
 # thousand would spend seconds building a network, not find more)

@@ -5,8 +5,8 @@ import torch.nn.functional as F
 
 from conftest import tiny
 from registry_cases import params, registry_cases, single_thread
-from workloads.surgery import (PlanTrie, delete_blocks, deletion_pool, evaluate_plans, forward_plan, intact,
-                               random_deletion, random_swaps, recalibrated_copy, swap_pairs)
+from workloads.surgery import (PlanTrie, delete_blocks, delete_span, deletion_pool, evaluate_plans, forward_plan,
+                               intact, layer_spans, random_deletion, random_swaps, recalibrated_copy, swap_pairs)
 from workloads.surgery.trie import naive_block_runs
 
 
@@ -27,6 +27,8 @@ def study_plans(infos, swaps=2, draws=3, singles=None):
     plans = [intact(infos)] + [delete_blocks(infos, [i]) for i in pool]
     plans += [random_deletion(infos, k, s) for k in ks for s in range(draws)]
     plans += [random_swaps(infos, k, s) for k in range(1, swaps + 1) for s in range(draws)]
+    spans = layer_spans(infos, 3)   # ``draws`` of them, from the last (longest, cheapest: it shares the most prefix)
+    plans += [delete_span(infos, start, length) for start, length in spans[::-max(1, len(spans) // draws)][:draws]]
     plans += [random_deletion(infos, ks[0], 0)]  # a duplicate, computed once
     return plans
 

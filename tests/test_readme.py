@@ -38,6 +38,7 @@ SUBSTITUTIONS = [
     ("results/digits", "{results}"),                       # what `make demo` writes: the tiny demo's folder
     ("for seed in range(100)]", "for seed in range(2)]"),  # F5a / F5b: 100 draws per k
     ("for seed in range(10)])", "for seed in range(2)])"),  # F6b: 10 draws per path length
+    ("layer_spans(infos, max_length=4)", "layer_spans(infos, max_length=1)"),  # spans: the single deletions again
     ("s3://YOUR-BUCKET/unravel/digits", "{s3_results}"),   # the demo's folder copied to the local S3 server
 ]
 # names the README's Python leaves to the reader (their data, their checkpoint), made here
@@ -203,7 +204,7 @@ def test_python_blocks_run_in_order(demo, tmp_path, bucket):
     assert len(by_k) == len(random_deletion.runs) * random_deletion.k_max
     # the networks, the torchvision import, the surgery
     assert namespace["model"].fc.out_features == 1000 and namespace["infos"][0].stage == 0
-    assert len(namespace["results"]) == len(namespace["plans"]) == 54 + 20 * 2 + 27 * 2
+    assert len(namespace["results"]) == len(namespace["plans"]) == 54 + 20 * 2 + 27 * 2 + 54   # spans: one layer
     assert all(r.examples == 16 for r in namespace["results"])
     assert len(namespace["grads"]) == 54 * 2
     assert namespace["on_s3"].count_rows() == len(namespace["lesion"])

@@ -1,7 +1,8 @@
 """torchvision's Vision Transformer as residual units at sublayer granularity (vit_adapter.py): the adapter
-checks itself against the model's own tensors, the engine equals one full forward per plan (deleting attention
-or MLP sublayers, whole layers, reordering units of a kind), and gradients by path length equal a float64
-backward with the other branches detached. A tiny ViT with random weights: nothing downloaded."""
+checks itself against the model's own tensors, a span of layers deletes both units of each, the engine equals one
+full forward per plan (deleting attention or MLP sublayers, whole layers, spans of layers, reordering units of a
+kind), and gradients by path length equal a float64 backward with the other branches detached. A tiny ViT with
+random weights: nothing downloaded."""
 import copy
 import math
 
@@ -11,8 +12,8 @@ import torch.nn.functional as F
 
 from registry_cases import single_thread
 from workloads.models.vit_adapter import AdapterError, check_adapter, from_torchvision_vit
-from workloads.surgery import (delete_blocks, evaluate_plans, forward_plan, gradient_norms, intact,
-                               naive_gradient_norm, random_deletion, random_swaps)
+from workloads.surgery import (delete_blocks, delete_span, evaluate_plans, forward_plan, gradient_norms, intact,
+                               layer_spans, layer_units, naive_gradient_norm, random_deletion, random_swaps)
 
 
 @pytest.fixture(autouse=True)
@@ -49,6 +50,14 @@ def test_two_units_per_layer_of_their_kind_and_the_adapter_checks_itself(batch):
         assert torch.equal(net(batch[0]), model(batch[0]))
 
 
+def test_a_span_of_layers_deletes_the_attention_and_the_mlp_of_each():
+    infos = from_torchvision_vit(tiny_vit()).block_infos()
+    assert layer_units(infos) == [[0, 1], [2, 3], [4, 5]]
+    assert layer_spans(infos, 2) == [(0, 1), (1, 1), (2, 1), (0, 2), (1, 2)]
+    assert delete_span(infos, 1, 1).deleted == {2, 3}
+    assert delete_span(infos, 1, 2).deleted == {2, 3, 4, 5}
+
+
 def test_an_adapter_that_carries_the_wrong_tensor_is_refused_in_one_line(batch):
     model = tiny_vit()
     net = from_torchvision_vit(model)
@@ -66,6 +75,7 @@ def test_engine_equals_one_forward_per_plan(batch):
     infos = net.block_infos()
     plans = [intact(infos)] + [delete_blocks(infos, [i]) for i in range(len(infos))]
     plans += [delete_blocks(infos, [2 * j, 2 * j + 1]) for j in range(3)]  # whole layers
+    plans += [delete_span(infos, start, n) for start, n in layer_spans(infos, 3) if n > 1]  # spans of whole layers
     plans += [random_deletion(infos, k, s) for k in (2, 4) for s in range(3)]
     plans += [random_swaps(infos, k, s) for k in (1, 2) for s in range(3)]
     for p in plans:  # a reorder moves attention with attention, MLP with MLP

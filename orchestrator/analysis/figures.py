@@ -500,9 +500,10 @@ def all_figures(results: Results, folder: Path) -> dict[str, str]:
     """Each figure's PNG name by key, for the figures the tables have data for."""
     made = {}
     with matplotlib.rc_context(STYLE):  # figures read the style when drawn and saved
-        from .highway import h_figure  # highway draws with this module's helpers
+        from .highway import h_figure  # highway and spans draw with this module's helpers
+        from .spans import span_figure
         for name, fn in [("F3", f3), ("F5a", f5a), ("F5b", f5b), ("F6", f6), ("F7", f7), ("H", h_figure),
-                         ("training", training_curves)]:
+                         ("spans", span_figure), ("training", training_curves)]:
             path = fn(results, folder)
             if path:
                 made[name] = path

@@ -17,6 +17,7 @@ from .figures import all_figures, in_order
 from .highway import h_section
 from .identity_mappings import im_section
 from .results import CRITICAL_RISE, Results, variant_text
+from .spans import span_section
 
 CAPTIONS = {
     "F3": "Error after deleting each single block; dotted lines: the intact networks; the strip above marks each "
@@ -30,8 +31,13 @@ CAPTIONS = {
     "F7": "Fraction of paths of each length that survive deleting 1, 10 and 20 blocks (exact).",
     "H": "Mean gate g per block on the test set (band: 10th-90th percentile); solid: the paper's gate bias -6, "
          "dashed: bias 0; below 0.5 the shortcut weighs more.",
+    "spans": "Error after deleting each span of consecutive layers, against the span's first layer: a panel per "
+             "run (its seeds' mean), a line per span length (longer spans darker); dotted: the intact network; "
+             "grey dashes: layers holding a downsampling block.",
     "training": "Test (solid) and train (dotted) error per epoch; seeds of one run share its colour.",
 }
+# figures of a study no shipped spec runs: a report without them does not list them as not drawn
+OPTIONAL_FIGURES = ("spans",)
 CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
        "font-size:90%;vertical-align:top}th{background:#f3f3f3}img{max-width:100%}")
@@ -143,7 +149,7 @@ def figures_section(figures: dict[str, str]) -> list[str]:
     for key, path in figures.items():
         lines += [f"### {key}", "", f"![{key}](figures/{path})", "", CAPTIONS.get(key, ""),
                   f"(PDF: `figures/{path[:-4]}.pdf`)", ""]
-    missing = [key for key in CAPTIONS if key not in figures]
+    missing = [key for key in CAPTIONS if key not in figures and key not in OPTIONAL_FIGURES]
     if missing:
         lines += [f"Not drawn, as the tables hold no data for them: {', '.join(missing)}.", ""]
     return lines
@@ -156,7 +162,7 @@ def write_report(out: str | Path) -> Path:
     results = Results.load(out)
     figures = all_figures(results, out / "figures")
     md = "\n".join(header(results) + what_was_run(results) + claims_section(all_claims(results))
-                   + critical_blocks_section(results) + t1_section(results)
+                   + critical_blocks_section(results) + span_section(results) + t1_section(results)
                    + im_section(results) + h_section(results) + figures_section(figures))
     store.write_file(out / "report.md", md.encode())
     store.write_file(out / "report.html", markdown_to_html(md).encode())

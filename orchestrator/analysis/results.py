@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from workloads.models import NetConfig, skeleton
+from workloads.surgery import layer_units
 from workloads.surgery.paths import (contribution_fractions, effective_range, log10_mean, log10_total_contribution,
                                      probability_in_range)
 from workloads.train.test_rules import TEST_RULES
@@ -32,11 +33,23 @@ class Structure:
     num_blocks: int
     downsampling: tuple[int, ...]   # 0-based positions of the blocks that change shape
     plain: bool
+    layer_of: tuple[int, ...]       # each block's layer (0-based, as span deletion counts layers)
 
     @classmethod
     def of(cls, cfg: NetConfig) -> "Structure":
-        net = skeleton(cfg)
-        return cls(net.num_blocks, tuple(i.index for i in net.block_infos() if i.changes_shape), cfg.arch == "plain")
+        infos = skeleton(cfg).block_infos()
+        layer_of = {b: layer for layer, units in enumerate(layer_units(infos)) for b in units}
+        return cls(len(infos), tuple(i.index for i in infos if i.changes_shape), cfg.arch == "plain",
+                   tuple(layer_of[i.index] for i in infos))
+
+    @property
+    def num_layers(self) -> int:
+        return max(self.layer_of, default=-1) + 1
+
+    @property
+    def downsampling_layers(self) -> tuple[int, ...]:
+        """The layers holding a block that changes shape."""
+        return tuple(sorted({self.layer_of[b] for b in self.downsampling}))
 
 
 @dataclass(frozen=True, eq=False)

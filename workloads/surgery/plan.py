@@ -5,6 +5,10 @@ A plan is the paper's lesion made explicit: ``order[p]`` is the block run at pos
 ``deleted`` holds the blocks whose residual branch is removed, keeping the shortcut
 (Veit et al. 2016: y_i = y_{i-1}). Plans are validated against the network's block list
 before any compute, so an impossible lesion fails fast with a clear message.
+
+A span deletion is the layer-pruning literature's lesion: a run of consecutive model layers
+deleted together (every unit of each: a transformer layer's attention and MLP both), at every
+start and every length up to a bound.
 """
 from __future__ import annotations
 
@@ -94,6 +98,36 @@ def delete_blocks(infos: Sequence[BlockInfo], blocks: Iterable[int]) -> Plan:
 def deletion_pool(infos: Sequence[BlockInfo], exclude: Iterable[int] = ()) -> list[int]:
     excluded = set(exclude)
     return [i.index for i in infos if i.deletable and i.index not in excluded]
+
+
+def layer_units(infos: Sequence[BlockInfo]) -> list[list[int]]:
+    """The units of each model layer, in the model's order (a ResNet block is a layer of its own; a
+    transformer layer holds its attention and MLP units)."""
+    by_layer: dict[int, list[int]] = {}
+    for info in infos:
+        by_layer.setdefault(info.layer, []).append(info.index)
+    return [by_layer[layer] for layer in sorted(by_layer)]
+
+
+def delete_span(infos: Sequence[BlockInfo], start: int, length: int) -> Plan:
+    """The original order with ``length`` consecutive layers deleted from layer ``start`` (0-based), every
+    unit of each."""
+    units = layer_units(infos)
+    if length < 1 or not 0 <= start <= len(units) - length:
+        raise PlanError(f"cannot delete {length} layer(s) from layer {start}: the network has {len(units)} layers")
+    return delete_blocks(infos, [b for layer in units[start:start + length] for b in layer])
+
+
+def layer_spans(infos: Sequence[BlockInfo], max_length: int) -> list[tuple[int, int]]:
+    """(start, length) of every span of 1..``max_length`` consecutive layers whose units are all deletable,
+    by length then start. A layer that cannot be deleted (a shape-changing layer of the plain net) splits
+    the spans rather than failing them; a ResNet's downsampling block can be deleted (its shortcut stays, as
+    in a single deletion), so spans run through it."""
+    if max_length < 1:
+        raise PlanError(f"a span is at least one layer long, got max_length={max_length}")
+    deletable = [all(infos[b].deletable for b in layer) for layer in layer_units(infos)]
+    return [(start, length) for length in range(1, max_length + 1)
+            for start in range(len(deletable) - length + 1) if all(deletable[start:start + length])]
 
 
 def _rng(seed: int, *stream: int) -> np.random.Generator:
