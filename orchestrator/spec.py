@@ -24,6 +24,7 @@ from pydantic_core import PydanticCustomError
 from workloads.data import DATASETS, STREAMED
 from workloads.fields import STRICT, Amount, Between, Flag, Text, count
 from workloads.models import NETWORKS, NetConfig, network_config
+from workloads.models.registry import ADAPTED
 from workloads.train.modes import MODES
 from workloads.train.recipe import TrainConfig
 from workloads.train.test_rules import TEST_RULES
@@ -461,6 +462,12 @@ def _net_config(network: str, overrides: dict, mode: str, data: DataSpec, where:
         import timm  # only for a spec that names a timm network
         if not timm.is_model(net.timm_arch):
             _fail(f"{where}.overrides.timm_arch", f"timm has no model {net.timm_arch!r}")
+    if net.arch in ADAPTED:  # a model its adapter cannot take apart is refused here, before anything runs
+        from workloads.models.adapter_check import AdapterError
+        try:
+            _counts(net)
+        except AdapterError as e:
+            _fail(where, str(e))
     return net
 
 

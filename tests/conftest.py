@@ -167,3 +167,20 @@ def out(trained, tmp_path):
     dst = tmp_path / "out"
     shutil.copytree(trained, dst)
     return dst
+
+
+@pytest.fixture
+def shipped_cwd(tmp_path, monkeypatch):
+    """A working folder in which the shipped specs' language-model folders exist as far as parsing a spec reads
+    them (config.json: the model's layers), so every experiments/*.yaml parses; the weights are not needed."""
+    from pathlib import Path
+
+    import yaml
+
+    from language_cases import write_llama_config
+    for path in sorted((Path(__file__).parent.parent / "experiments").glob("*.yaml")):
+        for model in yaml.safe_load(path.read_text()).get("models") or []:
+            if model.get("network") == "hf_causal_lm":
+                write_llama_config(tmp_path / model["checkpoint"])
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from language_cases import VOCAB, WORDS, save_word_tokenizer
 from registry_cases import single_thread
 from workloads.data import DataNotFound, load_dataset
 from workloads.data.text import TextDataError, check_sequence_length, check_vocabulary, load_text_corpus
@@ -29,10 +30,8 @@ from workloads.surgery import (delete_blocks, evaluate_plans, forward_plan, grad
                                naive_gradient_norm, random_deletion, random_swaps)
 from workloads.surgery.evaluate import input_chunk_size
 
-VOCAB = 96          # the models' vocabulary; the tokenizer's is smaller
 LENGTH = 12         # tokens per sequence
 LAYERS = 3
-WORDS = [f"w{i}" for i in range(80)]
 
 
 def _configs() -> dict:
@@ -54,15 +53,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def tokenizer_folder(tmp_path_factory):
-    """A word-level tokenizer of WORDS plus <unk> and <eos>, saved as AutoTokenizer reads it."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator([" ".join(WORDS)], trainers.WordLevelTrainer(special_tokens=["<unk>", "<eos>"]))
-    folder = tmp_path_factory.mktemp("tokenizer")
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>").save_pretrained(folder)
-    return folder
+    return save_word_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
 @pytest.fixture(scope="module")

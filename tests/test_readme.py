@@ -297,5 +297,5 @@ def test_files_the_readme_names_exist():
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.yaml")), ids=lambda p: p.name)
-def test_experiment_specs_validate(path):
+def test_experiment_specs_validate(path, shipped_cwd):
     assert load_spec(path).runs

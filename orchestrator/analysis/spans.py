@@ -31,7 +31,9 @@ class SpanRun:
 
     run_id: str
     intact: float           # the intact network's error
-    spans: pd.DataFrame     # start (0-based layer), length (layers), error, rise (error points over intact)
+    spans: pd.DataFrame     # start (0-based layer), length (layers), error, rise (error points over intact),
+    #                         value (what the figure plots: results.measure, next-token loss for a language model)
+    intact_value: float     # the intact network's value of results.measure, as plotted
 
 
 def span_runs(results: Results) -> list[SpanRun]:
@@ -43,8 +45,10 @@ def span_runs(results: Results) -> list[SpanRun]:
         if len(d):
             intact = results.intact_error(r)
             spans = pd.DataFrame({"start": d["draw"].astype(int), "length": d["k"].astype(int),
-                                  "error": d["error"].astype(float), "rise": 100 * (d["error"] - intact)})
-            found.append(SpanRun(r, intact, spans.sort_values(["length", "start"]).reset_index(drop=True)))
+                                  "error": d["error"].astype(float), "rise": 100 * (d["error"] - intact),
+                                  "value": results.measure.of(d[results.measure.column])})
+            found.append(SpanRun(r, intact, spans.sort_values(["length", "start"]).reset_index(drop=True),
+                                 results.intact_value(r)))
     return found
 
 
@@ -110,28 +114,28 @@ def span_figure(results: Results, folder: Path) -> str | None:
     axes = fig.subplots(rows, cols, sharey=True, squeeze=False).ravel()
     for ax, (name, members) in zip(axes, series.items()):
         color = looks[members[0]].color
-        errors = pd.concat([by_run[r].spans for r in members]).groupby(["length", "start"])["error"].mean()
+        errors = pd.concat([by_run[r].spans for r in members]).groupby(["length", "start"])["value"].mean()
         layers = results.structure(members[0]).num_layers   # a run's seeds share its network
         for j, n in enumerate(lengths):
             if n not in errors.index.get_level_values("length"):
                 continue
             starts = np.arange(layers - n + 1)   # a start with no span (a layer that splits them) breaks the line
             line = errors.loc[n].reindex(starts)
-            ax.plot(starts + 1, 100 * line.to_numpy(), color=_shade(color, j, len(lengths)), ls=style[n][0],
+            ax.plot(starts + 1, line.to_numpy(), color=_shade(color, j, len(lengths)), ls=style[n][0],
                     marker=style[n][1], ms=2.5, lw=1.1)
-        ax.axhline(100 * np.mean([by_run[r].intact for r in members]), color=color, ls=":", lw=0.9)
+        ax.axhline(np.mean([by_run[r].intact_value for r in members]), color=color, ls=":", lw=0.9)
         for layer in results.structure(members[0]).downsampling_layers:
             ax.axvline(layer + 1, color="0.6", ls=(0, (4, 3)), lw=0.7)
         ax.set_title(_panel_title(name + (f" (mean over {len(members)} seeds)" if len(members) > 1 else ""), cols),
                      color=color)
-        ax.set_ylim(0, 100)
+        ax.set_ylim(0, results.measure.top)
         ax.set_xlim(0.5, layers + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("first deleted layer (1-based)")
     for ax in axes[len(series):]:
         ax.set_visible(False)
     for ax in axes[::cols]:
-        ax.set_ylabel("test error (%)")
+        ax.set_ylabel(results.measure.label)
     fig.suptitle(f"Span deletion: consecutive layers deleted together ({results.dataset})")
     _legend_below(fig, handles)
     return _save(fig, folder, "span_deletion")

@@ -1,0 +1,152 @@
+"""Networks a researcher brings, through the real CLI: a torchvision Vision Transformer on an image folder and a
+Hugging Face GPT-2 on a text file, each imported from the user's files, checked by its adapter, studied
+(single units, spans of whole layers, random deletions, reorders within a kind) and written exactly once, a
+rerun computing nothing; and the ways such input can be wrong, each one line with exit 2 and nothing written."""
+import math
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from conftest import write_image_folder
+from language_cases import save_gpt2, save_word_tokenizer, write_corpus
+from orchestrator.cli import main
+
+VIT = dict(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32)
+STUDIES = {"single_deletion": {}, "span_deletion": {"max_length": 2}, "random_deletion": {"k_max": 2, "draws": 2},
+           "reorder": {"k_max": 1, "draws": 2}, "evaluators": {"count": 1, "cpu": 1}, "plans_per_batch": 8}
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _rows(out, study):
+    lesion = pd.read_parquet(out / "lesion")
+    return lesion[lesion["study"] == study]
+
+
+@pytest.fixture(scope="module")
+def vit_files(tmp_path_factory):
+    import torchvision
+    root = tmp_path_factory.mktemp("vit")
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(num_classes=3, **VIT)
+    with torch.no_grad():  # torchvision zero-initialises the classifier: give it weights, so plans differ
+        model.heads.head.weight.normal_(0, 0.5)
+    torch.save(model.state_dict(), root / "vit.pt")
+    return write_image_folder(root / "images", classes=3, val_per_class=4, size=36), root / "vit.pt"
+
+
+@pytest.fixture(scope="module")
+def gpt2_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gpt2")
+    return (save_gpt2(root / "model"), save_word_tokenizer(root / "tokenizer"),
+            write_corpus(root / "corpus.txt", words=12 * 9 + 3))
+
+
+def vit_spec(images, checkpoint, **data) -> dict:
+    return {"name": "vit", "data": {"dataset": "imagenet", "root": str(images), "image_size": 32, "resize": 32,
+                                    "num_classes": 3, **data},
+            "models": [{"network": "tv_VisionTransformer", "label": "vit", "checkpoint": str(checkpoint),
+                        "overrides": {"arch_options": VIT}}],
+            "studies": {"test_examples": 12, **STUDIES}}
+
+
+def gpt2_spec(model, tokenizer, corpus, **data) -> dict:
+    return {"name": "gpt2", "data": {"dataset": "text", "root": str(corpus), "tokenizer": str(tokenizer),
+                                     "sequence_length": 8, **data},
+            "models": [{"network": "hf_causal_lm", "label": "gpt2", "checkpoint": str(model)}],
+            "studies": STUDIES}
+
+
+def _run_twice(spec: dict, folder):
+    path = folder / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = folder / "out"
+    first = _invoke("run", path, "--out", out)
+    assert first.exit_code == 0, first.output
+    lesion = pd.read_parquet(out / "lesion")
+    assert lesion["unit_key"].is_unique
+    again = _invoke("run", path, "--out", out)
+    assert again.exit_code == 0 and " 0 computed" in again.output, again.output
+    assert len(pd.read_parquet(out / "lesion")) == len(lesion)   # exactly once
+    return out, lesion
+
+
+def test_a_torchvision_vit_on_an_image_folder(ray_session, vit_files, tmp_path):
+    images, checkpoint = vit_files
+    out, lesion = _run_twice(vit_spec(images, checkpoint), tmp_path)
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert runs["num_blocks"].tolist() == [4]                        # 2 layers x (attention, mlp)
+    assert sorted(_rows(out, "single_deletion")["draw"]) == [0, 1, 2, 3]
+    spans = _rows(out, "span_deletion")
+    assert sorted(zip(spans["k"], spans["draw"])) == [(1, 0), (1, 1), (2, 0)]   # (layers, first layer)
+    assert sorted(spans[spans["k"] == 2]["deleted"].iloc[0]) == [0, 1, 2, 3]      # both units of both layers
+    for order in _rows(out, "reorder")["order"]:                      # attention moves only among attention
+        assert [b % 2 for b in order] == [0, 1, 0, 1]
+    assert set(lesion["metric"]) == {"classification"} and lesion["perplexity"].isna().all()
+    assert (out / "figures" / "span_deletion.png").exists() and "Span deletion" in (out / "report.md").read_text()
+
+
+def test_a_gpt2_on_a_text_file(ray_session, gpt2_files, tmp_path):
+    model, tokenizer, corpus = gpt2_files
+    out, lesion = _run_twice(gpt2_spec(model, tokenizer, corpus), tmp_path)
+    assert set(lesion["metric"]) == {"next_token"}
+    assert (lesion["examples"] == 12 * 8).all()                       # 12 sequences of 8 predicted tokens
+    assert (lesion["perplexity"] - lesion["loss"].map(math.exp)).abs().max() < 1e-6
+    intact = _rows(out, "intact").iloc[0]
+    # the intact row is the model itself: its own loss on the same sequences
+    from transformers import AutoModelForCausalLM
+
+    from workloads.data.text import load_text_corpus
+    data = load_text_corpus(corpus, tokenizer, 8)
+    with torch.no_grad():
+        logits = AutoModelForCausalLM.from_pretrained(model, local_files_only=True).eval()(data.test_images).logits
+    want = torch.nn.functional.cross_entropy(logits.flatten(0, 1), data.test_labels.flatten()).item()
+    assert intact["loss"] == pytest.approx(want, rel=1e-4)
+    assert sorted(_rows(out, "span_deletion")["k"]) == [1, 1, 2]
+    report = (out / "report.md").read_text()
+    assert "gpt2" in report and (out / "figures" / "f3_single_deletion.png").exists()
+
+
+def _short_corpus(spec, folder):
+    (folder / "short.txt").write_text("w1 w2 w3")                     # shorter than one sequence
+    spec["data"]["root"] = str(folder / "short.txt")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s, f: s["data"].update(sequence_length=64), "data.sequence_length: 64 is beyond the 32 positions"),
+    (_short_corpus, "data.root: "),
+    (lambda s, f: s["data"].update(tokenizer=str(f)), "data.tokenizer: "),
+    (lambda s, f: s["models"][0].update(checkpoint=str(f)), "models[0].checkpoint: "),
+    (lambda s, f: s["models"][0].update(network="tv_resnet18"), "models[0].network: tv_resnet18 reads images"),
+])
+def test_bad_language_model_input_is_one_line(gpt2_files, tmp_path, change, message):
+    spec = gpt2_spec(*gpt2_files)
+    change(spec, tmp_path)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = _invoke("run", path, "--out", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_that_is_not_residual_or_does_not_fit_is_one_line(ray_session, vit_files, tmp_path):
+    images, checkpoint = vit_files
+    cases = [({"network": "timm", "overrides": {"timm_arch": "vgg11"}}, "VGG is not a residual network"),
+             ({"overrides": {"arch_options": {**VIT, "num_layers": 3}}}, "its weights are not those of"),
+             ({"network": "tv_convnext_tiny", "overrides": {}}, "its weights are not those of")]
+    for entry, message in cases:
+        spec = vit_spec(images, checkpoint)
+        spec["models"][0].update(entry)
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        result = _invoke("run", path, "--out", tmp_path / "out")
+        assert result.exit_code == 2, result.output
+        error = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+        assert len(error) == 1 and message in error[0], result.output   # at parse, or at import (Ray started)
+        assert not (tmp_path / "out").exists()
