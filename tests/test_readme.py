@@ -277,7 +277,7 @@ def test_bash_blocks_unravel_lines_run_through_the_cli(demo):
 
 # -- YAML: the README's and experiments/ -----------------------------------------------------------------
 
-def test_yaml_blocks_are_valid_specs(tmp_path):
+def test_yaml_blocks_are_valid_specs(tmp_path, shipped_cwd):
     blocks = fenced_blocks("yaml")
     assert len(blocks) >= 2
     for i, text in enumerate(blocks):
