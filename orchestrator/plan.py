@@ -132,11 +132,15 @@ def make_plan(spec: ExperimentSpec, nodes: list[Node], where: str, given: Rates,
     studies = _studies(spec, units, studied, rate, source, nodes)
     walls = [part["wall_hours"] for part, has in ((training, trained), (studies, units)) if has]
     channels, classes, size = spec.data.shape
+    text = {}
+    if spec.data.text:  # sequences of token ids; the classes are the models' vocabulary
+        classes = max(t.net_config.num_classes for t in spec.runs)
+        text = {"sequence_length": size}
     return {
         "experiment": spec.name,
         "spec": spec.path,
         "data": {"dataset": spec.data.dataset, "channels": channels, "image_size": size, "classes": classes,
-                 "test_examples": unit_test_size(spec), "files_checked": False},
+                 "test_examples": unit_test_size(spec), "files_checked": False, **text},
         "nodes": {"source": where, "nodes": [{"cpu": n.cpu, "gpu": n.gpu} for n in nodes]},
         "training": training,
         "studies": studies,
@@ -284,9 +288,12 @@ def render(doc: dict) -> str:
     nodes = Counter((n["cpu"], n["gpu"]) for n in doc["nodes"]["nodes"])
     shape = ", ".join(f"{c} x ({cpu:g} CPU, {gpu:g} GPU)" for (cpu, gpu), c in nodes.items()) or "none"
     spec = f" ({doc['spec']})" if doc["spec"] else ""
-    size = f"{d['channels']}x{d['image_size']}x{d['image_size']}"
+    size = f"{d['channels']}x{d['image_size']}x{d['image_size']}, {d['classes']} classes"
+    if "sequence_length" in d:
+        size = f"sequences of {d['sequence_length']} tokens, a vocabulary of {d['classes']:,}"
+        test = test.replace("test examples", "test sequences")
     lines = [f"plan of '{doc['experiment']}'{spec}: nothing submitted, nothing written",
-             f"data: {d['dataset']}, {size}, {d['classes']} classes; {test}",
+             f"data: {d['dataset']}, {size}; {test}",
              f"nodes ({doc['nodes']['source']}): {shape}"]
     t = doc["training"]
     if t["trials"]:

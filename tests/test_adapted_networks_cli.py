@@ -150,3 +150,13 @@ def test_a_model_that_is_not_residual_or_does_not_fit_is_one_line(ray_session, v
         error = [line for line in result.output.splitlines() if line.startswith("Error: ")]
         assert len(error) == 1 and message in error[0], result.output   # at parse, or at import (Ray started)
         assert not (tmp_path / "out").exists()
+
+
+def test_plan_of_a_language_model_spec_counts_its_units_and_sequences(gpt2_files, tmp_path):
+    path = tmp_path / "gpt2.yaml"
+    path.write_text(yaml.safe_dump({**gpt2_spec(*gpt2_files), "studies": {**STUDIES, "test_examples": 6}}))
+    result = _invoke("plan", path)
+    assert result.exit_code == 0, result.output
+    assert "data: text, sequences of 8 tokens, a vocabulary of 96; 6 test sequences per unit" in result.output
+    span = next(line for line in result.output.splitlines() if line.strip().startswith("span_deletion"))
+    assert span.split()[1:3] == ["1", "3"]                            # one run: spans (1, 0), (1, 1), (2, 0)
