@@ -229,7 +229,7 @@ def f6(results: Results) -> list[Claim]:
                 Claim("F6c", paper_c, "no gradient results", "not run", "")]
     parts_b, parts_c, out_b, out_c = [], [], [], []
     for r in runs:
-        frame, n = _draw_matrix(results, r), results.structure(r).num_blocks
+        frame, n = _draw_matrix(results, r), results.structure(r).paths
         ks, matrix = frame.columns.to_numpy(dtype=int), frame.to_numpy(dtype=float)
         slope0, r2 = _slope_and_fit(ks, _profile(matrix))
         if not np.isfinite(slope0):
@@ -267,7 +267,7 @@ def f6a(results: Results) -> Claim:
     paper = "F6a path lengths are Binomial(n, 1/2): >95% of ResNet-110's paths have length 19-35"
     share = probability_in_range(PAPER_BLOCKS, 19, 35)
     parts = [f"n={PAPER_BLOCKS}: {100 * share:.1f}% of 2^{PAPER_BLOCKS} paths have length 19-35 (exact)"]
-    for n in sorted({results.structure(r).num_blocks for r in residual_runs(results, None)} - {PAPER_BLOCKS}):
+    for n in sorted({results.structure(r).paths for r in residual_runs(results, None)} - {PAPER_BLOCKS}):
         p = path_length_distribution(n)
         lo, hi = effective_range(p, 0.95)
         parts.append(f"n={n}: 95% of paths have length {lo}-{hi}")
@@ -287,7 +287,7 @@ def f7(results: Results) -> Claim:
                      "needs the gradients study (F6)")
     parts, ok = [reference], True
     for r in runs:
-        n, eff = results.structure(r).num_blocks, results.effective_paths(r)
+        n, eff = results.structure(r).paths, results.effective_paths(r)
         d = max(1, round(10 * n / PAPER_BLOCKS))
         kept = float(sum(f * surviving_fraction(n, d, x) for x, f in enumerate(eff.fractions)))
         ok &= kept >= MANY_SURVIVE

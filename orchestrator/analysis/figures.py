@@ -400,7 +400,7 @@ def f6(results: Results, folder: Path) -> str | None:
     drawn = [r for r in runs if len(results.gradient_profile(r))]
     handles = []
     for r in runs:
-        look, n = looks[r], results.structure(r).num_blocks
+        look, n = looks[r], results.structure(r).paths
         if r in drawn:
             eff = results.effective_paths(r)
             found = (f"{EFFECTIVE_MASS:.0%} of the gradient from lengths {eff.lo}-{eff.hi}, "
@@ -415,11 +415,11 @@ def f6(results: Results, folder: Path) -> str | None:
                           label=f"shaded (c): lengths carrying {EFFECTIVE_MASS:.0%} of the gradient")]
     fig = _figure(_legend_height(handles, 2.9))
     axes = fig.subplots(1, 3)
-    sizes = sorted({results.structure(r).num_blocks for r in runs})
+    sizes = sorted({results.structure(r).paths for r in runs})
     top = max(100 * path_length_distribution(n).max() for n in sizes)
     axes[0].set_ylim(0, 1.15 * top)
     for j, n in enumerate(sizes):
-        members = {looks[r].color for r in runs if results.structure(r).num_blocks == n}
+        members = {looks[r].color for r in runs if results.structure(r).paths == n}
         color = members.pop() if len(members) == 1 else "0.2"
         share = 100 * path_length_distribution(n)
         axes[0].plot(np.arange(n + 1), share, color=color, ls=LINESTYLES[j % len(LINESTYLES)])

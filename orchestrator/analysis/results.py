@@ -34,13 +34,19 @@ class Structure:
     downsampling: tuple[int, ...]   # 0-based positions of the blocks that change shape
     plain: bool
     layer_of: tuple[int, ...]       # each block's layer (0-based, as span deletion counts layers)
+    paths: int = -1                 # residual units: path lengths run 0..paths (a layer without a shortcut
+    #                                 is on every path); -1: every block is one
+
+    def __post_init__(self) -> None:
+        if self.paths < 0:
+            object.__setattr__(self, "paths", self.num_blocks)
 
     @classmethod
     def of(cls, cfg: NetConfig) -> "Structure":
         infos = skeleton(cfg).block_infos()
         layer_of = {b: layer for layer, units in enumerate(layer_units(infos)) for b in units}
         return cls(len(infos), tuple(i.index for i in infos if i.changes_shape), cfg.arch == "plain",
-                   tuple(layer_of[i.index] for i in infos))
+                   tuple(layer_of[i.index] for i in infos), sum(i.residual for i in infos))
 
     @property
     def num_layers(self) -> int:
@@ -236,7 +242,7 @@ class Results:
 
     @_once
     def effective_paths(self, run_id: str) -> EffectivePaths:
-        prof, n = self.gradient_profile(run_id), self.structure(run_id).num_blocks
+        prof, n = self.gradient_profile(run_id), self.structure(run_id).paths
         log_norm = np.full(n + 1, -np.inf)  # lengths never measured contribute nothing
         log_norm[prof["k"].to_numpy()] = prof["log10_mean"].to_numpy()
         fractions = contribution_fractions(log10_total_contribution(n, log_norm))
