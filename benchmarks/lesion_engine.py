@@ -205,9 +205,10 @@ def main(argv=None) -> int:
     print(f"engine: {engine_wall:8.2f} s  {engine_blocks:>12,d} block evaluations  "
           f"{engine_blocks / engine_wall:12,.0f} blocks/s  peak +{mem_engine.peak_mb:,.0f} MiB  "
           f"({trie.num_leaves} distinct plans)")
-    act_mb = max(chunk, 1) * 16 * 32 * 32 * 4 / 2**20 if args.network.startswith(("resnet", "preact")) else float("nan")
-    print(f"memory bound of the engine: depth {net.num_blocks} x one chunk's activation "
-          f"({act_mb:.0f} MiB at chunk {chunk}) = {net.num_blocks * act_mb:,.0f} MiB, whatever the number of plans")
+    if args.network.startswith(("resnet", "preact")):  # the CIFAR ResNets' widest activation: 16 x 32 x 32
+        act_mb = max(chunk, 1) * 16 * 32 * 32 * 4 / 2**20
+        print(f"memory bound of the engine: depth {net.num_blocks} x one chunk's activation "
+              f"({act_mb:.0f} MiB at chunk {chunk}) = {net.num_blocks * act_mb:,.0f} MiB, whatever the number of plans")
     print(f"ceiling: intact forward {ceiling_rate:,.0f} {what.split()[0]}/s = {ceiling_rate * net.num_blocks:,.0f} blocks/s")
     errs = [r.error for r in results]
     print(f"errors: intact {errs[0]:.4f}, min {min(errs):.4f}, max {max(errs):.4f}; "
