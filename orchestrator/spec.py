@@ -116,6 +116,10 @@ class DataSpec(Section):
         else:
             for key in sorted((_IMAGE_FOLDER_KEYS | {"download"}) & self.model_fields_set):
                 raise rule(key, "applies only to image datasets, not text")
+            from .location import is_uri
+            if is_uri(self.root):
+                raise rule("root", "a text corpus is read from a local file on every node, not from a URI; copy it "
+                                   "to the nodes (or a shared disk) and name that path")
         if self.dataset not in STREAMED:
             for key in sorted(_IMAGE_FOLDER_KEYS & self.model_fields_set):
                 raise rule(key, f"applies only to dataset imagenet, not {self.dataset}")
