@@ -69,8 +69,8 @@ def _pairs(**options) -> tuple:
 
 # adapted networks: which registered names run, and at which settings (see the module's docstring)
 ADAPTED_CASES: dict[str, list[tuple]] = {
-    **{f"tv_{name}": [()] for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-                                       "wide_resnet50_2", "resnext50_32x4d", "regnet_x_400mf", "regnet_y_400mf",
+    # basic and bottleneck blocks, grouped convolutions (resnet34/101/152 and the wide ResNets repeat these classes)
+    **{f"tv_{name}": [()] for name in ("resnet18", "resnet50", "resnext50_32x4d", "regnet_x_400mf", "regnet_y_400mf",
                                        "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny")},
     "tv_VisionTransformer": [(("arch_options", _pairs(image_size=32, patch_size=8, num_layers=3, num_heads=2,
                                                       hidden_dim=16, mlp_dim=32)),)],
