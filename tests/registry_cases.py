@@ -179,6 +179,22 @@ class Case:
         return net.eval()
 
 
+def assert_engine_equals_forward(net: BlockNetwork, plans: list, x: torch.Tensor, y: torch.Tensor,
+                                 chunk_size: int = 8) -> list:
+    """The engine's results for ``plans``, each checked against one full forward of its plan: error within one
+    example, the same mean loss."""
+    import torch.nn.functional as F
+
+    from workloads.surgery import evaluate_plans, forward_plan
+    got = evaluate_plans(net, plans, x, y, chunk_size=chunk_size)
+    with torch.no_grad():
+        for plan, r in zip(plans, got, strict=True):
+            logits = forward_plan(net, plan, x)
+            assert abs(r.error - (logits.argmax(1) != y).float().mean().item()) <= 1 / len(y) + 1e-9, plan
+            assert r.loss == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-4, abs=1e-5), plan
+    return got
+
+
 @contextmanager
 def single_thread():
     """Tiny tensors on one intra-op thread: on a shared 2-core machine, two threads per op spend

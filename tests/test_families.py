@@ -15,14 +15,13 @@ from typing import Callable
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from conftest import randomise_bn
-from registry_cases import single_thread
+from registry_cases import assert_engine_equals_forward, single_thread
 from workloads.models.adapter_check import AdapterError, check_adapter, describe
 from workloads.models.adapters import ADAPTERS, TIMM_FAMILIES, TORCHVISION_BUILDERS, adapt
-from workloads.surgery import (delete_blocks, evaluate_plans, forward_plan, gradient_norms, intact,
+from workloads.surgery import (delete_blocks, gradient_norms, intact,
                                naive_gradient_norm, random_deletion, random_swaps, swap_pairs)
 
 
@@ -197,12 +196,7 @@ def test_engine_equals_one_forward_per_plan(family):
     for p in plans:  # reorders move units within their group only; shape-changing layers stay put
         assert [infos[b].group for b in p.order] == [i.group for i in infos]
     assert any(p.order != tuple(sorted(p.order)) for p in plans)
-    got = evaluate_plans(net, plans, x, y, chunk_size=8)
-    with torch.no_grad():
-        for plan, r in zip(plans, got, strict=True):
-            logits = forward_plan(net, plan, x)
-            assert abs(r.error - (logits.argmax(1) != y).float().mean().item()) <= 1 / len(y) + 1e-9, plan
-            assert r.loss == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-4, abs=1e-5), plan
+    got = assert_engine_equals_forward(net, plans, x, y)
     assert len({round(r.loss, 6) for r in got}) > len(plans) // 2  # the plans really differ
 
 

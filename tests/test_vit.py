@@ -8,11 +8,10 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from registry_cases import single_thread
+from registry_cases import assert_engine_equals_forward, single_thread
 from workloads.models.vit_adapter import AdapterError, check_adapter, from_torchvision_vit
-from workloads.surgery import (delete_blocks, delete_span, evaluate_plans, forward_plan, gradient_norms, intact,
+from workloads.surgery import (delete_blocks, delete_span, gradient_norms, intact,
                                layer_spans, layer_units, naive_gradient_norm, random_deletion, random_swaps)
 
 
@@ -81,12 +80,7 @@ def test_engine_equals_one_forward_per_plan(batch):
     for p in plans:  # a reorder moves attention with attention, MLP with MLP
         assert [infos[b].kind for b in p.order] == [i.kind for i in infos]
     assert any(p.order != tuple(sorted(p.order)) for p in plans)
-    got = evaluate_plans(net, plans, x, y, chunk_size=8)
-    with torch.no_grad():
-        for plan, r in zip(plans, got, strict=True):
-            logits = forward_plan(net, plan, x)
-            assert abs(r.error - (logits.argmax(1) != y).float().mean().item()) <= 1 / len(y) + 1e-9, plan
-            assert r.loss == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-4, abs=1e-5), plan
+    got = assert_engine_equals_forward(net, plans, x, y)
     assert len({round(r.loss, 6) for r in got}) > 3  # the plans really differ
 
 

@@ -29,6 +29,16 @@ class ModelPart(nn.Module):
         return self.run(self.model, x)
 
 
+class Sublayer(Block):
+    """One residual half of a transformer layer (its attention or its MLP): the layer is shared with the model,
+    not copied, and ``layer`` is its index (BlockInfo.layer), so spans delete both halves together."""
+
+    def __init__(self, owner: nn.Module, layer: int):
+        super().__init__()
+        self.owner = owner
+        self.layer = layer
+
+
 class Transition(Block):
     """A layer of the model with no shortcut between its residual units: deleting or moving it would change
     every later shape, so it always runs, in place, and the gradient always passes through it."""

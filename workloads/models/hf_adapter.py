@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .adapter_check import AdapterError, Anchor, check_adapter
+from .adapter_parts import Sublayer
 from .blocks import Block, BlockNetwork
 
 __all__ = ["AdapterError", "CAUSAL_LMS", "check_adapter", "from_causal_lm"]
@@ -93,16 +94,7 @@ class _Head(nn.Module):
         return self.lm_head(self.norm(x))
 
 
-class _Sublayer(Block):
-    """A residual sublayer of one decoder layer (shared with the model, not copied)."""
-
-    def __init__(self, decoder_layer: nn.Module, index: int):
-        super().__init__()
-        self.decoder_layer = decoder_layer
-        self.layer = index
-
-
-class Gpt2AttentionUnit(_Sublayer):
+class Gpt2AttentionUnit(Sublayer):
     """``x + attn(ln_1(x))`` of one GPT2Block (attn ends with its residual dropout)."""
     kind = "attention"
 
@@ -112,20 +104,20 @@ class Gpt2AttentionUnit(_Sublayer):
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         position_ids, mask, _ = self.positions.get(x, "full_attention")
-        h, _ = self.decoder_layer.attn(self.decoder_layer.ln_1(x), attention_mask=mask, use_cache=False,
+        h, _ = self.owner.attn(self.owner.ln_1(x), attention_mask=mask, use_cache=False,
                                        position_ids=position_ids)
         return x, h
 
 
-class Gpt2MlpUnit(_Sublayer):
+class Gpt2MlpUnit(Sublayer):
     """``x + mlp(ln_2(x))`` of one GPT2Block."""
     kind = "mlp"
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return x, self.decoder_layer.mlp(self.decoder_layer.ln_2(x))
+        return x, self.owner.mlp(self.owner.ln_2(x))
 
 
-class LlamaAttentionUnit(_Sublayer):
+class LlamaAttentionUnit(Sublayer):
     """``x + self_attn(input_layernorm(x))`` of one Llama-layout decoder layer, with the rotary embeddings and
     the mask of the layer's kind."""
     kind = "attention"
@@ -137,18 +129,18 @@ class LlamaAttentionUnit(_Sublayer):
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         position_ids, mask, rotary = self.positions.get(x, self.mask_kind)
-        h, _ = self.decoder_layer.self_attn(hidden_states=self.decoder_layer.input_layernorm(x),
+        h, _ = self.owner.self_attn(hidden_states=self.owner.input_layernorm(x),
                                             attention_mask=mask, position_ids=position_ids, cache=None,
                                             use_cache=False, position_embeddings=rotary)
         return x, h
 
 
-class LlamaMlpUnit(_Sublayer):
+class LlamaMlpUnit(Sublayer):
     """``x + mlp(post_attention_layernorm(x))`` of one Llama-layout decoder layer."""
     kind = "mlp"
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return x, self.decoder_layer.mlp(self.decoder_layer.post_attention_layernorm(x))
+        return x, self.owner.mlp(self.owner.post_attention_layernorm(x))
 
 
 def _mask_kinds(model, count: int) -> list[str]:

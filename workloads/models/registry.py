@@ -11,7 +11,7 @@ model, its config read from the user's folder). Every field of NetConfig can ove
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Annotated, Any, Literal
 
 import torch
@@ -148,7 +148,7 @@ def source_model(cfg: NetConfig) -> torch.nn.Module:
         import torchvision  # a second to import: only for torchvision networks
         builder = getattr(torchvision.models, cfg.torchvision_arch)
         options = cfg.options if isinstance(builder, type) else {"weights": None, **cfg.options}
-        with _regnet_widths_on_cpu():
+        with _regnet_widths_on_cpu() if cfg.torchvision_arch.startswith("regnet") else nullcontext():
             model = builder(num_classes=cfg.num_classes, **options)
         if cfg.in_channels != 3:
             model.conv1 = type(model.conv1)(cfg.in_channels, 64, 7, 2, 3, bias=False)

@@ -14,24 +14,22 @@ import torch
 from torch import nn
 
 from .adapter_check import AdapterError, Anchor
-from .adapter_parts import ModelPart, Transition, number_stages
+from .adapter_parts import ModelPart, Sublayer, Transition, number_stages
 from .blocks import Block, BlockNetwork
 
 
-class _SwinSublayer(Block):
-    """A residual sublayer of one torchvision Swin block (shared with it, not copied)."""
+class _SwinSublayer(Sublayer):
+    """A residual sublayer of one torchvision Swin block."""
 
     post_norm = False   # V2: the norm follows the sublayer instead of preceding it
 
     def __init__(self, block: nn.Module, layer: int, post_norm: bool):
-        super().__init__()
-        self.swin_block = block
-        self.layer = layer
+        super().__init__(block, layer)
         self.post_norm = post_norm
 
     def _branch(self, x: torch.Tensor, sublayer: nn.Module, norm: nn.Module) -> torch.Tensor:
         h = norm(sublayer(x)) if self.post_norm else sublayer(norm(x))
-        return self.swin_block.stochastic_depth(h)
+        return self.owner.stochastic_depth(h)
 
 
 class SwinAttentionUnit(_SwinSublayer):
@@ -39,7 +37,7 @@ class SwinAttentionUnit(_SwinSublayer):
     kind = "attention"
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return x, self._branch(x, self.swin_block.attn, self.swin_block.norm1)
+        return x, self._branch(x, self.owner.attn, self.owner.norm1)
 
 
 class SwinMlpUnit(_SwinSublayer):
@@ -47,7 +45,7 @@ class SwinMlpUnit(_SwinSublayer):
     kind = "mlp"
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return x, self._branch(x, self.swin_block.mlp, self.swin_block.norm2)
+        return x, self._branch(x, self.owner.mlp, self.owner.norm2)
 
 
 def _head(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -15,34 +15,25 @@ import torch
 from torch import nn
 
 from .adapter_check import AdapterError, Anchor
-from .adapter_parts import ModelPart
+from .adapter_parts import ModelPart, Sublayer
 from .blocks import Block, BlockNetwork
 
 
-class _TimmSublayer(Block):
-    """A residual sublayer of one timm Block (shared with it, not copied)."""
-
-    def __init__(self, block: nn.Module, layer: int):
-        super().__init__()
-        self.vit_block = block
-        self.layer = layer
-
-
-class TimmAttentionUnit(_TimmSublayer):
+class TimmAttentionUnit(Sublayer):
     """``x + drop_path1(ls1(attn(norm1(x))))`` of one Block."""
     kind = "attention"
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b = self.vit_block
+        b = self.owner
         return x, b.drop_path1(b.ls1(b.attn(b.norm1(x))))
 
 
-class TimmMlpUnit(_TimmSublayer):
+class TimmMlpUnit(Sublayer):
     """``x + drop_path2(ls2(mlp(norm2(x))))`` of one Block."""
     kind = "mlp"
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b = self.vit_block
+        b = self.owner
         return x, b.drop_path2(b.ls2(b.mlp(b.norm2(x))))
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .adapter_check import AdapterError, Anchor, check_adapter
+from .adapter_parts import Sublayer
 from .blocks import Block, BlockNetwork
 
 __all__ = ["AdapterError", "AttentionUnit", "MlpUnit", "check_adapter", "from_torchvision_vit"]
@@ -42,31 +43,22 @@ class _Head(nn.Module):
         return self.model.heads(self.model.encoder.ln(x)[:, 0])
 
 
-class _Sublayer(Block):
-    """A residual sublayer of one torchvision EncoderBlock (shared with it, not copied)."""
-
-    def __init__(self, layer, index: int):
-        super().__init__()
-        self.encoder_layer = layer
-        self.layer = index
-
-
-class AttentionUnit(_Sublayer):
+class AttentionUnit(Sublayer):
     """``x + dropout(self_attention(ln_1(x)))`` of one encoder layer."""
     kind = "attention"
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.encoder_layer.ln_1(x)
-        h, _ = self.encoder_layer.self_attention(h, h, h, need_weights=False)
-        return x, self.encoder_layer.dropout(h)
+        h = self.owner.ln_1(x)
+        h, _ = self.owner.self_attention(h, h, h, need_weights=False)
+        return x, self.owner.dropout(h)
 
 
-class MlpUnit(_Sublayer):
+class MlpUnit(Sublayer):
     """``x + mlp(ln_2(x))`` of one encoder layer."""
     kind = "mlp"
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return x, self.encoder_layer.mlp(self.encoder_layer.ln_2(x))
+        return x, self.owner.mlp(self.owner.ln_2(x))
 
 
 def from_torchvision_vit(model) -> BlockNetwork:
