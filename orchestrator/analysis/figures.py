@@ -299,9 +299,10 @@ def f3(results: Results, folder: Path) -> str | None:
 
 
 def _measure_axis(ax, m, suffix: str = "") -> None:
-    """The y axis of what is plotted: error from 0 to 100%, a loss from 0 up."""
+    """The y axis of what is plotted: error from 0 to 100%, a loss from 0 to a little above its largest value
+    (data drawn against the frame is hard to read)."""
     ax.set_ylabel(m.label + suffix)
-    ax.set_ylim(0, m.top)
+    ax.set_ylim(0, m.top if m.top is not None else 1.08 * ax.dataLim.ymax)
 
 
 def _band(ax, x, lo, hi, color, alpha, m=ERROR):

@@ -128,7 +128,8 @@ def span_figure(results: Results, folder: Path) -> str | None:
             ax.axvline(layer + 1, color="0.6", ls=(0, (4, 3)), lw=0.7)
         ax.set_title(_panel_title(name + (f" (mean over {len(members)} seeds)" if len(members) > 1 else ""), cols),
                      color=color)
-        ax.set_ylim(0, results.measure.top)
+        top = results.measure.top
+        ax.set_ylim(0, top if top is not None else 1.08 * max(a.dataLim.ymax for a in axes[:len(series)]))
         ax.set_xlim(0.5, layers + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("first deleted layer (1-based)")
