@@ -16,6 +16,7 @@ import os
 import time
 import traceback
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import ray
 import torch
@@ -35,8 +36,26 @@ from .units import Batch, plan_for
 STREAM_CHUNK = 256  # images decoded per step of a streamed test set
 
 
+@dataclass(frozen=True)
+class StartFailure:
+    """What an evaluator's constructor raised on its node (data unreadable there, say), returned by every ``run``
+    in place of rows: the driver then stops in one line and keeps the traceback in the errors table. Raised out
+    of the constructor instead, it would reach the terminal as Ray's traceback per retry of every queued batch."""
+    error: str       # 'SomeError: its first line'
+    traceback: str
+
+
 class Evaluator:
     def __init__(self, data: DataSpec, studies: StudiesSpec, cache_size: int = 4):
+        self.failure: StartFailure | None = None
+        try:
+            self._start(data, studies, cache_size)
+        except Exception as e:  # noqa: BLE001 - whatever a node's files raise, told once by run()
+            lines = str(e).strip().splitlines()
+            self.failure = StartFailure(f"{type(e).__name__}: {lines[0] if lines else ''}"[:500],
+                                        traceback.format_exc())
+
+    def _start(self, data: DataSpec, studies: StudiesSpec, cache_size: int) -> None:
         set_threads(studies.evaluators.threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.data = load_dataset(data.dataset, local_root(data.resolved_root), data.download, **data.loader_options)
@@ -80,8 +99,10 @@ class Evaluator:
             self.cache.popitem(last=False)
         return net
 
-    def run(self, batch: Batch, checkpoint) -> tuple[list[dict], list[dict]]:
-        """(result rows, error rows) for one batch."""
+    def run(self, batch: Batch, checkpoint) -> tuple[list[dict], list[dict]] | StartFailure:
+        """(result rows, error rows) for one batch; the constructor's failure if it had one."""
+        if self.failure is not None:
+            return self.failure
         started = time.perf_counter()
         try:
             net = self._network(batch, checkpoint)

@@ -579,7 +579,8 @@ def _language_model(entry: ModelEntry, index: int, data: DataSpec) -> dict:
                         f"save_pretrained writes it)") from None
     except ValueError as e:
         raise SpecError(f"models[{index}].checkpoint: {folder / 'config.json'} is not valid JSON ({e})") from None
-    from workloads.models.hf_loading import MODEL_TYPES, max_sequence_length
+    from workloads.models.hf_loading import MODEL_TYPES, max_sequence_length, refuse_custom_code
+    refuse_custom_code(folder, lambda problem: SpecError(f"models[{index}].checkpoint: {problem}"))
     kind = config.get("model_type") if isinstance(config, dict) else None
     if kind not in MODEL_TYPES:
         _fail(f"models[{index}].checkpoint", f"{folder} holds a model of type {kind!r}; the layers unravel "

@@ -179,10 +179,12 @@ def gate_row(unit, stats, *, seconds: float) -> dict:
             "examples": stats.examples, "seconds": seconds}
 
 
-def error_row(unit, exc: BaseException, traceback: str = "") -> dict:
-    """An errors row: one failed attempt at a unit (errors are history: attempts add rows)."""
+def error_row(unit, exc: BaseException | str, traceback: str = "") -> dict:
+    """An errors row: one failed attempt at a unit (errors are history: attempts add rows); ``exc`` an exception,
+    or its 'SomeError: message' line as text (one raised in another process)."""
+    error = exc if isinstance(exc, str) else f"{type(exc).__name__}: {str(exc)[:2000]}"
     return {"unit_key": unit.key, "run_id": unit.run_id, "study": unit.study, "k": unit.k, "draw": unit.draw,
-            "error": f"{type(exc).__name__}: {str(exc)[:2000]}", "traceback": traceback[-4000:], "time": time.time()}
+            "error": error[:2100], "traceback": traceback[-4000:], "time": time.time()}
 
 
 def _checked(schema: pa.Schema, rows: list[dict]) -> list[dict]:

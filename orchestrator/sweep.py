@@ -17,7 +17,7 @@ import ray
 from tqdm import tqdm
 
 from . import interrupts, store
-from .evaluator import evaluator_actor
+from .evaluator import StartFailure, evaluator_actor
 from .spec import ExperimentSpec
 from .units import Batch, Unit, batches, expand
 
@@ -121,10 +121,10 @@ class _Dispatcher:
     def take(self, ref: ray.ObjectRef, batch: Batch, i: int) -> tuple[list[dict], list[dict]] | None:
         """(rows, error rows) of a finished batch; None when it went back in the queue."""
         try:
-            return ray.get(ref)
+            outcome = ray.get(ref)
         except EVALUATOR_LOST as e:
             if getattr(e, "actor_init_failed", False):  # its constructor raised: no restart will help
-                raise EvaluatorsCannotStart(f"the evaluators cannot start: {_cause(e)}") from None
+                self.cannot_start(batch, _cause(e), str(e))
             # the evaluator (or its node) died: Ray restarts it; the batch goes back in the queue
             self.attempts[batch.key] = self.attempts.get(batch.key, 0) + 1
             if self.attempts[batch.key] <= MAX_BATCH_RETRIES:
@@ -134,6 +134,16 @@ class _Dispatcher:
             return [], _failed(batch, e)
         except ray.exceptions.RayTaskError as e:
             return [], _failed(batch, e)
+        if isinstance(outcome, StartFailure):
+            self.cannot_start(batch, outcome.error, outcome.traceback)
+        return outcome
+
+    def cannot_start(self, batch: Batch, error: str, traceback: str) -> None:
+        """Stop in one line: every batch would fail alike. The traceback goes to the errors table, as the failed
+        attempt at the units of the batch that met it."""
+        store.write_errors(self.out, batch.key, [store.error_row(u, error, traceback) for u in batch.units])
+        raise EvaluatorsCannotStart(f"the evaluators cannot start: {error} (its traceback is in the errors table, "
+                                    f"{self.out / 'errors'})")
 
     def write(self, batch: Batch, rows: list[dict], errors: list[dict]) -> None:
         if rows:

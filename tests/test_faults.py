@@ -223,3 +223,44 @@ def test_damaged_result_files_are_named_never_read_as_data(out, tmp_path):
     result = CliRunner().invoke(main, ["lesion", str(spec), "--out", str(out)])
     assert result.exit_code == 2 and f"{runs}: unreadable table" in result.output, result.output
     assert pq.read_table(next((out / "lesion").rglob("part-*.parquet"))).num_rows > 0  # results untouched
+
+
+@pytest.mark.slow
+def test_an_evaluator_that_cannot_start_on_its_node_is_one_line_with_its_traceback_kept(bucket, tmp_path):
+    """Data on object storage that the preflight finds (the folder is there) and each node copies: a damaged file
+    in it is met only by the evaluators' constructors, on their nodes. One line on the terminal, exit 1, none
+    of Ray's tracebacks per retry and per queued batch; the traceback is kept in the errors table."""
+    import pyarrow.fs as pafs
+    import torch
+
+    from conftest import write_fake_cifar
+    from workloads.models import build_network
+    write_fake_cifar(tmp_path / "data")
+    batch = tmp_path / "data" / "cifar-10-batches-py" / "test_batch"
+    batch.write_bytes(batch.read_bytes()[:1000])          # cut short, as a failed upload leaves it
+    root = bucket("cifar10")
+    s3, prefix = pafs.FileSystem.from_uri(root)
+    pafs.copy_files(str(tmp_path / "data" / "cifar-10-batches-py"), f"{prefix}/cifar-10-batches-py",
+                    destination_filesystem=s3)
+    torch.manual_seed(0)
+    small = {"network": "preact_resnet20", "label": "mine", "overrides": {"widths": [4, 8, 16]}}
+    torch.save(build_network("preact_resnet20", widths=[4, 8, 16], num_classes=10).state_dict(), tmp_path / "net.pt")
+    spec = write_spec(tmp_path, {"name": "node-data", "data": {"dataset": "cifar10", "root": root},
+                                 "models": [{**small, "checkpoint": str(tmp_path / "net.pt")}],
+                                 "studies": {"test_examples": 10, "single_deletion": {}, "plans_per_batch": 2,
+                                             "evaluators": {"count": 2, "cpu": 1}}})
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "lesion", str(spec), "--out", str(out)],
+                          env={**os.environ, "PYTHONPATH": str(HERE.parent), "UNRAVEL_CACHE": str(tmp_path / "cache")},
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 1, said[-4000:]
+    told = [line for line in said.splitlines() if "CIFAR-10" in line or "cannot start" in line]
+    assert len(told) == 1 and told[0].startswith("Error: the evaluators cannot start: DataNotFound: CIFAR-10 not "
+                                                 "found in "), said[-4000:]
+    assert f"its traceback is in the errors table, {out / 'errors'}" in told[0]
+    assert "Traceback" not in said and "(raylet)" not in said and "retries" not in said, said[-4000:]
+    errors = pd.read_parquet(out / "errors")
+    assert len(errors) in (1, 2) and errors["error"].str.startswith("DataNotFound: CIFAR-10 not found").all()
+    assert errors["traceback"].str.contains("Traceback").all() and errors["traceback"].str.contains("load_cifar").all()
+    assert not (out / "lesion").exists()

@@ -23,15 +23,18 @@ class TextDataError(ValueError):
 def load_tokenizer(folder: str | Path):
     """``AutoTokenizer`` of a local folder, with one-line errors. A model folder may hold its tokenizer, but then it
     must be that model's own: there AutoTokenizer picks the tokenizer class from config.json's model_type (a qwen2
-    folder builds a byte-level Qwen2Tokenizer from whatever tokenizer files it finds)."""
+    folder builds a byte-level Qwen2Tokenizer from whatever tokenizer files it finds). A folder that names code of its
+    own (an ``auto_map``) is refused, and transformers never asks to run it."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataNotFound(f"{folder}: no such tokenizer folder")
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise TextDataError(f"{folder}: holds no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
+    from ..models.hf_loading import refuse_custom_code
+    refuse_custom_code(folder, TextDataError)
     from transformers import AutoTokenizer
     try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except Exception as e:  # noqa: BLE001 - a damaged tokenizer raises anything; the message names the folder
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise TextDataError(f"{folder}: its tokenizer cannot be loaded ({type(e).__name__}: {first})") from None

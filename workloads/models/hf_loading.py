@@ -3,7 +3,10 @@
 A spec names a folder (``save_pretrained``'s: config.json and its weights); nothing is ever downloaded. A
 folder that is not what it should be (missing, no config.json, no weights, a model type the adapter does not
 know, weights of another shape) is refused in one line that names it, never a traceback and never a model
-that silently keeps random weights where the checkpoint lacked some. ``config_json`` and ``model_from_config``
+that silently keeps random weights where the checkpoint lacked some. A folder's own Python code is never run:
+one whose config.json or tokenizer_config.json has an ``auto_map`` (classes from .py files beside it, what
+``trust_remote_code`` would import) is refused, and transformers is always told ``trust_remote_code=False``, so
+it never prompts on the terminal or reads stdin. ``config_json`` and ``model_from_config``
 carry a model's architecture between processes (a worker rebuilds it, then loads a state_dict; on the meta
 device a spec counts the units of a 7B model without its memory).
 
@@ -12,6 +15,7 @@ transformers is imported inside the functions: the CIFAR path never pays for it.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -24,6 +28,45 @@ from .checkpoint import CheckpointError
 MODEL_TYPES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                "qwen2": "Qwen2ForCausalLM"}
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+CODE_MAPS = ("config.json", "tokenizer_config.json")   # where a folder may name classes of its own .py files
+
+
+def custom_code(folder: str | Path) -> str | None:
+    """Why loading ``folder`` would import Python code it holds (an ``auto_map`` in config.json or
+    tokenizer_config.json), in one line; None when it names none. Read on every load, not once: a folder
+    changed after the preflight is still refused where it is loaded (an evaluator)."""
+    for name in CODE_MAPS:
+        try:
+            document = json.loads((Path(folder) / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # absent or unreadable: the loader that reads it says so
+            continue
+        found = auto_map_of(document)
+        if found:
+            return f"{Path(folder) / name} has an auto_map ({found})"
+    return None
+
+
+def auto_map_of(config) -> str:
+    """The classes a config's ``auto_map`` takes from the folder's own code ('AutoTokenizer -> x.Y, ...'), or ''."""
+    mapping = config.get("auto_map") if isinstance(config, dict) else None
+    if not mapping:
+        return ""
+    if not isinstance(mapping, dict):
+        return " ".join(repr(mapping).split())[:200]
+    text = ", ".join(f"{k} -> {v if isinstance(v, str) else '/'.join(str(x) for x in v if x)}"
+                     for k, v in mapping.items())
+    return " ".join(text.split())[:200]   # one line, whatever the file holds
+
+
+REMOTE_CODE_ADVICE = ("the folder asks to run its own Python code (trust_remote_code), which unravel never does: "
+                      "use a model and tokenizer that transformers implements (no auto_map)")
+
+
+def refuse_custom_code(folder: str | Path, error: Callable[[str], Exception] = CheckpointError) -> None:
+    """Raise ``error(message)`` (one line) when loading ``folder`` would run code it holds (see ``custom_code``)."""
+    found = custom_code(folder)
+    if found:
+        raise error(f"{found}: {REMOTE_CODE_ADVICE}")
 
 
 def _supported(model_type, where: str) -> None:
@@ -34,7 +77,7 @@ def _supported(model_type, where: str) -> None:
 
 def read_config(folder: str | Path) -> dict:
     """config.json of a model folder, checked: the folder exists, holds a config.json of a supported model type
-    and weights."""
+    and weights, and names no code of its own (``refuse_custom_code``)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: no such folder")
@@ -48,6 +91,7 @@ def read_config(folder: str | Path) -> dict:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: holds a {type(config).__name__}, expected a JSON object")
+    refuse_custom_code(folder)
     _supported(config.get("model_type"), str(folder))
     if not any(any(folder.glob(pattern)) for pattern in WEIGHT_FILES):
         raise CheckpointError(f"{folder}: no weights (no *.safetensors or pytorch_model.bin beside config.json)")
@@ -76,8 +120,8 @@ def load_causal_lm(folder: str | Path):
     try:
         with _quiet():
             model, info = AutoModelForCausalLM.from_pretrained(
-                str(folder), local_files_only=True, dtype=torch.float32, output_loading_info=True,
-                ignore_mismatched_sizes=True)  # mismatches are reported below, in one line
+                str(folder), local_files_only=True, trust_remote_code=False, dtype=torch.float32,
+                output_loading_info=True, ignore_mismatched_sizes=True)  # mismatches are reported below, in one line
     except Exception as e:  # noqa: BLE001 - a damaged file raises anything; the message says which folder
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(f"{folder}: cannot be loaded ({type(e).__name__}: {first})") from None
@@ -110,13 +154,15 @@ def model_from_config(config_json: str, *, meta: bool = False):
     if not isinstance(config, dict):
         raise CheckpointError(f"model config: holds a {type(config).__name__}, expected a JSON object")
     _supported(config.get("model_type"), "model config")
+    if auto_map_of(config):
+        raise CheckpointError(f"model config: has an auto_map ({auto_map_of(config)}): {REMOTE_CODE_ADVICE}")
     from transformers import AutoConfig, AutoModelForCausalLM
     try:
         built = AutoConfig.for_model(**config)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"model config: not a valid {config['model_type']} config ({e})") from None
     with torch.device("meta") if meta else nullcontext(), _quiet():
-        model = AutoModelForCausalLM.from_config(built, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(built, dtype=torch.float32, trust_remote_code=False)
     return model.eval()
 
 
