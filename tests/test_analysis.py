@@ -77,6 +77,42 @@ def test_claims_from_known_tables(known):
     assert prof["log10_mean"].tolist() == pytest.approx([-0.7 * k - 1 for k in range(1, 10)])
 
 
+def test_every_verdict_line_says_what_its_interval_is_over(known):
+    """One trained network per run: intervals over its blocks, draws or layers say they leave training out; exact
+    claims say they have none; the report's table and its one-line list carry it."""
+    claims = {c.key: c for c in all_claims(Results.load(known))}
+    untrained = "one trained network each, so the variance between trainings is not covered"
+    assert claims["F3-resnet"].over.startswith("exact binomial (Clopper-Pearson) over the ordinary blocks")
+    assert claims["F3-plain"].over.startswith("bootstrap over the deletable layers")
+    assert "linregress over k" in claims["F5a"].over and "bootstrap bands per k" in claims["F5a"].over
+    assert claims["F5b"].over.startswith("bootstrap over the reorderings")
+    assert claims["F6b"].over.startswith("bootstrap over the gradient draws")
+    for key in ("F3-resnet", "F3-plain", "F5a", "F5b", "F6b", "F6c"):
+        assert claims[key].over.endswith(untrained), claims[key].over
+    assert claims["F6a"].over == "none: exact binomial counts" and claims["F7"].over.startswith("none: exact")
+    for c in claims.values():
+        assert (c.verdict == "not run") == (not c.over), c
+        assert c.line.endswith(f"(interval: {c.over})") if c.over else "(interval:" not in c.line
+    text = write_report(known).read_text()
+    assert "| claim | this experiment | verdict | interval over |" in text
+    assert f"- {claims['F3-resnet'].line}" in text
+
+
+def test_with_seeds_each_network_is_judged_on_each_seed(known):
+    """Two seeds of one ResNet: the blocks' intervals are each seed's, and the claim says every seed must pass."""
+    runs = store.read_table(known, "runs").to_dict("records")
+    twin = {**runs[0], "run_id": "res.normal.s1.x", "seed": 1}
+    store.write_table(known, "runs", runs + [twin])
+    for study in ("intact", "single_deletion"):
+        rows = store.read_parts(known, "lesion")
+        rows = rows[(rows["run_id"] == "res.normal.s0.x") & (rows["study"] == study)]
+        store.write_part(known, "lesion", study, twin["run_id"], "t" + study,
+                         rows.drop(columns=["study", "run_id"]).to_dict("records"))
+    f3 = {c.key: c for c in all_claims(Results.load(known))}["F3-resnet"]
+    assert "res, seed 0: " in f3.result and "res, seed 1: " in f3.result
+    assert f3.over.endswith("each of 2 seeds per network judged on its own, every one must pass"), f3.over
+
+
 def test_report_and_figures_from_known_tables(known):
     report = write_report(known)
     text = report.read_text()

@@ -133,8 +133,7 @@ def _looks(results: Results) -> dict[str, Look]:
     order: list[str] = []
     looks = {}
     for r, seed in zip(runs["run_id"], runs["seed"]):
-        name, suffix = results.name(r), f", seed {seed}"
-        series = name[:-len(suffix)] if several and name.endswith(suffix) else name
+        series = results.series(r)
         if series not in order:
             order.append(series)
         i = order.index(series)

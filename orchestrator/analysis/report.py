@@ -11,7 +11,7 @@ import markdown
 import numpy as np
 import pandas as pd
 
-from .claims import Claim, all_claims, left_to_other_specs, plural
+from .claims import ONE_SEED, Claim, all_claims, left_to_other_specs, plural
 from .effective_paths import t1_section
 from .figures import all_figures, in_order
 from .highway import h_section
@@ -115,8 +115,11 @@ def claims_section(claims: list[Claim]) -> list[str]:
     left = ["Left to other specs (no data here): " + "; ".join(f"{', '.join(keys)} to `{spec}`"
                                                             for spec, keys in by_spec.items()) + ".", ""] if by_spec else []
     return (["## The papers' claims, tested", ""] + left
-            + markdown_table(pd.DataFrame([{"claim": c.paper, "this experiment": c.result, "verdict": f"**{c.verdict}**"}
-                                   for c in claims])) + [""]
+            + markdown_table(pd.DataFrame([{"claim": c.paper, "this experiment": c.result, "verdict": f"**{c.verdict}**",
+                                            "interval over": c.over or "-"} for c in claims])) + [""]
+            + ["An interval over the blocks or draws of one trained network shows how they vary in that network, not "
+               "how another training would differ: claims that compare training procedures are decided over seeds "
+               f"(\"{ONE_SEED}\" with fewer than 2 a side).", ""]
             + ["Thresholds:", ""] + [f"- {c.key}: {c.rule}" for c in claims if c.rule] + [""]
             + ["One line per claim:", ""] + [f"- {c.line}" for c in claims] + [""])
 

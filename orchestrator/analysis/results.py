@@ -257,6 +257,11 @@ class Results:
         normal, and its seed when the experiment has several, so no two runs share a name."""
         return self._names().get(run_id, run_id)
 
+    def series(self, run_id: str) -> str:
+        """The run's name without its seed: what its seeds share (one colour in the figures, one group in a
+        comparison over seeds)."""
+        return self.name(run_id).removesuffix(f", seed {self.run(run_id)['seed']}")
+
     @_once
     def _names(self) -> dict[str, str]:
         several_seeds = self.runs["seed"].nunique() > 1 if len(self.runs) else False
