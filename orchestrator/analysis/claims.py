@@ -90,17 +90,19 @@ def f3_resnet(results: Results) -> Claim:
         apart = set(results.structure(r).downsampling) | set(crit)
         rest = [rise for b, rise in results.single_deletion_rises(r).items() if b not in apart]
         any_critical |= bool(crit)
-        crit_text = (f"critical {'block' if len(crit) == 1 else 'blocks'} {', '.join(str(b + 1) for b in crit)}"
-                     if crit else "no critical block")
+        structure = results.structure(r)
+        noun = "unit" if structure.sublayers else "block"
+        crit_text = f"critical {structure.units_text(crit)}" if crit else f"no critical {noun}"
         if not rest:
-            parts.append(f"{results.name(r)}: no ordinary blocks (every block downsamples or is critical); {crit_text}")
+            parts.append(f"{results.name(r)}: no ordinary {noun}s (every {noun} downsamples or is critical); "
+                         f"{crit_text}")
             continue
         judged += 1
         share = share_interval(sum(x < ROBUST_RISE for x in rest), len(rest))
         ok &= share.estimate >= ROBUST_SHARE
         parts.append(f"{results.name(r)}: {share.estimate:.0%} [95% CI {share.lo:.0%}, {share.hi:.0%}] of "
-                     f"{plural(len(rest), 'ordinary block')} rise < {ROBUST_RISE:g} points (largest "
-                     f"{max(rest):+.1f}); {crit_text}")
+                     f"{plural(len(rest), 'ordinary ' + noun)} rise < {ROBUST_RISE:g} {results.measure.points} "
+                     f"(largest {max(rest):+.1f}); {crit_text}")
     if not judged:
         verdict = "cannot be computed: no run has an ordinary block"
     else:
@@ -108,8 +110,8 @@ def f3_resnet(results: Results) -> Claim:
                    else "reproduced" if ok else "not reproduced")
     return Claim("F3-resnet", paper, "; ".join(parts), verdict,
                  f"at least {ROBUST_SHARE:.0%} of the blocks that neither downsample nor are critical rise < "
-                 f"{ROBUST_RISE:g} points (the share's exact binomial interval is shown); a block rising > "
-                 f"{CRITICAL_RISE:g} points is critical and reported apart",
+                 f"{ROBUST_RISE:g} {results.measure.points} (the share's exact binomial interval is shown); a "
+                 f"block rising > {CRITICAL_RISE:g} points is critical and reported apart",
                  f"exact binomial (Clopper-Pearson) over the ordinary blocks of each network; {trainings(results, runs)}")
 
 
@@ -136,7 +138,8 @@ def f3_plain(results: Results) -> Claim:
                  f"bootstrap over the deletable layers of each plain net; {trainings(results, runs)}")
 
 
-def _smooth(curve: pd.DataFrame, rows: pd.DataFrame) -> tuple[bool | None, str]:
+def _smooth(curve: pd.DataFrame, rows: pd.DataFrame, unit: str = "block", points: str = "points"
+            ) -> tuple[bool | None, str]:
     """F5a's test on a mean-error curve with its 95% bands (and the draws behind it): (rises smoothly,
     the numbers that decided); None when there are too few k values to judge."""
     if len(curve) < 3:
@@ -149,8 +152,8 @@ def _smooth(curve: pd.DataFrame, rows: pd.DataFrame) -> tuple[bool | None, str]:
     at = (f", k=10 {100 * at10['mean'].iloc[0]:.1f}% [95% CI {100 * at10['lo'].iloc[0]:.1f}, "
           f"{100 * at10['hi'].iloc[0]:.1f}]" if len(at10) else "")
     ok = bool(slope.above(0) and forced <= SMOOTH_STEP)
-    return ok, (f"rise {slope.text(2)} points per deleted block, largest step beyond the 95% bands {forced:.1f} "
-                f"points{at}")
+    return ok, (f"rise {slope.text(2)} {points} per deleted {unit}, largest step beyond the 95% bands "
+                f"{forced:.1f} points{at}")
 
 
 def f5a(results: Results) -> Claim:
@@ -161,13 +164,14 @@ def f5a(results: Results) -> Claim:
         return Claim("F5a", paper, "no random-deletion results", "not run", "")
     parts, outcomes = [], []   # per run: True, False, None (too few k) or "spared" (smooth only sparing its
     for r in runs:             # critical blocks)
-        good, text = _smooth(results.deletion_curve(r), results.random_deletions(r))
+        unit = "unit" if results.structure(r).sublayers else "block"
+        good, text = _smooth(results.deletion_curve(r), results.random_deletions(r), unit, results.measure.points)
         part = f"{results.name(r)}: {text}"
         if results.critical_blocks(r):
             avoiding = results.deletion_curve(r, True)
             if len(avoiding) > 2:
-                good_a, text_a = _smooth(avoiding, results.random_deletions(r, True))
-                part += f" (draws avoiding critical blocks: {text_a})"
+                good_a, text_a = _smooth(avoiding, results.random_deletions(r, True), unit, results.measure.points)
+                part += f" (draws avoiding critical {unit}s: {text_a})"
                 if good is False and good_a is True:
                     good = "spared"
         outcomes.append(good)
