@@ -125,6 +125,14 @@ def test_f5a_too_few_k_is_said(tmp_path):
     assert "nan" not in claim.result
 
 
+def test_f5a_one_draw_at_k10_says_it_has_no_interval(tmp_path):
+    run = _run("res", 0, 0.01)
+    store.write_part(tmp_path, "lesion", "random_deletion", run["run_id"], "a",
+                     [_lesion(run["run_id"], "random_deletion", k, 0, list(range(k % 9)), 0.05 * (k - 7)) for k in (8, 9, 10)])
+    claim = claims.f5a(_results(tmp_path, [run]))
+    assert "k=10 15.0% (no interval: one value)" in claim.result and "nan" not in claim.result, claim.result
+
+
 def test_f6b_slope_interval_over_draws(tmp_path):
     run = _run("res", 0, 0.01)
     rng = np.random.default_rng(1)

@@ -21,7 +21,7 @@ from workloads.surgery.paths import (contribution_fractions, effective_range, lo
                                      path_length_distribution, probability_in_range, surviving_fraction)
 
 from .results import CRITICAL_RISE, EFFECTIVE_MASS, Results
-from .stats import (difference_interval, median_interval, paired_difference_interval, resampled_interval,
+from .stats import (Interval, difference_interval, median_interval, paired_difference_interval, resampled_interval,
                     share_interval, slope_interval, spearman_interval)
 
 # thresholds, in error points (percentage points) unless said otherwise; CRITICAL_RISE and
@@ -149,8 +149,8 @@ def _smooth(curve: pd.DataFrame, rows: pd.DataFrame, unit: str = "block", points
     slope = slope_interval(rows["k"], 100 * rows["error"])
     forced = float(np.max(np.maximum(np.abs(np.diff(mean)) - (half[1:] + half[:-1]), 0.0)))
     at10 = curve[curve["k"] == 10]
-    at = (f", k=10 {100 * at10['mean'].iloc[0]:.1f}% [95% CI {100 * at10['lo'].iloc[0]:.1f}, "
-          f"{100 * at10['hi'].iloc[0]:.1f}]" if len(at10) else "")
+    at10 = [Interval(row.mean, row.lo, row.hi, int(row.draws)).scaled(100) for row in at10.itertuples()]
+    at = f", k=10 {at10[0].text(1, '%')}" if at10 else ""
     ok = bool(slope.above(0) and forced <= SMOOTH_STEP)
     return ok, (f"rise {slope.text(2)} {points} per deleted {unit}, largest step beyond the 95% bands "
                 f"{forced:.1f} points{at}")
@@ -253,7 +253,7 @@ def f6(results: Results) -> list[Claim]:
     if not runs:
         return [Claim("F6b", paper_b, "no gradient results", "not run", ""),
                 Claim("F6c", paper_c, "no gradient results", "not run", "")]
-    parts_b, parts_c, out_b, out_c = [], [], [], []
+    parts_b, parts_c, out_b, out_c, one_draw = [], [], [], [], False
     for r in runs:
         frame, n = _draw_matrix(results, r), results.structure(r).paths
         ks, matrix = frame.columns.to_numpy(dtype=int), frame.to_numpy(dtype=float)
@@ -264,6 +264,7 @@ def f6(results: Results) -> list[Claim]:
             parts_b.append(f"{results.name(r)}: fewer than 3 path lengths with a finite norm")
             continue
         slope = resampled_interval(len(matrix), lambda i: _slope_and_fit(ks, _profile(matrix[i]))[0])
+        one_draw |= not slope.known
         eff = results.effective_paths(r)
         hi = resampled_interval(len(matrix), lambda i: _effective_hi(n, ks, _profile(matrix[i])))
         out_b.append(bool(slope.below(0) if slope.known else slope.estimate < 0) and r2 >= GRAD_R2)
@@ -275,7 +276,8 @@ def f6(results: Results) -> list[Claim]:
         parts_c.append(f"{results.name(r)}: {EFFECTIVE_MASS:.0%} of the gradient from paths of {eff.lo}-{eff.hi} of "
                        f"{n} blocks{upper}, {100 * eff.share:.2g}% of all paths")
 
-    over = f"bootstrap over the gradient draws of each network; {trainings(results, runs)}"
+    over = f"bootstrap over the gradient draws of each network; {trainings(results, runs)}" + (
+        "; a network with one draw has no interval, and its verdict reads the estimate" if one_draw else "")
 
     def verdict(outcomes):
         judged = [o for o in outcomes if o is not None]
