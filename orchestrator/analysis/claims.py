@@ -112,7 +112,9 @@ def f3_resnet(results: Results) -> Claim:
                  f"at least {ROBUST_SHARE:.0%} of the blocks that neither downsample nor are critical rise < "
                  f"{ROBUST_RISE:g} {results.measure.points} (the share's exact binomial interval is shown); a "
                  f"block rising > {CRITICAL_RISE:g} points is critical and reported apart",
-                 f"exact binomial (Clopper-Pearson) over the ordinary blocks of each network; {trainings(results, runs)}")
+                 f"exact binomial (Clopper-Pearson) over the ordinary "
+                 f"{'units' if all(results.structure(r).sublayers for r in runs) else 'blocks'} of each network; "
+                 f"{trainings(results, runs)}")
 
 
 def f3_plain(results: Results) -> Claim:
