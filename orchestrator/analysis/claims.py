@@ -43,7 +43,7 @@ class Claim:
     paper: str        # what the paper says (PAPERS.md)
     result: str       # what the data says, in numbers, with the interval that decided
     verdict: str      # reproduced | not reproduced | partly reproduced: ... | not resolved on this data |
-    #                   cannot be computed: ... | not run
+    #                   one seed: not resolved | cannot be computed: ... | not run
     rule: str         # the threshold that decided
     over: str = ""    # what the deciding interval is over (and so which variance it covers); "" when not run
 
