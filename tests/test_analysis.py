@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from figure_checks import assert_readable, legend_texts
+from language_cases import write_language_tables
 from orchestrator import store
 from orchestrator.analysis.claims import all_claims
 from orchestrator.analysis.results import Results
@@ -75,6 +76,42 @@ def test_claims_from_known_tables(known):
     assert claims["F8"].verdict == "not run"
     prof = results.gradient_profile("res.normal.s0.x")
     assert prof["log10_mean"].tolist() == pytest.approx([-0.7 * k - 1 for k in range(1, 10)])
+
+
+def test_every_verdict_line_says_what_its_interval_is_over(known):
+    """One trained network per run: intervals over its blocks, draws or layers say they leave training out; exact
+    claims say they have none; the report's table and its one-line list carry it."""
+    claims = {c.key: c for c in all_claims(Results.load(known))}
+    untrained = "one trained network each, so the variance between trainings is not covered"
+    assert claims["F3-resnet"].over.startswith("exact binomial (Clopper-Pearson) over the ordinary blocks")
+    assert claims["F3-plain"].over.startswith("bootstrap over the deletable layers")
+    assert "linregress over k" in claims["F5a"].over and "bootstrap bands per k" in claims["F5a"].over
+    assert claims["F5b"].over.startswith("bootstrap over the reorderings")
+    assert claims["F6b"].over.startswith("bootstrap over the gradient draws")
+    for key in ("F3-resnet", "F3-plain", "F5a", "F5b", "F6b", "F6c"):
+        assert claims[key].over.endswith(untrained), claims[key].over
+    assert claims["F6a"].over == "none: exact binomial counts" and claims["F7"].over.startswith("none: exact")
+    for c in claims.values():
+        assert (c.verdict == "not run") == (not c.over), c
+        assert c.line.endswith(f"(interval: {c.over})") if c.over else "(interval:" not in c.line
+    text = write_report(known).read_text()
+    assert "| claim | this experiment | verdict | interval over |" in text
+    assert f"- {claims['F3-resnet'].line}" in text
+
+
+def test_with_seeds_each_network_is_judged_on_each_seed(known):
+    """Two seeds of one ResNet: the blocks' intervals are each seed's, and the claim says every seed must pass."""
+    runs = store.read_table(known, "runs").to_dict("records")
+    twin = {**runs[0], "run_id": "res.normal.s1.x", "seed": 1}
+    store.write_table(known, "runs", runs + [twin])
+    for study in ("intact", "single_deletion"):
+        rows = store.read_parts(known, "lesion")
+        rows = rows[(rows["run_id"] == "res.normal.s0.x") & (rows["study"] == study)]
+        store.write_part(known, "lesion", study, twin["run_id"], "t" + study,
+                         rows.drop(columns=["study", "run_id"]).to_dict("records"))
+    f3 = {c.key: c for c in all_claims(Results.load(known))}["F3-resnet"]
+    assert "res, seed 0: " in f3.result and "res, seed 1: " in f3.result
+    assert f3.over.endswith("each of 2 seeds per network judged on its own, every one must pass"), f3.over
 
 
 def test_report_and_figures_from_known_tables(known):
@@ -318,3 +355,37 @@ def test_an_axis_without_data_says_so(known, drawn):
     assert panels[0].get_lines() and not panels[1].get_lines() and not panels[2].get_lines()
     for ax in panels[1:]:
         assert [t.get_text() for t in ax.texts] == ["no finite gradient norm\nin the gradients table"]
+
+
+def test_a_language_model_report_speaks_of_next_token_loss_and_maps_units_to_layers(tmp_path, drawn):
+    """A report of two GPT-2s says next-token loss, perplexity and next-token error; numbers every unit with
+    its layer and kind (attention, MLP), in the table, the critical units and the figures' axes; and plots
+    loss in nats with legends and captions that say so, never test error."""
+    write_language_tables(tmp_path, {"small": 2, "big": 3}, single={2: 2.0}, random_k=3)   # unit 3 costs 20 points
+    text = write_report(tmp_path).read_text()
+    section = text.split("## Language models: next-token loss, and what each unit is")[1].split("\n## ")[0]
+    for words in ("**Next-token loss**", "**perplexity** = exp(loss)", "**next-token error**", "**attention**",
+                  "**MLP**"):
+        assert words in section
+    assert "| small, pretrained | 4 | 2 | 3.000 | 20.09 | 80.00% |" in section
+    assert "| small, pretrained | 3 | 2 | attention | +2.000 | +20.0 |" in section
+    assert "| big, pretrained | 6 | 3 | MLP | +0.500 | +5.0 |" in section
+    assert "## Critical units (found from the data)" in text and "raises the next-token error by more than 10" in text
+    assert "- small, pretrained on text: critical unit 3 (layer 2 attention) (+20.0 points of next-token error)" in text
+    assert "CIFAR-10" not in text.split("## Critical units")[1].split("\n## ")[0]
+    claims = {c.key: c for c in all_claims(Results.load(tmp_path))}
+    assert "ordinary units rise < 5 points of next-token error" in claims["F3-resnet"].result
+    assert "critical unit 3 (layer 2 attention)" in claims["F3-resnet"].result
+    assert "points of next-token error per deleted unit" in claims["F5a"].result
+    f3 = drawn["f3_single_deletion"].axes[-1]
+    assert f3.get_ylabel() == "next-token loss (nats)"
+    assert f3.get_xlabel() == "deleted unit (1-based): unit 2l-1 is layer l's attention, 2l its MLP"
+    assert "critical unit (deleting it costs > 10 points of next-token error)" in legend_texts(drawn["f3_single_deletion"])
+    f5a = drawn["f5a_random_deletion"].axes[0]
+    assert f5a.get_ylabel().startswith("next-token loss (nats)")
+    assert "small, pretrained: draws sparing critical unit 3 (layer 2 attention)" in legend_texts(
+        drawn["f5a_random_deletion"])
+    figures = text.split("## Figures")[1]
+    assert "Next-token loss (nats) after deleting each single unit" in figures and "Error after" not in figures
+    for name in ("f3_single_deletion", "f5a_random_deletion"):
+        assert_readable(name, drawn[name])

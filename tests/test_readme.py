@@ -157,6 +157,11 @@ def test_the_demo_report_is_computed_from_its_tables(demo):
     assert f"| single_deletion | {len(singles)} |" in text
     for key in ("F3", "F5a", "F5b", "F6", "F7", "training"):
         assert f"### {key}" in text
+    # the README's words: one seed a side cannot decide F8, and every verdict says what its interval is over
+    f8 = next(line for line in text.splitlines() if line.startswith("- F8 "))
+    assert ": one seed: not resolved (interval: over the 54 blocks of one trained network a side" in f8, f8
+    assert all("(interval: " in line for line in text.split("One line per claim:")[1].split("\n## ")[0].splitlines()
+               if line.startswith("- ") and not line.endswith(": not run"))
 
 
 # -- the README's Python ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from figure_checks import assert_readable, legend_texts
+from language_cases import write_language_tables
 from orchestrator import store
 from orchestrator.analysis import spans
 from orchestrator.analysis.figures import STYLE
@@ -219,6 +220,28 @@ def test_a_report_without_spans_neither_draws_nor_misses_them(span_tables):
     text = write_report(span_tables).read_text()
     assert "## Span deletion" not in text and "span_deletion.png" not in text
     assert "spans" not in text.split("Not drawn, as the tables hold no data for them:")[1].split("\n")[0]
+
+
+def test_a_text_report_of_two_models_draws_their_spans_in_nats(tmp_path, monkeypatch):
+    """Two language models of 2 and 3 layers: the panels share one loss axis from 0 to a little above the largest
+    loss of either (it was set inside the panel loop, from panels not drawn yet: "Axis limits cannot be NaN or
+    Inf"), and the section counts rises in nats of next-token loss."""
+    made = {}
+    save = spans._save
+    monkeypatch.setattr(spans, "_save", lambda fig, folder, name: made.setdefault(name, fig) and save(fig, folder, name))
+    write_language_tables(tmp_path, {"small": 2, "big": 3}, spans=2)
+    text = write_report(tmp_path).read_text()
+    assert (tmp_path / "figures" / "span_deletion.png").stat().st_size > 10_000
+    panels = [ax for ax in made["span_deletion"].axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["big, pretrained", "small, pretrained"]
+    largest = 3.0 + sum(0.1 * u for u in range(2, 6))    # big's layers 2-3
+    assert panels[0].get_ylim() == panels[1].get_ylim() == pytest.approx((0, 1.08 * largest))
+    assert all(ax.get_ylabel() in ("next-token loss (nats)", "") for ax in panels)
+    section = text.split("## Span deletion")[1].split("\n## ")[0]
+    assert "| run | layers per span | spans | mean rise (nats) |" in section and "points" not in section
+    # small: layer 1 is units 1-2 (0 + 0.1 nats), layer 2 units 3-4 (0.2 + 0.3)
+    assert "| small, pretrained | 1 | 2 | +0.300 | +0.100 | +0.500 | layer 1 (+0.100) |" in section
+    assert "Next-token loss (nats) after deleting each span" in text
 
 
 # -- end to end ---------------------------------------------------------------------------------------

@@ -228,7 +228,7 @@ def _tables(tmp_path, effective: dict[str, list[float]], normal: list[float]) ->
     ({"scaled": [5.3, 5.1, 5.2], "unscaled": [80.0, 85.0, 82.0]}, [5.0, 5.2, 5.1], "reproduced"),
     ({"scaled": [20.0, 21.0, 22.0]}, [5.0, 5.2, 5.1], "not reproduced"),
     ({"scaled": [2.0, 12.0]}, [3.0, 9.0], "not resolved on this data"),
-    ({"scaled": [5.0]}, [5.0], "cannot be computed"),
+    ({"scaled": [5.0]}, [5.0], "one seed: not resolved"),
     ({"unscaled": [5.0, 5.5, 6.0], "scaled": [30.0, 31.0, 32.0]}, [5.0, 5.5, 6.0], "not reproduced"),  # on scaled
 ])
 def test_t1_verdicts(tmp_path, effective, normal, verdict):

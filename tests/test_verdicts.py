@@ -1,5 +1,5 @@
 """Verdicts decided by intervals, on tables built here with known spreads: each outcome, including
-"not resolved on this data" and "cannot be computed", is reached on purpose."""
+"not resolved on this data", "one seed: not resolved" and "cannot be computed", is reached on purpose."""
 import json
 import re
 
@@ -56,7 +56,9 @@ def test_spread_larger_than_the_difference_is_not_resolved(tmp_path):
 
 def test_one_seed_cannot_decide(tmp_path):
     results = _results(tmp_path, _units({"a": [0.06], "e": [0.04]}))
-    assert im_units(results).verdict.startswith("cannot be computed: one seed")
+    claim = im_units(results)
+    assert claim.verdict == "one seed: not resolved"
+    assert claim.over.startswith("bootstrap over seeds")
 
 
 def test_units_not_run_without_e(tmp_path):
@@ -123,6 +125,14 @@ def test_f5a_too_few_k_is_said(tmp_path):
     assert "nan" not in claim.result
 
 
+def test_f5a_one_draw_at_k10_says_it_has_no_interval(tmp_path):
+    run = _run("res", 0, 0.01)
+    store.write_part(tmp_path, "lesion", "random_deletion", run["run_id"], "a",
+                     [_lesion(run["run_id"], "random_deletion", k, 0, list(range(k % 9)), 0.05 * (k - 7)) for k in (8, 9, 10)])
+    claim = claims.f5a(_results(tmp_path, [run]))
+    assert "k=10 15.0% (no interval: one value)" in claim.result and "nan" not in claim.result, claim.result
+
+
 def test_f6b_slope_interval_over_draws(tmp_path):
     run = _run("res", 0, 0.01)
     rng = np.random.default_rng(1)
@@ -146,14 +156,70 @@ def test_f6a_is_exact(tmp_path):
     assert "n=54: 98.0% of 2^54 paths have length 19-35 (exact); n=9: 95% of paths have length 2-7" in claim.result
 
 
-def test_f8_difference_interval_over_blocks(tmp_path):
+def _singles(out, run, rises: list[float], intact: float = 0.01):
+    """A run's intact error and its single deletions, block b raising the error by rises[b] points."""
+    store.write_part(out, "lesion", "intact", run["run_id"], "i", [_lesion(run["run_id"], "intact", 0, 0, [], intact)])
+    store.write_part(out, "lesion", "single_deletion", run["run_id"], "s",
+                     [_lesion(run["run_id"], "single_deletion", 1, b, [b], intact + r / 100) for b, r in enumerate(rises)])
+
+
+def test_f8_with_one_seed_a_side_is_not_resolved_whatever_the_blocks_say(tmp_path):
+    """Stochastic depth against normal training compares two trainings: a bootstrap over the blocks of one
+    network each shows how blocks vary, not how another training would, so it is shown but cannot decide."""
     normal, sd = _run("res", 0, 0.01), _run("res", 0, 0.01, mode="stochastic_depth")
-    rows_n = [_lesion(normal["run_id"], "single_deletion", 1, b, [b], 0.05) for b in range(9)]
-    rows_s = [_lesion(sd["run_id"], "single_deletion", 1, b, [b], 0.02 + 0.001 * b) for b in range(9)]
-    store.write_part(tmp_path, "lesion", "single_deletion", normal["run_id"], "n", rows_n)
-    store.write_part(tmp_path, "lesion", "single_deletion", sd["run_id"], "s", rows_s)
+    _singles(tmp_path, normal, [4.0] * 9)
+    _singles(tmp_path, sd, [1.0 + 0.1 * b for b in range(9)])
     claim = claims.f8(_results(tmp_path, [normal, sd]))
-    assert claim.verdict == "reproduced" and "difference -2.60 [95% CI" in claim.result
+    assert claim.verdict == "one seed: not resolved"
+    assert "difference -2.60 [95% CI" in claim.result and "points over 9 blocks" in claim.result
+    assert "(1 seed with stochastic depth, 1 seed normal)" in claim.result
+    assert "one trained network a side" in claim.over and "not between trainings" in claim.over
+    assert claim.line.endswith(f"one seed: not resolved (interval: {claim.over})")
+
+
+@pytest.mark.parametrize("normal_rises, sd_rises, verdict", [
+    ([5.0, 5.2, 4.9], [2.0, 2.1, 1.9], "reproduced"),
+    ([2.0, 6.0, 4.0], [3.0, 1.0, 5.0], "not resolved on this data"),   # each seed alone would look decided
+    ([1.0, 1.1, 0.9], [3.0, 3.2, 3.1], "not reproduced"),
+])
+def test_f8_with_seeds_is_decided_over_seeds(tmp_path, normal_rises, sd_rises, verdict):
+    runs = []
+    for mode, rises in (("normal", normal_rises), ("stochastic_depth", sd_rises)):
+        for seed, rise in enumerate(rises):
+            run = _run("res", seed, 0.01, mode=mode)
+            _singles(tmp_path, run, [rise + 0.01 * b for b in range(9)])
+            runs.append(run)
+    claim = claims.f8(_results(tmp_path, runs))
+    assert claim.verdict == verdict, claim.result
+    diff = difference_interval(normal_rises, sd_rises)
+    assert claim.result.startswith(f"res, stochastic depth: mean rise per deletion {np.mean(sd_rises) + 0.04:.2f} points")
+    assert f"difference {diff.estimate:.2f} [95% CI" in claim.result
+    assert "over seeds (3 with stochastic depth, 3 normal; 9 blocks each)" in claim.result
+    assert claim.over.startswith("bootstrap over seeds")
+
+
+def test_f5a_partly_reproduced_only_when_every_failing_run_has_critical_blocks(tmp_path):
+    """A run whose curve jumps only through its critical block is smooth away from it; a run with no critical
+    block whose curve jumps is not reproduced, and never gets the critical-blocks wording."""
+    crit, plain_jump = _run("crit", 0, 0.01), _run("jump", 0, 0.01)
+
+    def draws(run, error):
+        """From k = 3 on, 10 of the 12 draws hold block 0; before, none does."""
+        sets = {(k, d): ([0] if k >= 3 and d < 10 else []) + [1 + (d + i) % 8 for i in range(k - (k >= 3 and d < 10))]
+                for k in range(1, 6) for d in range(12)}
+        store.write_part(tmp_path, "lesion", "random_deletion", run["run_id"], "r",
+                         [_lesion(run["run_id"], "random_deletion", k, d, b, error(k, b)) for (k, d), b in sets.items()])
+
+    # crit: block 0 costs 60 points alone, and the draws that hold it; the others rise 1 point per block
+    _singles(tmp_path, crit, [60.0] + [1.0] * 8)
+    draws(crit, lambda k, b: 0.01 + 0.01 * k + (0.6 if 0 in b else 0))
+    _singles(tmp_path, plain_jump, [1.0] * 9)
+    draws(plain_jump, lambda k, b: 0.01 + (0.8 if k >= 3 else 0.01 * k))
+    alone = claims.f5a(_results(tmp_path, [crit]))
+    assert alone.verdict == "partly reproduced: only away from the critical blocks", alone.result
+    both = claims.f5a(_results(tmp_path, [crit, plain_jump]))
+    assert both.verdict == "not reproduced", both.result
+    assert "critical" not in both.result.split("jump: ")[1]
 
 
 def test_intervals_follow_scipy():

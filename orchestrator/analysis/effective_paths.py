@@ -14,7 +14,7 @@ import numpy as np
 
 from workloads.train.modes import scaled_active_count
 
-from .claims import Claim, plural
+from .claims import ONE_SEED, Claim, plural
 from .results import Results, variant_text
 from .stats import difference_interval, mean_interval
 
@@ -82,8 +82,9 @@ def _verdict(group: Group) -> tuple[str, str]:
     text = (f"{group.name} ({group.blocks} per mini-batch): effective paths, {each}; normal training "
             f"{mean_interval(group.normal).text(2, '%')} over {plural(len(group.normal), 'seed')}")
     if len(effective) < 2 or len(group.normal) < 2:
-        return (f"cannot be computed: {len(effective)} effective-path and {len(group.normal)} normal seed(s), "
-                f"no spread to judge a difference by"), text
+        return ONE_SEED, (f"{text}; {plural(len(effective), 'effective-path seed')} and "
+                          f"{plural(len(group.normal), 'normal seed')}: at least 2 each are needed to judge a "
+                          f"difference against the spread between trainings")
     diff = difference_interval(group.normal, effective)
     text += f"; {rule} - normal {diff.estimate:+.2f} points [95% CI {diff.lo:+.2f}, {diff.hi:+.2f}]"
     if diff.hi < MATCH_MARGIN:
@@ -104,7 +105,8 @@ def t1_claim(results: Results) -> Claim:
     judged = [_verdict(g) for g in found]
     verdicts = list(dict.fromkeys(v for v, _ in judged))
     verdict = verdicts[0] if len(verdicts) == 1 else "; ".join(f"{v} ({g.name})" for g, (v, _) in zip(found, judged))
-    return Claim("T1", PAPER, "; ".join(text for _, text in judged), verdict, rule)
+    return Claim("T1", PAPER, "; ".join(text for _, text in judged), verdict, rule,
+                 "bootstrap over seeds (each seed one training of each procedure): covers training variance")
 
 
 def _spread(values: list[float]) -> tuple[str, str]:

@@ -29,7 +29,7 @@ from matplotlib.ticker import MaxNLocator
 
 from workloads.surgery.paths import path_length_distribution, surviving_fraction
 
-from .results import EFFECTIVE_MASS, ERROR, Results, variant_text
+from .results import CRITICAL_RISE, EFFECTIVE_MASS, ERROR, Results, variant_text
 from .stats import mean_interval
 
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"]  # yellow last: faint
@@ -133,8 +133,7 @@ def _looks(results: Results) -> dict[str, Look]:
     order: list[str] = []
     looks = {}
     for r, seed in zip(runs["run_id"], runs["seed"]):
-        name, suffix = results.name(r), f", seed {seed}"
-        series = name[:-len(suffix)] if several and name.endswith(suffix) else name
+        series = results.series(r)
         if series not in order:
             order.append(series)
         i = order.index(series)
@@ -213,6 +212,17 @@ def _residual(results: Results, runs) -> list[str]:
     return [r for r in runs if not results.structure(r).plain]
 
 
+def _unit_words(results: Results, runs) -> tuple[str, str]:
+    """(what one deletion deletes, the x axis that numbers them): blocks, or a transformer's units with the
+    layer and kind each number is."""
+    structures = [results.structure(r) for r in runs]
+    if not any(s.sublayers for s in structures):
+        return "block", "deleted block or unit (1-based position)"
+    alternating = all(s.kinds == ("attention", "mlp") * s.num_layers for s in structures)
+    return "unit", ("deleted unit (1-based): unit 2l-1 is layer l's attention, 2l its MLP" if alternating
+                    else "deleted unit (1-based; the report maps units to layers and kinds)")
+
+
 def f3(results: Results, folder: Path) -> str | None:
     d = results.study("single_deletion")
     if not len(d):
@@ -222,6 +232,7 @@ def f3(results: Results, folder: Path) -> str | None:
     by = _series(looks, runs)
     # many runs with seeds: each seed a thin light line, the series a thick line (mean over its seeds)
     pooled = len(runs) > 8 and any(len(members) > 1 for members in by.values())
+    noun, xlabel = _unit_words(results, runs)
     # one row of downsampling marks per network shape, above the data
     shapes: dict[tuple, list[str]] = {}
     for r in _residual(results, runs):
@@ -239,7 +250,7 @@ def f3(results: Results, folder: Path) -> str | None:
                           label="downsampling block (top strip, network's colour)"))
     if any(results.critical_blocks(r) for r in _residual(results, runs)):
         key.append(Line2D([], [], color="0.3", marker="s", mfc="none", ls="none", ms=7,
-                          label="critical block (deleting it costs > 10 points)"))
+                          label=f"critical {noun} (deleting it costs > {CRITICAL_RISE:g} {results.measure.points})"))
     handles = _handles(looks, runs, seeds=not pooled) + key
     fig = _figure(_legend_height(handles, 3.3 + 0.17 * len(shapes)))
     if shapes:
@@ -288,10 +299,10 @@ def f3(results: Results, folder: Path) -> str | None:
         strip.tick_params(axis="y", left=False)
         for side in ("top", "right", "bottom", "left"):
             strip.spines[side].set_visible(False)
-        strip.set_title(f"F3: deleting one block at test time ({results.dataset}); top: downsampling blocks")
+        strip.set_title(f"F3: deleting one {noun} at test time ({results.dataset}); top: downsampling blocks")
     else:
-        ax.set_title(f"F3: deleting one block at test time ({results.dataset})")
-    ax.set_xlabel("deleted block or unit (1-based position)")
+        ax.set_title(f"F3: deleting one {noun} at test time ({results.dataset})")
+    ax.set_xlabel(xlabel)
     _measure_axis(ax, m)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _legend_below(fig, handles)
@@ -320,17 +331,17 @@ def f5a(results: Results, folder: Path) -> str | None:
         return None
     looks = _looks(results)
     runs = sorted(set(d["run_id"]))
+    noun, _ = _unit_words(results, runs)
     avoiding = {r: results.critical_blocks(r) for r in runs if results.critical_blocks(r)}
     key = [Patch(color="0.3", alpha=0.2, label="band: 95% bootstrap interval of the mean")]
     if avoiding:
         if len(avoiding) <= 4:
             key += [Line2D([], [], color=looks[r].color, ls="--", lw=1,
-                           label=f"{results.name(r)}: draws sparing critical "
-                                 f"block{'s' if len(c) > 1 else ''} {', '.join(str(b + 1) for b in c)}")
+                           label=f"{results.name(r)}: draws sparing critical {results.structure(r).units_text(c)}")
                     for r, c in avoiding.items()]
         else:
             key.append(Line2D([], [], color="0.3", ls="--", lw=1,
-                              label="dashed: draws sparing the run's critical blocks (listed in the report)"))
+                              label=f"dashed: draws sparing the run's critical {noun}s (listed in the report)"))
     handles = _handles(looks, runs) + key
     fig = _figure(_legend_height(handles, 3.3, 6.0), width=6.0)
     ax = fig.subplots()
@@ -345,9 +356,10 @@ def f5a(results: Results, folder: Path) -> str | None:
             if len(spared):
                 ax.plot(spared["k"], m.of(spared["mean"]), "--", color=look.color, lw=1)
                 _band(ax, spared["k"], spared["lo"], spared["hi"], look.color, 0.08, m)
-    ax.set_xlabel("number of deleted blocks (units) k")
+    ax.set_xlabel("number of deleted blocks (units) k" if noun == "block"
+                  else "number of deleted units k (attention or MLP sublayers)")
     _measure_axis(ax, m, ": mean over draws, 95% CI")
-    ax.set_title(f"F5a: deleting k random blocks ({results.dataset})")
+    ax.set_title(f"F5a: deleting k random {noun}s ({results.dataset})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _legend_below(fig, handles)
     return _save(fig, folder, "f5a_random_deletion")
@@ -386,7 +398,7 @@ def f5b(results: Results, folder: Path) -> str | None:
         _band(ax, b[:, 0], b[:, 2], b[:, 3], look.color, 0.2, m)
     ax.set_xlabel("Kendall tau between the new order and the original")
     _measure_axis(ax, m)
-    ax.set_title(f"F5b: reordering blocks ({results.dataset})")
+    ax.set_title(f"F5b: reordering {_unit_words(results, runs)[0]}s ({results.dataset})")
     ax.invert_xaxis()
     _legend_below(fig, handles)
     return _save(fig, folder, "f5b_reorder")

@@ -116,7 +116,13 @@ def h_claim(results: Results) -> Claim:
             said.add(k)
     parts += [_describe(results, g) for k, g in groups.items() if k not in said]  # other biases: reported, never decide
     ok = all(_setting_share(groups[k]).estimate > LEAN for k in deciding)
-    return Claim("H", paper, "; ".join(parts), "reproduced" if ok else "not reproduced", rule)
+    several = [k for k in deciding if len(groups[k]) > 1]
+    over = ("bootstrap over seeds of each setting's share (covers training variance)" if len(several) == len(deciding)
+            else "exact binomial (Clopper-Pearson) over the blocks of one trained network per setting: the spread "
+                 "between blocks, not between trainings" + ("; bootstrap over seeds where a setting has several"
+                                                            if several else ""))
+    return Claim("H", paper, "; ".join(parts), "reproduced" if ok else "not reproduced", rule,
+                 over + "; the verdict reads the share itself, the interval is shown beside it")
 
 
 def h_figure(results: Results, folder: Path) -> str | None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .claims import Claim, plural
+from .claims import ONE_SEED, Claim, plural
 from .results import Results
 from .stats import Interval, difference_interval
 
@@ -26,6 +26,7 @@ PAPER_SHORTCUTS = {("identity", None): "6.61", ("scaling", None): "12.35", ("exc
                    ("dropout", None): "fail (>20)"}
 UNIT_NAMES = {"a": "(a) original", "b": "(b) BN after addition", "c": "(c) ReLU before addition",
               "d": "(d) ReLU-only pre-activation", "e": "(e) full pre-activation"}
+OVER_SEEDS = "bootstrap over seeds of each variant (one training a seed): covers training variance"
 # what makes two runs the same network apart from the variant being compared
 _FRAME = ("arch", "depth", "bottleneck", "widths", "option", "stochastic_depth", "in_channels", "num_classes")
 
@@ -153,7 +154,7 @@ def _verdict(outcomes: dict[str, str], good: str, bad: str) -> str:
     if any(o == bad for o in outcomes.values()):
         return "not reproduced"
     if all(o == "one seed" for o in outcomes.values()):
-        return "cannot be computed: one seed per variant, no spread to judge against"
+        return ONE_SEED
     if all(o == good for o in outcomes.values()):
         return "reproduced"
     open_ = [v for v, o in outcomes.items() if o != good]
@@ -178,7 +179,7 @@ def im_units(results: Results) -> Claim:
     verdict = _verdict(outcomes, "e better", "e worse")
     return Claim("IM-units", paper, "; ".join(parts), verdict,
                  "each other unit's mean error over seeds minus (e)'s: its 95% bootstrap interval above 0 for all "
-                 "(reproduced), below 0 for any (not reproduced), else not resolved")
+                 "(reproduced), below 0 for any (not reproduced), else not resolved", OVER_SEEDS)
 
 
 def im_shortcuts(results: Results) -> Claim:
@@ -197,7 +198,7 @@ def im_shortcuts(results: Results) -> Claim:
     verdict = _verdict(outcomes, "worse", "better")
     return Claim("IM-shortcuts", paper, "; ".join(parts), verdict,
                  "each variant's mean error over seeds minus identity's: any 95% bootstrap interval below 0 (a variant "
-                 "beats identity): not reproduced; all above 0: reproduced; else not resolved")
+                 "beats identity): not reproduced; all above 0: reproduced; else not resolved", OVER_SEEDS)
 
 
 def im_section(results: Results) -> list[str]:

@@ -11,12 +11,13 @@ import markdown
 import numpy as np
 import pandas as pd
 
-from .claims import Claim, all_claims, left_to_other_specs, plural
+from .claims import ONE_SEED, Claim, all_claims, left_to_other_specs, plural
 from .effective_paths import t1_section
 from .figures import all_figures, in_order
 from .highway import h_section
 from .identity_mappings import im_section
-from .results import CRITICAL_RISE, Results, variant_text
+from .language import language_section
+from .results import CRITICAL_RISE, NEXT_TOKEN_LOSS, Results, variant_text
 from .spans import span_section
 
 CAPTIONS = {
@@ -36,6 +37,23 @@ CAPTIONS = {
              "grey dashes: layers holding a downsampling block.",
     "training": "Test (solid) and train (dotted) error per epoch; seeds of one run share its colour.",
 }
+# a language model's lesion figures plot next-token loss, its units are attention and MLP sublayers
+LANGUAGE_CAPTIONS = {
+    "F3": "Next-token loss (nats) after deleting each single unit (attention or MLP sublayer, numbered as the "
+          "language-model section maps them to layers); dotted lines: the intact models; squares: critical units.",
+    "F5a": "Next-token loss (nats) against the number of randomly deleted units: mean over the draws with its 95% "
+           "bootstrap interval; dashed: the draws that spare the model's critical units.",
+    "F5b": "Next-token loss (nats) against Kendall tau of randomly reordered units (attention among attention, MLP "
+           "among MLP): each draw, and the mean per tau bin with its 95% bootstrap interval.",
+    "spans": "Next-token loss (nats) after deleting each span of consecutive layers (both units of each), against "
+             "the span's first layer: a panel per model, a line per span length (longer spans darker); dotted: the "
+             "intact model.",
+}
+
+
+def captions(results: Results) -> dict[str, str]:
+    """Each figure's caption, in the words of what it plots."""
+    return {**CAPTIONS, **LANGUAGE_CAPTIONS} if results.measure is NEXT_TOKEN_LOSS else CAPTIONS
 # figures of a study no shipped spec runs: a report without them does not list them as not drawn
 OPTIONAL_FIGURES = ("spans",)
 CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
@@ -56,12 +74,6 @@ def markdown_table(frame: pd.DataFrame) -> list[str]:
 
 def _seconds(x) -> str:
     return "-" if x is None or not np.isfinite(x) else f"{x:.0f}"
-
-
-def _blocks(blocks) -> str:
-    """1-based positions in words: ``block 3``, ``blocks 1, 2``."""
-    blocks = [b + 1 for b in blocks]
-    return f"block{'s' if len(blocks) > 1 else ''} {', '.join(map(str, blocks))}"
 
 
 def _residual(results: Results) -> list[str]:
@@ -87,11 +99,11 @@ def what_was_run(results: Results) -> list[str]:
             "run": runs["run_id"].map(results.name), "variant": runs["variant"].map(lambda v: variant_text(v) or "-"),
             "mode": runs["mode"].str.replace("_", " "), "seed": runs["seed"], "network": runs["network"],
             "blocks": runs["num_blocks"], "parameters": runs["parameters"].map("{:,}".format), "epochs": runs["epochs"],
-            "test error": runs["run_id"].map(lambda r: _pct(results.intact_error(r))), "training (s)": runs["train_seconds"].map(_seconds)})
+            results.measure.error: runs["run_id"].map(lambda r: _pct(results.intact_error(r))), "training (s)": runs["train_seconds"].map(_seconds)})
         lines += [f"Dataset: **{results.dataset}**. Training: {plural(len(runs), 'run')}, "
-                  f"{_seconds(runs['train_seconds'].sum())} s of training in all. Test error: the intact network on "
-                  "the study's test set where it was evaluated (effective-path runs under their first test rule), "
-                  "else training's last evaluation.", ""] + markdown_table(view) + [""]
+                  f"{_seconds(runs['train_seconds'].sum())} s of training in all. {results.measure.error.capitalize()}: "
+                  "the intact network on the study's test set where it was evaluated (effective-path runs under their "
+                  "first test rule), else training's last evaluation.", ""] + markdown_table(view) + [""]
     counts = [{"study": study, "units": g["unit_key"].nunique(), "runs": g["run_id"].nunique(),
                "device time (s)": f"{g['seconds'].sum():.0f}"}
               for frame in (results.lesion, results.gradients, results.gates) for study, g in frame.groupby("study")]
@@ -115,39 +127,48 @@ def claims_section(claims: list[Claim]) -> list[str]:
     left = ["Left to other specs (no data here): " + "; ".join(f"{', '.join(keys)} to `{spec}`"
                                                             for spec, keys in by_spec.items()) + ".", ""] if by_spec else []
     return (["## The papers' claims, tested", ""] + left
-            + markdown_table(pd.DataFrame([{"claim": c.paper, "this experiment": c.result, "verdict": f"**{c.verdict}**"}
-                                   for c in claims])) + [""]
+            + markdown_table(pd.DataFrame([{"claim": c.paper, "this experiment": c.result, "verdict": f"**{c.verdict}**",
+                                            "interval over": c.over or "-"} for c in claims])) + [""]
+            + ["An interval over the blocks or draws of one trained network shows how they vary in that network, not "
+               "how another training would differ: claims that compare training procedures are decided over seeds "
+               f"(\"{ONE_SEED}\" with fewer than 2 a side).", ""]
             + ["Thresholds:", ""] + [f"- {c.key}: {c.rule}" for c in claims if c.rule] + [""]
             + ["One line per claim:", ""] + [f"- {c.line}" for c in claims] + [""])
 
 
 def critical_blocks_section(results: Results) -> list[str]:
     f3_runs = set(results.study("single_deletion")["run_id"])
-    lines = []
+    lines, sublayers = [], False
     for r in _residual(results):
         if r in f3_runs:
+            structure = results.structure(r)
             blocks, costs = results.critical_blocks(r), results.single_deletion_rises(r)
-            down = [b for b in results.structure(r).downsampling if b in costs]
-            crit = (f"critical {_blocks(blocks)} ({', '.join(f'{costs[b]:+.1f}' for b in blocks)} points)"
-                    if blocks else "no critical block")
-            downs = (f"downsampling {_blocks(down)} ({', '.join(f'{costs[b]:+.1f}' for b in down)} points)"
-                     if down else "no downsampling block")
-            lines.append(f"- {results.title(r)}: {crit}; {downs}")
+            down = [b for b in structure.downsampling if b in costs]
+            noun = "unit" if structure.sublayers else "block"
+            sublayers |= structure.sublayers
+            crit = (f"critical {structure.units_text(blocks)} ({', '.join(f'{costs[b]:+.1f}' for b in blocks)} "
+                    f"{results.measure.points})" if blocks else f"no critical {noun}")
+            downs = (f"; downsampling {structure.units_text(down)} ({', '.join(f'{costs[b]:+.1f}' for b in down)} "
+                     f"{results.measure.points})" if down else "" if structure.sublayers else "; no downsampling block")
+            lines.append(f"- {results.title(r)}: {crit}{downs}")
     if not lines:
         return []
-    return ["## Critical blocks (found from the data)", "",
-            f"A non-downsampling block whose deletion alone raises the error by more than {CRITICAL_RISE:g} "
-            "points (1-based positions). CIFAR-10 shows no such block in the paper; on the bundled digits the "
-            "first block (sometimes the first three) is critical. Figure F5a shows the random deletions both over "
-            "the paper's pool and over the draws that avoid these blocks.", ""] + lines + [""]
+    noun = "units" if sublayers else "blocks"
+    why = ("" if results.measure is NEXT_TOKEN_LOSS else " CIFAR-10 shows no such block in the paper; on the bundled "
+           "digits the first block (sometimes the first three) is critical.")
+    return [f"## Critical {noun} (found from the data)", "",
+            f"A {'unit' if sublayers else 'non-downsampling block'} whose deletion alone raises the "
+            f"{results.measure.error} by more than {CRITICAL_RISE:g} points (1-based positions).{why} Figure F5a "
+            f"shows the random deletions both over the paper's pool and over the draws that avoid these {noun}.", ""
+            ] + lines + [""]
 
 
 
 
-def figures_section(figures: dict[str, str]) -> list[str]:
+def figures_section(figures: dict[str, str], words: dict[str, str] = CAPTIONS) -> list[str]:
     lines = ["## Figures", ""]
     for key, path in figures.items():
-        lines += [f"### {key}", "", f"![{key}](figures/{path})", "", CAPTIONS.get(key, ""),
+        lines += [f"### {key}", "", f"![{key}](figures/{path})", "", words.get(key, ""),
                   f"(PDF: `figures/{path[:-4]}.pdf`)", ""]
     missing = [key for key in CAPTIONS if key not in figures and key not in OPTIONAL_FIGURES]
     if missing:
@@ -161,9 +182,10 @@ def write_report(out: str | Path) -> Path:
     out = store.where(out)
     results = Results.load(out)
     figures = all_figures(results, out / "figures")
-    md = "\n".join(header(results) + what_was_run(results) + claims_section(all_claims(results))
-                   + critical_blocks_section(results) + span_section(results) + t1_section(results)
-                   + im_section(results) + h_section(results) + figures_section(figures))
+    md = "\n".join(header(results) + what_was_run(results) + language_section(results)
+                   + claims_section(all_claims(results)) + critical_blocks_section(results) + span_section(results)
+                   + t1_section(results) + im_section(results) + h_section(results)
+                   + figures_section(figures, captions(results)))
     store.write_file(out / "report.md", md.encode())
     store.write_file(out / "report.html", markdown_to_html(md).encode())
     return out / "report.md"

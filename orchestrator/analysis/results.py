@@ -26,6 +26,9 @@ CRITICAL_RISE = 10.0        # error points: a non-downsampling block whose delet
 EFFECTIVE_MASS = 0.9        # F6c: the range of path lengths holding this share of the gradient
 
 
+SUBLAYER_KINDS = {"attention": "attention", "mlp": "MLP"}   # a transformer's units, as the report names them
+
+
 @dataclass(frozen=True)
 class Structure:
     """What analysis needs of a network's blocks, read from its meta-device skeleton (no weights)."""
@@ -36,6 +39,7 @@ class Structure:
     layer_of: tuple[int, ...]       # each block's layer (0-based, as span deletion counts layers)
     paths: int = -1                 # residual units: path lengths run 0..paths (a layer without a shortcut
     #                                 is on every path); -1: every block is one
+    kinds: tuple[str, ...] = ()     # what each block computes: "conv" (a residual block), "attention", "mlp"
 
     def __post_init__(self) -> None:
         if self.paths < 0:
@@ -46,7 +50,26 @@ class Structure:
         infos = skeleton(cfg).block_infos()
         layer_of = {b: layer for layer, units in enumerate(layer_units(infos)) for b in units}
         return cls(len(infos), tuple(i.index for i in infos if i.changes_shape), cfg.arch == "plain",
-                   tuple(layer_of[i.index] for i in infos), sum(i.residual for i in infos))
+                   tuple(layer_of[i.index] for i in infos), sum(i.residual for i in infos),
+                   tuple(i.kind for i in infos))
+
+    @property
+    def sublayers(self) -> bool:
+        """A transformer seen as units: each layer's attention and MLP sublayers, not whole blocks."""
+        return any(k in SUBLAYER_KINDS for k in self.kinds)
+
+    def unit_text(self, block: int) -> str:
+        """A unit by its 1-based number, with its layer and kind where it is a sublayer: ``3 (layer 2
+        attention)``; a block is its number alone."""
+        if not self.sublayers:
+            return str(block + 1)
+        return f"{block + 1} (layer {self.layer_of[block] + 1} {SUBLAYER_KINDS.get(self.kinds[block], self.kinds[block])})"
+
+    def units_text(self, blocks) -> str:
+        """``block 3``, ``blocks 1, 2``; for a transformer ``units 1 (layer 1 attention), 2 (layer 1 MLP)``."""
+        blocks = list(blocks)
+        noun = "unit" if self.sublayers else "block"
+        return f"{noun}{'s' if len(blocks) > 1 else ''} {', '.join(self.unit_text(b) for b in blocks)}"
 
     @property
     def num_layers(self) -> int:
@@ -86,13 +109,20 @@ class Measure:
     scale: float     # plotted = scale x column
     label: str       # the y axis
     top: float | None   # the axis' upper end, where the measure has one
+    rise: str        # what a rise over the intact network is counted in
+    error: str       # what the verdicts' error is: test error, or next-token (top-1) error
 
     def of(self, values) -> np.ndarray:
         return self.scale * np.asarray(values, float)
 
+    @property
+    def points(self) -> str:
+        """What the verdicts' error points are points of: ``points`` of test error, said as such for text."""
+        return "points" if self.error == "test error" else f"points of {self.error}"
 
-ERROR = Measure("error", 100.0, "test error (%)", 100.0)
-NEXT_TOKEN_LOSS = Measure("loss", 1.0, "next-token loss (nats)", None)
+
+ERROR = Measure("error", 100.0, "test error (%)", 100.0, "points", "test error")
+NEXT_TOKEN_LOSS = Measure("loss", 1.0, "next-token loss (nats)", None, "nats", "next-token error")
 
 
 def _once(method):
@@ -256,6 +286,11 @@ class Results:
         """The run as legends, claim lines and tables name it: its label, its variant, its mode when not
         normal, and its seed when the experiment has several, so no two runs share a name."""
         return self._names().get(run_id, run_id)
+
+    def series(self, run_id: str) -> str:
+        """The run's name without its seed: what its seeds share (one colour in the figures, one group in a
+        comparison over seeds)."""
+        return self.name(run_id).removesuffix(f", seed {self.run(run_id)['seed']}")
 
     @_once
     def _names(self) -> dict[str, str]:

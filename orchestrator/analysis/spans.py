@@ -31,8 +31,8 @@ class SpanRun:
 
     run_id: str
     intact: float           # the intact network's error
-    spans: pd.DataFrame     # start (0-based layer), length (layers), error, rise (error points over intact),
-    #                         value (what the figure plots: results.measure, next-token loss for a language model)
+    spans: pd.DataFrame     # start (0-based layer), length (layers), error, value (what the figure plots:
+    #                         results.measure, next-token loss for a language model)
     intact_value: float     # the intact network's value of results.measure, as plotted
 
 
@@ -45,7 +45,7 @@ def span_runs(results: Results) -> list[SpanRun]:
         if len(d):
             intact = results.intact_error(r)
             spans = pd.DataFrame({"start": d["draw"].astype(int), "length": d["k"].astype(int),
-                                  "error": d["error"].astype(float), "rise": 100 * (d["error"] - intact),
+                                  "error": d["error"].astype(float),
                                   "value": results.measure.of(d[results.measure.column])})
             found.append(SpanRun(r, intact, spans.sort_values(["length", "start"]).reset_index(drop=True),
                                  results.intact_value(r)))
@@ -63,18 +63,24 @@ def span_section(results: Results) -> list[str]:
     runs = span_runs(results)
     if not runs:
         return []
+    m = results.measure
+    digits = 1 if m.top is not None else 3     # error points, or nats of loss
     rows = []
     for s in runs:
-        for n, g in s.spans.groupby("length"):
+        for n, g in s.spans.assign(rise=s.spans["value"] - s.intact_value).groupby("length"):
             best = g.loc[g["rise"].idxmin()]
             rows.append({"run": results.name(s.run_id), "layers per span": int(n), "spans": len(g),
-                         "mean rise (points)": f"{g['rise'].mean():+.1f}", "least rise": f"{g['rise'].min():+.1f}",
-                         "largest rise": f"{g['rise'].max():+.1f}",
-                         "best span to delete (rise)": f"{_layers(int(best['start']), int(n))} ({best['rise']:+.1f})"})
+                         f"mean rise ({m.rise})": f"{g['rise'].mean():+.{digits}f}",
+                         "least rise": f"{g['rise'].min():+.{digits}f}", "largest rise": f"{g['rise'].max():+.{digits}f}",
+                         "best span to delete (rise)": f"{_layers(int(best['start']), int(n))} "
+                                                       f"({best['rise']:+.{digits}f})"})
+    rise = ("test error points" if m.top is not None
+            else "next-token loss over the intact model, in nats (perplexity multiplies by exp(rise))")
     return (["## Span deletion: consecutive layers deleted together", "",
              "Every span of consecutive layers up to the spec's max_length deleted at test time, every unit of each "
-             "layer (a layer that cannot be deleted splits the spans). Rise: test error points over the intact "
-             "network; the best span is the one whose deletion costs least (1-based layers).", ""]
+             "layer (a layer that cannot be deleted splits the spans). Rise: " + rise
+             + (" over the intact network" if m.top is not None else "")
+             + "; the best span is the one whose deletion costs least (1-based layers).", ""]
             + markdown_table(pd.DataFrame(rows)) + [""])
 
 
@@ -128,11 +134,13 @@ def span_figure(results: Results, folder: Path) -> str | None:
             ax.axvline(layer + 1, color="0.6", ls=(0, (4, 3)), lw=0.7)
         ax.set_title(_panel_title(name + (f" (mean over {len(members)} seeds)" if len(members) > 1 else ""), cols),
                      color=color)
-        top = results.measure.top
-        ax.set_ylim(0, top if top is not None else 1.08 * max(a.dataLim.ymax for a in axes[:len(series)]))
         ax.set_xlim(0.5, layers + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("first deleted layer (1-based)")
+    # the panels share their y axis: its top is set once every panel holds its data (a loss has no fixed top)
+    highest = max(float(np.nanmax(s.spans["value"])) for s in runs) if results.measure.top is None else 0.0
+    highest = max([highest] + [s.intact_value for s in runs if np.isfinite(s.intact_value)])
+    axes[0].set_ylim(0, results.measure.top if results.measure.top is not None else 1.08 * highest or 1.0)
     for ax in axes[len(series):]:
         ax.set_visible(False)
     for ax in axes[::cols]:
