@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import threading
 import time

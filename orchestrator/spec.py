@@ -486,12 +486,18 @@ class Counts(NamedTuple):
     layers: int
 
 
-@lru_cache(maxsize=256)  # many runs share a network (seeds, modes)
-def _counts(cfg: NetConfig, exclude: tuple[int, ...] = ()) -> Counts:
-    """The network's counts, from its meta-device skeleton (no memory, even for depth 1202)."""
+@lru_cache(maxsize=256)  # many runs share a network (seeds, modes), and spec and units both count it
+def block_infos(cfg: NetConfig) -> tuple:
+    """The network's blocks, from its meta-device skeleton (no memory, even for depth 1202)."""
     from workloads.models import skeleton
+    return tuple(skeleton(cfg).block_infos())
+
+
+@lru_cache(maxsize=256)
+def _counts(cfg: NetConfig, exclude: tuple[int, ...] = ()) -> Counts:
+    """The network's counts (its blocks outside ``exclude``)."""
     from workloads.surgery import deletion_pool, layer_units, swap_pairs
-    infos = skeleton(cfg).block_infos()
+    infos = list(block_infos(cfg))
     return Counts(len(infos), len(deletion_pool(infos, exclude)), len(swap_pairs(infos, exclude)),
                   len(layer_units(infos)))
 

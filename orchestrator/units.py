@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from functools import lru_cache
 
-from workloads.models import skeleton
 from workloads.surgery import deletion_pool, layer_spans, random_deletion, random_swaps
 from workloads.train.modes import scaled_active_count
 
-from .spec import ExperimentSpec, StudySpec, Trial
+from .spec import ExperimentSpec, StudySpec, Trial, block_infos
 
 ENGINE_VERSION = "1"   # bump when a change to workloads.surgery changes results
 
@@ -75,16 +73,11 @@ def settings_of(spec: ExperimentSpec, study: str) -> str:
     return text
 
 
-@lru_cache(maxsize=256)  # many runs share a network (seeds, modes)
-def _block_infos(cfg):
-    return tuple(skeleton(cfg).block_infos())
-
-
 def train_active(trial: Trial) -> int:
     """m of an effective-paths run: the blocks each training mini-batch ran (0 for other modes)."""
     if not trial.test_rules:
         return 0
-    return trial.train_config.active_blocks or scaled_active_count(len(_block_infos(trial.net_config)))
+    return trial.train_config.active_blocks or scaled_active_count(len(block_infos(trial.net_config)))
 
 
 def _studied_rule(trial: Trial) -> str:
@@ -122,7 +115,7 @@ class UnitGroup:
 
 
 def _lesion_pairs(trial: Trial, study: StudySpec) -> tuple[tuple[int, int], ...]:
-    infos = _block_infos(trial.net_config)
+    infos = block_infos(trial.net_config)
     if study.study == "single_deletion":
         return tuple((1, b) for b in deletion_pool(infos))
     if study.study == "span_deletion":
@@ -146,7 +139,7 @@ def unit_groups(spec: ExperimentSpec) -> list[UnitGroup]:
             trial = trials[run_id]
             rule = _studied_rule(trial)
             if study.study == "gradients":  # path lengths 1..n over the residual units
-                n = sum(i.residual for i in _block_infos(trial.net_config))
+                n = sum(i.residual for i in block_infos(trial.net_config))
                 groups.append(UnitGroup(trial, "gradients", settings, rule, draws=study.draws, lengths=n))
             elif study.study == "gates":
                 groups.append(UnitGroup(trial, "gates", settings, rule, ((0, 0),)))

@@ -21,6 +21,7 @@ from orchestrator.plan import Node, NodeError, fit_at_once, parse_node, render
 from orchestrator.rates import group_of
 from orchestrator.spec import Evaluators, Resources, load_spec, parse_spec
 from orchestrator.units import batches, expand
+from workloads.models import skeleton
 
 ROOT = Path(__file__).resolve().parent.parent
 VEIT = ROOT / "experiments" / "veit2016-cifar10.yaml"
@@ -246,9 +247,7 @@ def test_a_mobilenet_with_gradients_plans_and_calibrates(clean_cwd, tmp_path):
     result = invoke("plan", path, "--node", "cpu=2", "--calibrate", "--format", "json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    spec = load_spec(path)
-    infos = spec.runs[0].net_config and __import__("workloads.models", fromlist=["skeleton"]).skeleton(
-        spec.runs[0].net_config).block_infos()
+    infos = skeleton(load_spec(path).runs[0].net_config).block_infos()
     residual = sum(i.residual for i in infos)
     assert 0 < residual < len(infos)
     gradients = next(s for s in doc["studies"]["per_study"] if s["study"] == "gradients")
