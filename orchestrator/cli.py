@@ -397,14 +397,16 @@ def plan(spec: str, address: str | None, nodes: tuple[str, ...], fmt: str, rates
        "studies": {"units", "batches", "evaluators": {"count", "cpu", "gpu"}, "fit_at_once", "at_once",
                    "per_study": [{"study", "runs", "units", "device_hours"}, ...],
                    "groups": [{"group", "study", "units", "units_per_s", "rate", "device_hours"}, ...],
-                   "device_hours", "wall_hours"},
+                   "device_hours", "wall_hours", "units_unknown_for": [LABEL, ...]},
        "device_hours", "wall_hours",
        "estimate": {"method", "given", "measured",
                     "calibration": null or {"devices": [...], "seconds", "budget_seconds", "timed": [...],
                                             "not_measured": [...]}},
        "rates": {"train": {GROUP: iterations/s}, "units": {"GROUP:STUDY": units/s}}, "notes": [...]}
     "rate" is "given", "measured" or null; a time no rate gives is null, and so is a wall time where
-    no node holds the worker. "rates" holds the rates used: --rates reads it back.
+    no node holds the worker. "units_unknown_for": language models whose folder is not here (their
+    units, the studies' device time and the vocabulary, "classes", are null). "rates" holds the rates
+    used: --rates reads it back.
     """
     import json
     import math

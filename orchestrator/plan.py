@@ -342,10 +342,9 @@ def render(doc: dict) -> str:
     total = len(t["groups"]) + len(s["groups"])
     rates = [f"{est['given']} of {total} given"] if est["given"] else []
     c = est["calibration"]
-    if c:
-        on = f" on this machine's {' and '.join(c['devices'])}" if c["devices"] else ""
-        rates.append(f"{est['measured']} of {total} measured{on} in {c['seconds']:.0f} s (budget "
-                     f"{c['budget_seconds']:g} s){':' * bool(c['timed'])}")
+    if c and c["timed"]:   # a calibration that measured nothing says why in the notes
+        rates.append(f"{est['measured']} of {total} measured on this machine's {' and '.join(c['devices'])} in "
+                     f"{c['seconds']:.0f} s (budget {c['budget_seconds']:g} s):")
     lines.append(f"rates: {', '.join(rates) or 'none'}")
     lines += [f"  {what}" for what in (c["timed"] if c else [])]
     lines += [line for n in doc["notes"] for line in _wrapped(f"note: {n}")]
