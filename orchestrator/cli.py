@@ -60,11 +60,12 @@ EXPERIMENT = click.argument("out", type=OutputPlace(exists=True))
 
 
 def _load(spec_path: str, check_files: bool = True):
-    """The validated spec; with ``check_files``, the data and checkpoints it names exist too."""
+    """The validated spec; with ``check_files``, the data and checkpoints it names exist too (without,
+    a language model whose folder is absent is left out: spec.absent_models)."""
     from .preflight import check_inputs
     from .spec import SpecError, load_spec
     try:
-        spec = load_spec(spec_path)
+        spec = load_spec(spec_path, model_folders=check_files)
         if check_files:
             check_inputs(spec)
         return spec
@@ -366,21 +367,23 @@ def status(out: Path, fmt: str, by_run: bool) -> None:
 @click.option("--unit-rate", multiple=True, metavar="KEY=UNITS_PER_S",
               help="Units per second of one evaluator (repeatable). KEY: a study (gradients), or GROUP:STUDY, "
                    "LABEL:STUDY, NETWORK:STUDY.")
-@click.option("--calibrate/--no-calibrate", default=True, show_default=True,
-              help="Measure the rates no figure gives with a short calibration on this machine.")
+@click.option("--calibrate/--no-calibrate", default=False, show_default=True,
+              help="Measure the rates no figure gives on this machine (only for workers whose device it has).")
+@click.option("--calibration-budget", type=float, default=60.0, show_default=True, metavar="SECONDS",
+              help="With --calibrate: stop measuring after this long; what is left stays unknown.")
 def plan(spec: str, address: str | None, nodes: tuple[str, ...], fmt: str, rates_file: str | None,
-         train_rate: tuple[str, ...], unit_rate: tuple[str, ...], calibrate: bool) -> None:
+         train_rate: tuple[str, ...], unit_rate: tuple[str, ...], calibrate: bool, calibration_budget: float) -> None:
     """Dry run: SPEC's trials and units per study, the resources each worker asks, how many fit on the
     nodes at once, and an estimate of device time. Nothing is submitted and nothing is written; the
-    files the spec names (data, checkpoints) are not needed.
+    files the spec names (data, checkpoints) are not needed. It answers in seconds.
 
-    Device time comes from rates: given (--rates, --train-rate, --unit-rate), else measured by a
-    short calibration of this code on this machine (a few training steps of each network at the
-    spec's batch size on random data of its shape, the engine on a batch of plans, one gradient
-    batch; on a GPU where the spec's workers ask for one and this machine has one, else on the CPU
-    with the workers' threads, or all of them for workers that ask for a GPU this machine lacks).
-    Wall time assumes the workers that fit run at once, each device as fast as the one the rates are
-    of.
+    Device time comes from rates: given (--rates, --train-rate, --unit-rate), or with --calibrate
+    measured by a short calibration of this code on this machine within --calibration-budget (a few
+    training steps of each network at the spec's batch size on random data of its shape, the engine
+    on a batch of plans, one gradient batch; on a GPU where the spec's workers ask for one, on the
+    CPU with the workers' threads where they do not; workers asking for a GPU this machine lacks are
+    not measured). Without a rate a time is unknown, and the plan says so. Wall time assumes the
+    workers that fit run at once, each device as fast as the one the rates are of.
 
     \b
     --format json prints one document:
@@ -394,15 +397,19 @@ def plan(spec: str, address: str | None, nodes: tuple[str, ...], fmt: str, rates
        "studies": {"units", "batches", "evaluators": {"count", "cpu", "gpu"}, "fit_at_once", "at_once",
                    "per_study": [{"study", "runs", "units", "device_hours"}, ...],
                    "groups": [{"group", "study", "units", "units_per_s", "rate", "device_hours"}, ...],
-                   "device_hours", "wall_hours"},
+                   "device_hours", "wall_hours", "units_unknown_for": [LABEL, ...]},
        "device_hours", "wall_hours",
        "estimate": {"method", "given", "measured",
-                    "calibration": null or {"devices": [...], "seconds", "timed": [...]}},
+                    "calibration": null or {"devices": [...], "seconds", "budget_seconds", "timed": [...],
+                                            "not_measured": [...]}},
        "rates": {"train": {GROUP: iterations/s}, "units": {"GROUP:STUDY": units/s}}, "notes": [...]}
-    "rate" is "given", "measured" or null; a time no rate gives (--no-calibrate) is null, and so is a
-    wall time where no node holds the worker. "rates" holds the rates used: --rates reads it back.
+    "rate" is "given", "measured" or null; a time no rate gives is null, and so is a wall time where
+    no node holds the worker. "units_unknown_for": language models whose folder is not here (their
+    units, the studies' device time and the vocabulary, "classes", are null). "rates" holds the rates
+    used: --rates reads it back.
     """
     import json
+    import math
 
     from .plan import NodeError, cluster_nodes, local_nodes, make_plan, parse_node, render
     from .rates import RateError, Rates, parse_rates, read_rates
@@ -414,6 +421,8 @@ def plan(spec: str, address: str | None, nodes: tuple[str, ...], fmt: str, rates
         given.update(options)
         if nodes and address:
             raise BadInput("--node and --address: give one (the nodes to plan for)")
+        if not (math.isfinite(calibration_budget) and calibration_budget > 0):
+            raise BadInput(f"--calibration-budget {calibration_budget:g}: must be a number of seconds above 0")
         address = address or (None if nodes else os.environ.get("RAY_ADDRESS"))
         if nodes:
             shapes, where = [n for text in nodes for n in parse_node(text)], "declared"
@@ -427,7 +436,8 @@ def plan(spec: str, address: str | None, nodes: tuple[str, ...], fmt: str, rates
             shapes, where = local_nodes(), "this machine"
     except (RateError, NodeError) as e:
         raise BadInput(str(e)) from None
-    doc = make_plan(experiment, shapes, where, given, measure=calibrate, log=lambda m: click.echo(m, err=True))
+    doc = make_plan(experiment, shapes, where, given, measure=calibrate, budget_s=calibration_budget,
+                    log=lambda m: click.echo(m, err=True))
     click.echo(json.dumps(doc, indent=1) if fmt == "json" else render(doc))
 
 
@@ -444,6 +454,10 @@ def _known_keys(experiment, rates) -> None:
         pairs = {(r, s.study) for s in experiment.studies.studies for r in s.runs}
         pairs |= {(r, "intact") for r, _ in pairs} | {(t.run_id, "intact") for t in experiment.runs if t.test_rules}
         known_units = {k for r, s in pairs for k in unit_keys(runs[r], s)}
+        studied = {s.study for s in experiment.studies.studies} | {"intact"}   # a model absent from this machine
+        for _, label, _ in experiment.absent_models:                           # may still be studied
+            pairs |= {(label, s) for s in studied}
+            known_units |= {f"{label}:{s}" for s in studied} | studied
         for key in rates.units:
             if key not in known_units:
                 studies = sorted({s for _, s in pairs})

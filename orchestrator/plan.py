@@ -1,10 +1,11 @@
 """The dry run of a spec (`unravel plan`): what it will ask of a cluster, before anything is submitted.
 
-The trials and their iterations, the units of each study (``units.expand``: the same units a sweep
-computes), what each worker asks of a node, how many fit on the nodes at once, and device time
-from rates (``rates``: measured here, or given). It reads the spec and, with an address, the
-cluster's list of nodes; it writes nothing, and needs none of the files the spec names: a plan is
-about counts and resources.
+The trials and their iterations, the units of each study (``units.unit_groups``: the units a
+sweep computes, counted without making them), what each worker asks of a node, how many fit on the
+nodes at once, and device time from rates (``rates``: given, or measured here when asked). It reads
+the spec and, with an address, the cluster's list of nodes; it writes nothing, and needs none of the
+files the spec names: a plan is about counts and resources. It answers in seconds: without rates
+that fit the spec's devices it says the device time is unknown rather than print another device's.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 from .rates import Rates, calibrate, group_of, train_keys, unit_keys, unit_test_size
 from .spec import ExperimentSpec, Resources
-from .units import batches, expand
+from .units import unit_groups
 
 
 @dataclass(frozen=True)
@@ -101,17 +102,21 @@ def _sum(values) -> float | None:
     return None if any(v is None for v in values) else float(sum(values))
 
 
-def make_plan(spec: ExperimentSpec, nodes: list[Node], where: str, given: Rates, *, measure: bool = True,
-              log=None) -> dict:
+UNKNOWN_DEVICE_TIME = "unknown, give --rates or calibrate on a node like the spec's"
+
+
+def make_plan(spec: ExperimentSpec, nodes: list[Node], where: str, given: Rates, *, measure: bool = False,
+              budget_s: float = 60.0, log=None) -> dict:
     """The plan as one JSON-ready document (its fields: `unravel plan --help`)."""
-    units = expand(spec)
-    runs = {t.run_id: t for t in spec.runs}
+    units = [g for g in unit_groups(spec) if g.size]   # counted, not made: a spec may have a million
+    # language models whose folder is not here: their layers, so their units, are unknown
+    unknown = [label for _, label, _ in spec.absent_models] if spec.studies.studies else []
     trained: dict[str, list] = {}           # run group -> its trials
     for t in spec.training.trials:
         trained.setdefault(group_of(t), []).append(t)
     studied: dict[tuple[str, str], list] = {}   # (run group, study) -> [a run of the group, units]
-    for u in units:
-        studied.setdefault((group_of(runs[u.run_id]), u.study), [runs[u.run_id], 0])[1] += 1
+    for g in units:
+        studied.setdefault((group_of(g.trial), g.study), [g.trial, 0])[1] += g.size
 
     # rates: a given figure (the most specific key), else what the calibration measures
     rate = {("train", g): given.find("train", train_keys(ts[0])) for g, ts in trained.items()}
@@ -121,7 +126,7 @@ def make_plan(spec: ExperimentSpec, nodes: list[Node], where: str, given: Rates,
     missing_train = [ts[0] for g, ts in trained.items() if rate[("train", g)] is None]
     missing_units = [(t, s) for (g, s), (t, _) in studied.items() if rate[("units", g, s)] is None]
     if measure and (missing_train or missing_units):
-        calibration = calibrate(spec, missing_train, missing_units, log)
+        calibration = calibrate(spec, missing_train, missing_units, log, budget_s)
         measured = {("train", g): r for g, r in calibration.rates.train.items()}
         measured.update({("units", *k.rsplit(":", 1)): r for k, r in calibration.rates.units.items()})
         for key, r in measured.items():
@@ -129,12 +134,12 @@ def make_plan(spec: ExperimentSpec, nodes: list[Node], where: str, given: Rates,
                 rate[key], source[key] = r, "measured"
 
     training = _training(spec, trained, rate, source, nodes)
-    studies = _studies(spec, units, studied, rate, source, nodes)
-    walls = [part["wall_hours"] for part, has in ((training, trained), (studies, units)) if has]
+    studies = _studies(spec, units, studied, rate, source, nodes, unknown)
+    walls = [part["wall_hours"] for part, has in ((training, trained), (studies, units or unknown)) if has]
     channels, classes, size = spec.data.shape
     text = {}
     if spec.data.text:  # sequences of token ids; the classes are the models' vocabulary
-        classes = max(t.net_config.num_classes for t in spec.runs)
+        classes = None if spec.absent_models else max(t.net_config.num_classes for t in spec.runs)
         text = {"sequence_length": size}
     return {
         "experiment": spec.name,
@@ -149,8 +154,8 @@ def make_plan(spec: ExperimentSpec, nodes: list[Node], where: str, given: Rates,
         "estimate": _estimate(source, calibration),
         "rates": Rates({k[1]: r for k, r in rate.items() if r and k[0] == "train"},
                        {f"{k[1]}:{k[2]}": r for k, r in rate.items() if r and k[0] == "units"}).to_dict(),
-        "notes": _notes(spec, nodes, where, training["fit_at_once"], studies["fit_at_once"], units, source,
-                        calibration, measure),
+        "notes": _notes(spec, nodes, where, training["fit_at_once"], studies["fit_at_once"], units or unknown,
+                        source, calibration, measure),
     }
 
 
@@ -172,28 +177,31 @@ def _training(spec: ExperimentSpec, trained: dict[str, list], rate: dict, source
             "at_once": min(count, fit), "groups": rows, "device_hours": device, "wall_hours": _hours(wall)}
 
 
-def _studies(spec: ExperimentSpec, units: list, studied: dict, rate: dict, source: dict, nodes: list[Node]) -> dict:
+def _studies(spec: ExperimentSpec, units: list, studied: dict, rate: dict, source: dict, nodes: list[Node],
+             unknown: list[str]) -> dict:
     """The studies part of a plan: units per study and per (run group, study), their device time; fits
-    and wall time of the evaluators."""
+    and wall time of the evaluators. ``unknown``: labels of models whose units are not counted (their
+    folder is absent), which leave the device time unknown."""
     rows = []
     for (g, study), (_, count) in studied.items():
         r = rate[("units", g, study)]
         rows.append({"group": g, "study": study, "units": count, "units_per_s": r,
                      "rate": source[("units", g, study)], "device_hours": _hours(count / r) if r else None})
     run_ids: dict[str, set] = {}
-    for u in units:
-        run_ids.setdefault(u.study, set()).add(u.run_id)
+    for g in units:
+        run_ids.setdefault(g.study, set()).add(g.trial.run_id)
     per_study = [{"study": study, "runs": len(ids), "units": sum(r["units"] for r in rows if r["study"] == study),
                   "device_hours": _sum(r["device_hours"] for r in rows if r["study"] == study)}
                  for study, ids in run_ids.items()]
     ev = spec.studies.evaluators
-    fit = fit_at_once(ev, nodes) if units else 0
-    device = _sum(r["device_hours"] for r in rows)
+    fit = fit_at_once(ev, nodes) if units or unknown else 0
+    device = None if unknown else _sum(r["device_hours"] for r in rows)
     wall = _wall(device * 3600, 0.0, min(ev.count, fit), ev) if device is not None and units else None
-    return {"units": len(units), "batches": len(batches(units, spec.studies.plans_per_batch)),
+    return {"units": sum(g.size for g in units),
+            "batches": sum(g.batch_count(spec.studies.plans_per_batch) for g in units),
             "evaluators": {"count": ev.count, "cpu": ev.cpu, "gpu": ev.gpu}, "fit_at_once": fit,
             "at_once": min(ev.count, fit), "per_study": per_study, "groups": rows, "device_hours": device,
-            "wall_hours": _hours(wall)}
+            "wall_hours": _hours(wall), "units_unknown_for": unknown}
 
 
 METHOD = ("iterations / (iterations/s) for each trial, units / (units/s) for each study, on the device each rate "
@@ -205,7 +213,8 @@ def _estimate(source: dict, calibration) -> dict:
     measured = None
     if calibration is not None:
         measured = {"devices": sorted(calibration.devices), "seconds": round(calibration.seconds, 1),
-                    "timed": calibration.timed}
+                    "budget_seconds": calibration.budget_s, "timed": calibration.timed,
+                    "not_measured": calibration.not_measured}
     return {"method": METHOD, "given": sum(s == "given" for s in source.values()),
             "measured": sum(s == "measured" for s in source.values()), "calibration": measured}
 
@@ -222,6 +231,9 @@ def _notes(spec: ExperimentSpec, nodes: list[Node], where: str, t_fit: int, e_fi
         files.append("models' checkpoints")
     if files:
         notes.append(f"files not checked: a plan needs only the spec ({' and '.join(files)} not read)")
+    for index, label, folder in spec.absent_models:
+        notes.append(f"models[{index}] ({label}): {folder} is not here, so its layers, vocabulary and units are "
+                     f"unknown (a plan reads only the folder's config.json)")
     shape = ", ".join(f"{n.cpu:g} CPU/{n.gpu:g} GPU" for n in nodes) or "none"
     for fits, has, what, ask in ((t_fit, trains, "a trial", spec.training.resources),
                                  (e_fit, bool(units), "an evaluator", spec.studies.evaluators)):
@@ -229,21 +241,17 @@ def _notes(spec: ExperimentSpec, nodes: list[Node], where: str, t_fit: int, e_fi
             later = "; its autoscaler may still add one" if where.startswith("the cluster") else ""
             notes.append(f"no node of {where} holds {what} ({ask.cpu:g} CPU, {ask.gpu:g} GPU; nodes: {shape}){later}")
     if calibration is not None:
-        asks_gpu = [what for what, ask, has in (("trials", spec.training.resources, trains),
-                                                ("evaluators", spec.studies.evaluators, bool(units)))
-                    if has and ask.gpu > 0]
-        if asks_gpu and not any(d.startswith("cuda") for d in calibration.devices):
-            notes.append(f"the spec's {' and '.join(asks_gpu)} ask for a GPU and this machine has none: the measured "
-                         f"rates are CPU rates, far below a GPU's; run unravel plan on a GPU node (--format json, then "
-                         f"--rates FILE here) or give --train-rate / --unit-rate")
+        notes += [f"not calibrated: {why}" for why in calibration.not_measured]
     if spec.data.streamed:
         notes.append("images decoded from disk: JPEG decoding is not in the measured rates")
         if unit_test_size(spec) is None:
             notes.append("the size of data.root/val is not read: set studies.test_examples to estimate lesion units")
     unrated = [k for k, s in source.items() if s is None]
     if unrated:
-        notes.append(f"{len(unrated)} rate{'s' * (len(unrated) != 1)} neither given nor measured"
-                     f"{' (--no-calibrate)' if not measure else ''}: their device time is unknown")
+        how = "" if measure else ("; --calibrate measures them here where this machine has the spec's devices, "
+                                  "--rates FILE reads those of unravel plan --calibrate --format json run on one")
+        notes.append(f"{len(unrated)} rate{'s' * (len(unrated) != 1)} neither given nor measured: their device "
+                     f"time is unknown{how}")
     return notes
 
 
@@ -290,7 +298,8 @@ def render(doc: dict) -> str:
     spec = f" ({doc['spec']})" if doc["spec"] else ""
     size = f"{d['channels']}x{d['image_size']}x{d['image_size']}, {d['classes']} classes"
     if "sequence_length" in d:
-        size = f"sequences of {d['sequence_length']} tokens, a vocabulary of {d['classes']:,}"
+        vocabulary = f"a vocabulary of {d['classes']:,}" if d["classes"] else "the vocabulary unknown"
+        size = f"sequences of {d['sequence_length']} tokens, {vocabulary}"
         test = test.replace("test examples", "test sequences")
     lines = [f"plan of '{doc['experiment']}'{spec}: nothing submitted, nothing written",
              f"data: {d['dataset']}, {size}; {test}",
@@ -303,32 +312,39 @@ def render(doc: dict) -> str:
                           r["rate"] or "none", _duration(r["device_hours"])] for r in t["groups"]],
                         ["run group", "trials", "iterations", "iterations/s", "rate", "device time"])
     s = doc["studies"]
-    if s["units"]:
+    unknown = s["units_unknown_for"]
+    if s["units"] or unknown:
         e = s["evaluators"]
-        lines += ["", f"studies: {_count(s['units'], 'unit')} in {_count(s['batches'], 'batch')}, "
-                      f"{_count(e['count'], 'evaluator')} of {_res(e)} each; {s['fit_at_once']} fit at once, "
-                      f"{s['at_once']} run at once"]
+        counted = f"{_count(s['units'], 'unit')} in {_count(s['batches'], 'batch')}"
+        if unknown:
+            counted = (f"{counted} and the unknown units of {', '.join(unknown)}" if s["units"] else
+                       f"the units of {', '.join(unknown)} unknown")
+        lines += ["", f"studies: {counted}, {_count(e['count'], 'evaluator')} of {_res(e)} each; "
+                      f"{s['fit_at_once']} fit at once, {s['at_once']} run at once"]
         lines += _table([[r["study"], r["runs"], f"{r['units']:,}",
                           _num(r["units"] / (r["device_hours"] * 3600)) if r["device_hours"] else "-",
                           _duration(r["device_hours"])] for r in s["per_study"]],
-                        ["study", "runs", "units", "units/s", "device time"])
+                        ["study", "runs", "units", "units/s", "device time"]) if s["per_study"] else []
     parts = [f"{name} {_duration(x['device_hours']) if x['device_hours'] is not None else 'unknown'}"
              for name, x, has in
-             (("training", t, t["trials"]), ("studies", s, s["units"])) if has]
+             (("training", t, t["trials"]), ("studies", s, s["units"] or unknown)) if has]
     if doc["wall_hours"] is not None:
         wall = f"about {_duration(doc['wall_hours'])} on these nodes"
     else:
         wall = "wall time unknown" if doc["device_hours"] is None else "no wall time: a worker fits on no node"
-    device = "unknown" if doc["device_hours"] is None else f"{_num(doc['device_hours'])} device-hours"
     est = doc["estimate"]
-    lines += ["", f"device time: {device} ({', '.join(parts)}); {wall}",
-              *_wrapped(f"estimate: {est['method']}")]
+    if doc["device_hours"] is None:
+        known = [p for p in parts if not p.endswith(" unknown")]
+        lines += ["", f"device time: {UNKNOWN_DEVICE_TIME}" + (f" (known: {', '.join(known)})" if known else "")]
+    else:
+        lines += ["", f"device time: {_num(doc['device_hours'])} device-hours ({', '.join(parts)}); {wall}",
+                  *_wrapped(f"estimate: {est['method']}")]
     total = len(t["groups"]) + len(s["groups"])
     rates = [f"{est['given']} of {total} given"] if est["given"] else []
     c = est["calibration"]
-    if c:
+    if c and c["timed"]:   # a calibration that measured nothing says why in the notes
         rates.append(f"{est['measured']} of {total} measured on this machine's {' and '.join(c['devices'])} in "
-                     f"{c['seconds']:.0f} s:")
+                     f"{c['seconds']:.0f} s (budget {c['budget_seconds']:g} s):")
     lines.append(f"rates: {', '.join(rates) or 'none'}")
     lines += [f"  {what}" for what in (c["timed"] if c else [])]
     lines += [line for n in doc["notes"] for line in _wrapped(f"note: {n}")]

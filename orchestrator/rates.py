@@ -7,17 +7,22 @@ evaluator. A rate is keyed by what decides it: a run group (the run id without s
 name a label, a network or (units) a study alone; the most specific key wins, so one figure can
 cover every run of a network.
 
-The calibration times this code on synthetic data of the spec's shape, on the device a worker
-would get (a GPU where the spec's workers ask for one and this machine has one, else the CPU with
-the worker's thread count): a few training steps at the spec's batch size, the engine on a batch
-of plans over one chunk of test examples, one gradient batch. Seconds, not minutes; an estimate.
+The calibration, run only when asked (``unravel plan --calibrate``), times this code on synthetic
+data of the spec's shape on the device a worker would get: a GPU where the spec's workers ask for
+one, the CPU with the worker's thread count where they do not. A worker that asks for a GPU this
+machine lacks is not measured at all (a CPU figure would stand for a GPU's and mislead by orders of
+magnitude): its device time stays unknown. Each measurement is a few training steps at the spec's
+batch size, the engine on a batch of plans over one chunk of test examples, or one gradient batch;
+the whole calibration keeps a time budget, and what the budget leaves unmeasured stays unknown.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,17 +131,43 @@ class Calibration:
     devices: set[str] = field(default_factory=set)    # e.g. "cpu (1 thread)", "cuda (NVIDIA H200)"
     timed: list[str] = field(default_factory=list)    # one phrase per measurement
     seconds: float = 0.0
+    budget_s: float = 0.0
+    not_measured: list[str] = field(default_factory=list)   # why some rates were not measured, one phrase each
 
 
-def _device_for(resources: Resources) -> tuple:
-    """(device, threads, description) a worker with these resources gets here: a GPU only if it asks for
-    one; on the CPU its own thread count, or all of this machine's where it asks for a GPU this
-    machine lacks (a stand-in figure, measured as fast as this machine allows)."""
+class _BudgetSpent(Exception):
+    """The calibration's time budget ran out in the middle of a measurement."""
+
+
+@contextmanager
+def _deadline(seconds: float):
+    """Raise _BudgetSpent once ``seconds`` have passed (between two torch calls: a measurement of a
+    deep network on a slow CPU may take minutes, and the budget is the user's). Only the main thread
+    receives signals; elsewhere the budget is checked between measurements only."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def spent(signum, frame):
+        raise _BudgetSpent()
+    previous = signal.signal(signal.SIGALRM, spent)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _device_for(resources: Resources) -> tuple | None:
+    """(device, threads, description) a worker with these resources gets here: a GPU if it asks for one,
+    else the CPU with its own thread count; None where it asks for a GPU this machine lacks."""
     import torch
-    if resources.gpu > 0 and torch.cuda.is_available():
+    if resources.gpu > 0:
+        if not torch.cuda.is_available():
+            return None
         return torch.device("cuda"), 1, f"cuda ({torch.cuda.get_device_name()})"
-    threads = resources.threads if resources.gpu == 0 else len(os.sched_getaffinity(0)) \
-        if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = resources.threads
     return torch.device("cpu"), threads, f"cpu ({threads} thread{'s' * (threads != 1)})"
 
 
@@ -227,7 +258,7 @@ def _gradient_seconds(spec: ExperimentSpec, net, device) -> tuple[float, str]:
     timed = size if device.type == "cuda" else min(size, CPU_GRADIENT_BATCH)
     data = _synthetic(spec, timed, 1)
     images, labels = data.train_images.to(device), data.train_labels.to(device)
-    n = len(net.block_infos())
+    n = sum(i.residual for i in net.block_infos())   # path lengths count residual units only (units.expand)
     draws = [(k, 0) for k in range(1, n + 1)]
     seconds = _timed(lambda: gradient_norms(net, images, labels, draws, device=device), device) * size / timed / n
     return seconds, f"a gradient batch of {timed} images{f' (scaled to {size})' if timed != size else ''}"
@@ -244,60 +275,88 @@ def unit_test_size(spec: ExperimentSpec) -> int | None:
     return min(chosen, whole) if whole else chosen
 
 
-def calibrate(spec: ExperimentSpec, train: list[Trial], evaluate: list[tuple[Trial, str]], log=None) -> Calibration:
+def calibrate(spec: ExperimentSpec, train: list[Trial], evaluate: list[tuple[Trial, str]], log=None,
+              budget_s: float = 60.0) -> Calibration:
     """Measure the rates of ``train`` (trials) and ``evaluate`` ((trial, study) pairs) that no figure
-    covers. Trials and networks that cost the same are timed once: training per network and mode,
-    evaluation per network (a stochastic-depth network evaluates as its plain twin)."""
+    covers, within ``budget_s`` seconds. Trials and networks that cost the same are timed once: training
+    per network and mode, evaluation per network (a stochastic-depth network evaluates as its plain
+    twin). Workers asking for a GPU this machine lacks are not measured; neither is what the budget
+    leaves. ``log`` gets a progress line per measurement."""
     import dataclasses
 
     import torch
 
+    import workloads.surgery.evaluate  # noqa: F401 - imported before the budget's alarm can interrupt an import
+    import workloads.train.loop  # noqa: F401
     from workloads.data import SPLITS
     from workloads.models import build_network
     from workloads.runtime import set_threads
-    result = Calibration()
+    result = Calibration(budget_s=budget_s)
+    test_size = unit_test_size(spec)
+    jobs: dict[str, tuple] = {}         # one measurement each: key -> (kind, trial, study, the rate keys it gives)
+    train_device, unit_device = _device_for(spec.training.resources), _device_for(spec.studies.evaluators)
+    if train and train_device is None:
+        result.not_measured.append(f"the spec's trials ask for a GPU and this machine has none "
+                                   f"({len(train)} training rate{'s' * (len(train) != 1)})")
+        train = []
+    if evaluate and unit_device is None:
+        result.not_measured.append(f"the spec's evaluators ask for a GPU and this machine has none "
+                                   f"({len(evaluate)} unit rate{'s' * (len(evaluate) != 1)})")
+        evaluate = []
+    if evaluate and test_size is None:
+        result.not_measured.append("a lesion's cost needs the test set's size (studies.test_examples)")
+        evaluate = [(t, s) for t, s in evaluate if s == "gradients"]
+    for trial in train:
+        cfg = trial.train_config
+        key = f"train|{trial.net_config.to_json()}|{cfg.mode}|{cfg.batch_size}|{cfg.active_blocks}"
+        jobs.setdefault(key, ("training", trial, "", []))[3].append(("train", group_of(trial)))
+    # evaluation grouped by network, so each network is built once and freed before the next
+    for trial, study in sorted(evaluate, key=lambda p: dataclasses.replace(p[0].net_config,
+                                                                           stochastic_depth=False).to_json()):
+        cfg = dataclasses.replace(trial.net_config, stochastic_depth=False)
+        kind = "gradients" if study == "gradients" else "plans"
+        jobs.setdefault(f"{kind}|{cfg.to_json()}", (kind, trial, study, []))[3].append(
+            ("units", f"{group_of(trial)}:{study}"))
+
     started = time.perf_counter()
     threads = torch.get_num_threads()
-    test_size = unit_test_size(spec)
+    net_key, net = None, None
     try:
-        measured: dict[str, float] = {}
-        for trial in train:
-            cfg = trial.train_config
-            key = f"{trial.net_config.to_json()}|{cfg.mode}|{cfg.batch_size}|{cfg.active_blocks}"
-            if key not in measured:
-                device, n, name = _device_for(spec.training.resources)
-                set_threads(n)
-                if log:
-                    log(f"calibrating: training {group_of(trial)} on {name}")
-                measured[key], what = _train_rate(spec, trial, device, SPLITS[spec.data.dataset][1])
-                result.devices.add(name)
-                result.timed.append(f"training {group_of(trial)}: {what}")
-            result.rates.train[group_of(trial)] = measured[key]
-        if evaluate and test_size is None:
-            evaluate = [(t, s) for t, s in evaluate if s == "gradients"]  # a lesion's cost needs the test set's size
-        nets: dict[str, object] = {}
-        per_unit: dict[tuple[str, str], float] = {}
-        for trial, study in evaluate:
-            cfg = dataclasses.replace(trial.net_config, stochastic_depth=False)
-            kind = "gradients" if study == "gradients" else "plans"
-            key = (cfg.to_json(), kind)
-            if key not in per_unit:
-                device, n, name = _device_for(spec.studies.evaluators)
-                set_threads(n)
-                net_name = group_of(trial).rsplit(".", 1)[0]
-                if log:
-                    log(f"calibrating: {kind} of {net_name} on {name}")
-                if cfg.to_json() not in nets:
-                    torch.manual_seed(0)
-                    nets[cfg.to_json()] = build_network(cfg).to(device).eval()
-                net = nets[cfg.to_json()]
-                if kind == "gradients":
-                    per_unit[key], what = _gradient_seconds(spec, net, device)
-                else:
-                    per_unit[key], what = _plan_unit_seconds(spec, net, device, test_size)
-                result.devices.add(name)
-                result.timed.append(f"{kind} of {net_name}: {what}")
-            result.rates.units[f"{group_of(trial)}:{study}"] = 1.0 / per_unit[key]
+        for i, (kind, trial, study, keys) in enumerate(jobs.values(), 1):
+            left = budget_s - (time.perf_counter() - started)
+            if left <= 0:
+                result.not_measured.append(f"the calibration's budget of {budget_s:g} s was spent "
+                                           f"({len(jobs) - i + 1} of {len(jobs)} measurements not made)")
+                break
+            device, n, name = train_device if kind == "training" else unit_device
+            what = group_of(trial) if kind == "training" else group_of(trial).rsplit(".", 1)[0]
+            if log:
+                log(f"calibrating {i}/{len(jobs)}: {kind} of {what} on {name} "
+                    f"({time.perf_counter() - started:.0f} s of a {budget_s:g} s budget spent)")
+            set_threads(n)
+            try:
+                with _deadline(left):
+                    if kind == "training":
+                        rate, how = _train_rate(spec, trial, device, SPLITS[spec.data.dataset][1])
+                    else:
+                        cfg = dataclasses.replace(trial.net_config, stochastic_depth=False)
+                        if net_key != cfg.to_json():  # the previous network is freed first: one at a time
+                            net_key, net = None, None
+                            torch.manual_seed(0)
+                            net, net_key = build_network(cfg).to(device).eval(), cfg.to_json()
+                        if kind == "gradients":
+                            seconds, how = _gradient_seconds(spec, net, device)
+                        else:
+                            seconds, how = _plan_unit_seconds(spec, net, device, test_size)
+                        rate = 1.0 / seconds
+            except _BudgetSpent:
+                result.not_measured.append(f"the calibration's budget of {budget_s:g} s was spent "
+                                           f"({len(jobs) - i + 1} of {len(jobs)} measurements not made)")
+                break
+            result.devices.add(name)
+            result.timed.append(f"{kind} of {what}: {how}")
+            for table, key in keys:
+                (result.rates.train if table == "train" else result.rates.units)[key] = rate
     finally:
         torch.set_num_threads(threads)
     result.seconds = time.perf_counter() - started

@@ -432,6 +432,7 @@ class ExperimentSpec:
     raw: dict = field(default_factory=dict, compare=False)
     path: str = ""
     models: tuple[Trial, ...] = ()   # imported from users' checkpoints, not trained here
+    absent_models: tuple[tuple[int, str, str], ...] = ()   # (index, label, folder): parsed without model folders
 
     @property
     def runs(self) -> tuple[Trial, ...]:
@@ -485,12 +486,18 @@ class Counts(NamedTuple):
     layers: int
 
 
-@lru_cache(maxsize=256)  # many runs share a network (seeds, modes)
-def _counts(cfg: NetConfig, exclude: tuple[int, ...] = ()) -> Counts:
-    """The network's counts, from its meta-device skeleton (no memory, even for depth 1202)."""
+@lru_cache(maxsize=256)  # many runs share a network (seeds, modes), and spec and units both count it
+def block_infos(cfg: NetConfig) -> tuple:
+    """The network's blocks, from its meta-device skeleton (no memory, even for depth 1202)."""
     from workloads.models import skeleton
+    return tuple(skeleton(cfg).block_infos())
+
+
+@lru_cache(maxsize=256)
+def _counts(cfg: NetConfig, exclude: tuple[int, ...] = ()) -> Counts:
+    """The network's counts (its blocks outside ``exclude``)."""
     from workloads.surgery import deletion_pool, layer_units, swap_pairs
-    infos = skeleton(cfg).block_infos()
+    infos = list(block_infos(cfg))
     return Counts(len(infos), len(deletion_pool(infos, exclude)), len(swap_pairs(infos, exclude)),
                   len(layer_units(infos)))
 
@@ -549,8 +556,11 @@ def _no_twins(trials: list[Trial] | tuple[Trial, ...], where: str, advice: str) 
         _fail(where, f"two runs are identical ({dupes[0]}); {advice}")
 
 
-def _imports(entries: list[ModelEntry], data: DataSpec) -> tuple[Trial, ...]:
-    models = []
+def _imports(entries: list[ModelEntry], data: DataSpec,
+             model_folders: bool = True) -> tuple[tuple[Trial, ...], tuple[tuple[int, str, str], ...]]:
+    """The imported models, and (without ``model_folders``) the language models whose folder is not
+    here: a language model is what its config.json says, so such a model is left out, not refused."""
+    models, absent = [], []
     for i, entry in enumerate(entries):
         label = entry.label if entry.label is not None else entry.network
         overrides = entry.overrides.model_dump(mode="json", exclude_unset=True)
@@ -558,12 +568,15 @@ def _imports(entries: list[ModelEntry], data: DataSpec) -> tuple[Trial, ...]:
         if language != data.text:
             _fail(f"models[{i}].network", f"{entry.network} reads {'text' if language else 'images'}, and dataset "
                                           f"{data.dataset} holds {'text' if data.text else 'images'}")
+        if language and not model_folders and not (Path(entry.checkpoint).expanduser() / "config.json").is_file():
+            absent.append((i, label, entry.checkpoint))
+            continue
         fields = {**overrides, **(_language_model(entry, i, data) if language else {})}
         net = _net_config(entry.network, fields, "normal", data, f"models[{i}]")
         run_id = _safe_id(f"{label}.pretrained." + _short_hash(net.to_json(), entry.checkpoint, data.dataset))
         models.append(Trial(run_id, label, entry.network, json.dumps(overrides, sort_keys=True), "pretrained", 0, net,
                             None, entry.checkpoint))
-    return tuple(models)
+    return tuple(models), tuple(absent)
 
 
 def _language_model(entry: ModelEntry, index: int, data: DataSpec) -> dict:
@@ -594,19 +607,22 @@ def _language_model(entry: ModelEntry, index: int, data: DataSpec) -> dict:
             **({"num_classes": vocabulary} if isinstance(vocabulary, int) and vocabulary > 0 else {})}
 
 
-def _select(trials: tuple[Trial, ...], runs: list[str] | None, where: str) -> list[Trial]:
+def _select(trials: tuple[Trial, ...], runs: list[str] | None, where: str,
+            absent: set[str] = frozenset()) -> list[Trial]:
     if runs is None:
         return list(trials)
     known = {t.label for t in trials} | {t.run_id for t in trials}
     for i, r in enumerate(runs):
-        if r not in known:
+        if r not in known and r not in absent:
             _fail(f"{where}.runs[{i}]", f"no training run is labelled {r!r} (labels: "
                                         f"{', '.join(sorted({t.label for t in trials}))})")
     return [t for t in trials if t.label in runs or t.run_id in runs]
 
 
-def _resolve_studies(studies: StudiesSpec, runs: tuple[Trial, ...], data: DataSpec) -> StudiesSpec:
-    """Each study's runs, checked against what the study needs of them."""
+def _resolve_studies(studies: StudiesSpec, runs: tuple[Trial, ...], data: DataSpec,
+                     absent: set[str] = frozenset()) -> StudiesSpec:
+    """Each study's runs, checked against what the study needs of them (``absent``: labels of models
+    left out because their folder is not here)."""
     exclude = studies.exclude_blocks
     if exclude and runs:
         most = max(_counts(t.net_config).blocks for t in runs)
@@ -623,7 +639,7 @@ def _resolve_studies(studies: StudiesSpec, runs: tuple[Trial, ...], data: DataSp
         if section is None:
             continue
         where = f"studies.{name}"
-        chosen = _select(runs, section.runs, where)
+        chosen = _select(runs, section.runs, where, absent)
         if section.runs is None and name != "single_deletion":  # F5a, F5b, F6b, spans: about residual networks
             chosen = [t for t in chosen if t.net_config.arch != "plain"]
         if name in _BOUNDS:
@@ -657,8 +673,10 @@ def _gated(chosen: list[Trial], named: list[str] | None, where: str) -> list[Tri
     return gated
 
 
-def parse_spec(raw: Any, path: str = "") -> ExperimentSpec:
-    """A spec document (parsed YAML) as a validated experiment; SpecError with one line if not."""
+def parse_spec(raw: Any, path: str = "", model_folders: bool = True) -> ExperimentSpec:
+    """A spec document (parsed YAML) as a validated experiment; SpecError with one line if not.
+    ``model_folders=False`` (a plan, which reads no files) leaves out a language model whose folder
+    is not here instead of refusing it (``absent_models``)."""
     if not isinstance(raw, dict):
         _fail("spec", f"must be a mapping of sections (name, data, training, models, studies), "
                       f"got {type(raw).__name__}")
@@ -668,10 +686,11 @@ def parse_spec(raw: Any, path: str = "") -> ExperimentSpec:
         raise SpecError(one_line(e, SpecDocument)) from None
     data = _with_tokenizer(doc.data, doc.models)
     training = _trials(doc.training, data) if doc.training is not None else TrainingSpec()
-    models = _imports(doc.models, data) if doc.models is not None else ()
+    models, absent = _imports(doc.models, data, model_folders) if doc.models is not None else ((), ())
     _no_twins(training.trials + models, "models", "give them different labels")
-    studies = _resolve_studies(doc.studies, training.trials + models, data)
-    return ExperimentSpec(doc.name, data, training, studies, raw=raw, path=path, models=models)
+    studies = _resolve_studies(doc.studies, training.trials + models, data, {label for _, label, _ in absent})
+    return ExperimentSpec(doc.name, data, training, studies, raw=raw, path=path, models=models,
+                          absent_models=absent)
 
 
 def _with_tokenizer(data: DataSpec, models: list[ModelEntry] | None) -> DataSpec:
@@ -683,8 +702,9 @@ def _with_tokenizer(data: DataSpec, models: list[ModelEntry] | None) -> DataSpec
     return data.model_copy(update={"tokenizer": models[0].checkpoint})
 
 
-def load_spec(path: str | Path) -> ExperimentSpec:
-    """Read and validate a YAML spec (safe loader); raises SpecError with a one-line message."""
+def load_spec(path: str | Path, model_folders: bool = True) -> ExperimentSpec:
+    """Read and validate a YAML spec (safe loader); raises SpecError with a one-line message.
+    ``model_folders``: as parse_spec's."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -704,7 +724,7 @@ def load_spec(path: str | Path) -> ExperimentSpec:
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: must be a mapping of sections (name, data, training, models, studies), "
                         f"got a {type(raw).__name__}")
-    return parse_spec(raw, str(p))
+    return parse_spec(raw, str(p), model_folders)
 
 
 class _StrictSafeLoader(yaml.SafeLoader):

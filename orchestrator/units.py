@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from functools import lru_cache
 
-from workloads.models import skeleton
 from workloads.surgery import deletion_pool, layer_spans, random_deletion, random_swaps
 from workloads.train.modes import scaled_active_count
 
-from .spec import ExperimentSpec, StudySpec, Trial
+from .spec import ExperimentSpec, StudySpec, Trial, block_infos
 
 ENGINE_VERSION = "1"   # bump when a change to workloads.surgery changes results
 
@@ -75,62 +73,84 @@ def settings_of(spec: ExperimentSpec, study: str) -> str:
     return text
 
 
-@lru_cache(maxsize=256)  # many runs share a network (seeds, modes)
-def _block_infos(cfg):
-    return tuple(skeleton(cfg).block_infos())
-
-
 def train_active(trial: Trial) -> int:
     """m of an effective-paths run: the blocks each training mini-batch ran (0 for other modes)."""
     if not trial.test_rules:
         return 0
-    return trial.train_config.active_blocks or scaled_active_count(len(_block_infos(trial.net_config)))
-
-
-def _unit(trial: Trial, study: str, k: int, draw: int, settings: str, rule: str) -> Unit:
-    """A unit of ``trial``; a run without rules keeps the keys it had before rules existed."""
-    text = f"{settings}|rule={rule}" if rule else settings
-    return Unit(unit_key(trial.run_id, study, k, draw, text), trial.run_id, study, k, draw, rule, train_active(trial))
+    return trial.train_config.active_blocks or scaled_active_count(len(block_infos(trial.net_config)))
 
 
 def _studied_rule(trial: Trial) -> str:
     return trial.test_rules[0] if trial.test_rules else ""
 
 
-def _lesion_units(trial: Trial, study: StudySpec, settings: str) -> list[Unit]:
-    def unit(k: int, draw: int) -> Unit:
-        return _unit(trial, study.study, k, draw, settings, _studied_rule(trial))
+@dataclass(frozen=True)
+class UnitGroup:
+    """The units of one run in one study under one test rule, before any is made: ``expand`` makes
+    them (keys hashed), ``unravel plan`` only counts them (a spec may have a million units)."""
 
-    infos = _block_infos(trial.net_config)
+    trial: Trial
+    study: str
+    settings: str
+    rule: str
+    pairs: tuple[tuple[int, int], ...] = ()   # (k, draw) of each unit; gradients: see draws and lengths
+    draws: int = 0                            # gradients: draws, each of path lengths 1..lengths
+    lengths: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.draws * self.lengths if self.study == "gradients" else len(self.pairs)
+
+    def batch_count(self, plans_per_batch: int) -> int:
+        """Batches ``batches`` makes of these units: one per gradient draw, else chunks of plans."""
+        return self.draws if self.study == "gradients" else -(-len(self.pairs) // plans_per_batch)
+
+    def units(self) -> list[Unit]:
+        pairs = ([(k, d) for d in range(self.draws) for k in range(1, self.lengths + 1)]
+                 if self.study == "gradients" else self.pairs)
+        active = train_active(self.trial)
+        settings = f"{self.settings}|rule={self.rule}" if self.rule else self.settings  # no rule: the keys of old
+        return [Unit(unit_key(self.trial.run_id, self.study, k, d, settings),
+                     self.trial.run_id, self.study, k, d, self.rule, active) for k, d in pairs]
+
+
+def _lesion_pairs(trial: Trial, study: StudySpec) -> tuple[tuple[int, int], ...]:
+    infos = block_infos(trial.net_config)
     if study.study == "single_deletion":
-        return [unit(1, b) for b in deletion_pool(infos)]
+        return tuple((1, b) for b in deletion_pool(infos))
     if study.study == "span_deletion":
-        return [unit(length, start) for start, length in layer_spans(infos, study.max_length)]
-    return [unit(k, d) for k in range(1, study.k_max + 1) for d in range(study.draws)]
+        return tuple((length, start) for start, length in layer_spans(infos, study.max_length))
+    return tuple((k, d) for k in range(1, study.k_max + 1) for d in range(study.draws))
 
 
-def expand(spec: ExperimentSpec) -> list[Unit]:
-    """Every unit of every study on every run it applies to, intact baselines first (one per test rule
-    on effective-paths runs, which get theirs even when no lesion study names them)."""
+def unit_groups(spec: ExperimentSpec) -> list[UnitGroup]:
+    """Every study's units on every run it applies to, grouped per run, study and test rule, intact
+    baselines first (one per test rule on effective-paths runs, which get theirs even when no lesion
+    study names them)."""
     trials = {t.run_id: t for t in spec.runs}
     lesioned = {r for s in spec.studies.studies if s.study not in ("gradients", "gates") for r in s.runs}
     ruled = {t.run_id for t in spec.runs if t.test_rules}
     intact = settings_of(spec, "intact")
-    units = [_unit(trials[r], "intact", 0, 0, intact, rule) for r in sorted(lesioned | ruled)
-             for rule in (trials[r].test_rules or ("",))]
+    groups = [UnitGroup(trials[r], "intact", intact, rule, ((0, 0),)) for r in sorted(lesioned | ruled)
+              for rule in (trials[r].test_rules or ("",))]
     for study in spec.studies.studies:
         settings = settings_of(spec, study.study)
         for run_id in study.runs:
             trial = trials[run_id]
+            rule = _studied_rule(trial)
             if study.study == "gradients":  # path lengths 1..n over the residual units
-                n = sum(i.residual for i in _block_infos(trial.net_config))
-                units += [_unit(trial, "gradients", k, d, settings, _studied_rule(trial))
-                          for d in range(study.draws) for k in range(1, n + 1)]
+                n = sum(i.residual for i in block_infos(trial.net_config))
+                groups.append(UnitGroup(trial, "gradients", settings, rule, draws=study.draws, lengths=n))
             elif study.study == "gates":
-                units.append(_unit(trial, "gates", 0, 0, settings, _studied_rule(trial)))
+                groups.append(UnitGroup(trial, "gates", settings, rule, ((0, 0),)))
             else:
-                units += _lesion_units(trial, study, settings)
-    return units
+                groups.append(UnitGroup(trial, study.study, settings, rule, _lesion_pairs(trial, study)))
+    return groups
+
+
+def expand(spec: ExperimentSpec) -> list[Unit]:
+    """Every unit of every study on every run it applies to, in ``unit_groups``' order."""
+    return [u for group in unit_groups(spec) for u in group.units()]
 
 
 def batches(units: list[Unit], plans_per_batch: int) -> list[Batch]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from orchestrator.cli import main
 from orchestrator.plan import Node, NodeError, fit_at_once, parse_node, render
 from orchestrator.rates import group_of
 from orchestrator.spec import Evaluators, Resources, load_spec, parse_spec
-from orchestrator.units import expand
+from orchestrator.units import batches, expand
+from workloads.models import skeleton
 
 ROOT = Path(__file__).resolve().parent.parent
 VEIT = ROOT / "experiments" / "veit2016-cifar10.yaml"
@@ -108,6 +110,7 @@ def test_plan_counts_resources_fits_and_given_rates(clean_cwd, tmp_path):
     assert gradients["device_hours"] == pytest.approx(gradients["units"] / 8 / 3600)
     assert doc["device_hours"] == pytest.approx(t["device_hours"] + e["device_hours"])
     assert doc["estimate"]["calibration"] is None and doc["estimate"]["measured"] == 0
+    assert e["batches"] == len(batches(units, spec.studies.plans_per_batch))
     assert doc["data"]["test_examples"] == 64 and doc["nodes"]["source"] == "declared"
     assert set(doc["rates"]["train"]) == set(groups)
 
@@ -124,11 +127,14 @@ def test_a_calibrated_plan_reads_back_as_rates(clean_cwd, tmp_path):
     back with --rates is the same plan with nothing measured."""
     one_network = {**TINY, "training": {**TINY["training"], "runs": TINY["training"]["runs"][:1]}}
     path = spec_file(tmp_path, one_network)
-    result = invoke("plan", path, "--format", "json", "--node", "cpu=4")
+    result = invoke("plan", path, "--format", "json", "--node", "cpu=4", "--calibrate")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)   # stderr says what is being calibrated
     assert doc["estimate"]["measured"] > 0 and doc["estimate"]["given"] == 0
     assert doc["estimate"]["calibration"]["devices"] == ["cpu (1 thread)", "cpu (2 threads)"]
+    progress = [line for line in result.stderr.splitlines() if line.startswith("calibrating ")]
+    assert len(progress) == len(doc["estimate"]["calibration"]["timed"]) > 1
+    assert progress[0].startswith("calibrating 1/") and progress[0].endswith("of a 60 s budget spent)")
     assert all(g["rate"] == "measured" and g["device_hours"] > 0 for g in doc["training"]["groups"])
     assert doc["wall_hours"] > 0
     assert doc["wall_hours"] == pytest.approx(doc["training"]["wall_hours"] + doc["studies"]["wall_hours"])
@@ -170,6 +176,123 @@ def test_the_veit_cifar10_spec_plans_without_its_data(clean_cwd):
     rest = iter(table[1:])
     assert all(any(line == t for t in rest) for line in shown[1:] if line.strip() != "..."), shown  # in order
     assert len(shown) > 15
+
+
+def test_a_plan_without_rates_measures_nothing_and_says_device_time_is_unknown(clean_cwd, tmp_path):
+    """A dry run answers at once: no calibration unless asked, and no figure without a rate."""
+    path = spec_file(tmp_path)
+    result = invoke("plan", path, "--node", "cpu=4")
+    assert result.exit_code == 0, result.output
+    assert "calibrating" not in result.stderr
+    assert "device time: unknown, give --rates or calibrate on a node like the spec's" in result.stdout
+    assert "rates: none" in result.stdout
+    doc = json.loads(invoke("plan", path, "--node", "cpu=4", "--format", "json").stdout)
+    assert doc["estimate"]["calibration"] is None and doc["device_hours"] is None and doc["wall_hours"] is None
+    assert doc["studies"]["units"] == len(expand(load_spec(path)))
+    assert list(clean_cwd.iterdir()) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the spec's GPU is here: it would be measured")
+def test_workers_asking_for_a_gpu_are_not_calibrated_on_the_cpu(clean_cwd, tmp_path):
+    """A CPU figure standing for a GPU's misleads by orders of magnitude: even with --calibrate the
+    GPU workers' rates stay unknown, and the plan says why; a CPU part is still measured."""
+    gpu = {**TINY, "training": {**TINY["training"], "resources": {"cpu": 1, "gpu": 1},
+                                "runs": TINY["training"]["runs"][:1]},
+           "studies": {**TINY["studies"], "evaluators": {"count": 1, "cpu": 1}}}
+    path = spec_file(tmp_path, gpu)
+    result = invoke("plan", path, "--node", "cpu=4,gpu=1", "--calibrate", "--format", "json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert all(g["rate"] is None and g["device_hours"] is None for g in doc["training"]["groups"])
+    assert all(g["rate"] == "measured" for g in doc["studies"]["groups"])   # the evaluators ask for CPUs
+    assert doc["device_hours"] is None and doc["studies"]["device_hours"] > 0
+    assert "training of" not in result.stderr and "calibrating 1/" in result.stderr
+    assert any(n.startswith("not calibrated: the spec's trials ask for a GPU and this machine has none")
+               for n in doc["notes"])
+    table = invoke("plan", path, "--node", "cpu=4,gpu=1", "--calibrate")
+    assert "device time: unknown, give --rates or calibrate on a node like the spec's (known: studies" in table.stdout
+
+
+def test_a_calibration_keeps_its_time_budget(clean_cwd, tmp_path):
+    """Networks whose calibration takes seconds each, and a budget of half a second: it stops inside the
+    first measurement, and what it did not measure stays unknown."""
+    deep = {**TINY, "training": {**TINY["training"], "seeds": 1, "runs": [
+        {"network": "preact_resnet110", "label": f"deep{i}", "overrides": {"widths": [16 + i, 32, 64]}}
+        for i in range(3)]}, "studies": {"test_examples": 64, "single_deletion": {}}}
+    path = spec_file(tmp_path, deep)
+    started = time.perf_counter()
+    result = invoke("plan", path, "--node", "cpu=4", "--calibrate", "--calibration-budget", "0.5",
+                    "--format", "json")
+    elapsed = time.perf_counter() - started
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    calibration = doc["estimate"]["calibration"]
+    assert calibration["budget_seconds"] == 0.5 and calibration["seconds"] < 1.5 and elapsed < 10
+    assert doc["estimate"]["measured"] < 6 and doc["device_hours"] is None
+    assert any("the calibration's budget of 0.5 s was spent" in n for n in doc["notes"])
+    bad = invoke("plan", path, "--calibrate", "--calibration-budget", "0")
+    assert bad.exit_code == 2 and "--calibration-budget" in bad.output and len(bad.output.splitlines()) == 1
+
+
+def test_a_mobilenet_with_gradients_plans_and_calibrates(clean_cwd, tmp_path):
+    """Gradient path lengths count residual units only (a MobileNet has blocks without a shortcut): the
+    calibration draws them as the sweep does. Neither the images nor the checkpoint exist."""
+    mobile = {"name": "mobile", "data": {"dataset": "imagenet", "root": str(tmp_path / "images"), "image_size": 32,
+                                         "resize": 32, "num_classes": 10},
+              "models": [{"network": "tv_mobilenet_v2", "label": "mobile", "checkpoint": str(tmp_path / "m.pt"),
+                          "overrides": {"arch_options": {"width_mult": 0.25}}}],
+              "studies": {"test_examples": 8, "single_deletion": {}, "gradients": {"draws": 2, "batch_size": 4},
+                          "evaluators": {"count": 1, "cpu": 1}}}
+    path = spec_file(tmp_path, mobile)
+    result = invoke("plan", path, "--node", "cpu=2", "--calibrate", "--format", "json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    infos = skeleton(load_spec(path).runs[0].net_config).block_infos()
+    residual = sum(i.residual for i in infos)
+    assert 0 < residual < len(infos)
+    gradients = next(s for s in doc["studies"]["per_study"] if s["study"] == "gradients")
+    assert gradients["units"] == 2 * residual and gradients["device_hours"] > 0
+    assert all(g["rate"] == "measured" for g in doc["studies"]["groups"])
+
+
+def test_the_language_model_spec_plans_without_its_model_folder(clean_cwd, tmp_path, monkeypatch):
+    """experiments/llm-layer-deletion.yaml names models/Llama-3.2-1B: absent, the plan says in one note
+    what it cannot know (the model's layers, so its units) and answers the rest; with the folder's
+    config.json present it counts the units."""
+    from language_cases import write_llama_config
+    llm = ROOT / "experiments" / "llm-layer-deletion.yaml"
+    result = invoke("plan", llm, "--node", "cpu=8,gpu=1", "--format", "json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["studies"]["units"] == 0 and doc["studies"]["units_unknown_for"] == ["llama"]
+    assert doc["studies"]["fit_at_once"] == 1 and doc["device_hours"] is None and doc["data"]["classes"] is None
+    absent = [n for n in doc["notes"] if n.startswith("models[0] (llama): models/Llama-3.2-1B is not here")]
+    assert len(absent) == 1
+    table = invoke("plan", llm, "--node", "cpu=8,gpu=1", "--unit-rate", "single_deletion=2")
+    assert table.exit_code == 0, table.output
+    assert "studies: the units of llama unknown, 1 evaluator of 0 CPU + 1 GPU each" in table.stdout
+    assert "device time: unknown, give --rates" in table.stdout
+    assert list(clean_cwd.iterdir()) == []
+    present = tmp_path / "present"
+    write_llama_config(present / "models" / "Llama-3.2-1B", layers=4)
+    monkeypatch.chdir(present)
+    doc = json.loads(invoke("plan", llm, "--node", "cpu=8,gpu=1", "--format", "json").stdout)
+    assert doc["studies"]["units_unknown_for"] == [] and doc["data"]["classes"] == 96
+    per_study = {s["study"]: s["units"] for s in doc["studies"]["per_study"]}
+    assert per_study["single_deletion"] == 8 and per_study["span_deletion"] == 4 + 3 + 2 + 1
+    assert not any("is not here" in n for n in doc["notes"])
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "experiments").glob("*.yaml")))
+def test_every_shipped_spec_plans_in_seconds(clean_cwd, name):
+    """No calibration, no unit made: counts, resources and fits at once (the Veit spec has 881,390
+    units); the time here excludes importing torch."""
+    started = time.perf_counter()
+    result = invoke("plan", ROOT / "experiments" / name, "--node", "cpu=8,gpu=1,count=8")
+    elapsed = time.perf_counter() - started
+    assert result.exit_code == 0, result.output
+    assert "device time: unknown, give --rates or calibrate on a node like the spec's" in result.stdout
+    assert "calibrating" not in result.stderr and elapsed < 10, elapsed
 
 
 def test_bad_plan_input_is_one_line_and_exit_2(clean_cwd, tmp_path):
