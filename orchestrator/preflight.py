@@ -82,7 +82,7 @@ def _check_corpus(spec: ExperimentSpec) -> None:
         for m in spec.models:
             check_vocabulary(SimpleNamespace(vocab_size=m.net_config.num_classes), data)
     except (DataNotFound, TextDataError) as e:
-        _fail("data.root", str(e))
+        _fail(f"data.{getattr(e, 'field', '') or 'root'}", str(e))
 
 
 def _check_models(spec: ExperimentSpec) -> None:

@@ -2,7 +2,9 @@
 Hugging Face GPT-2 on a text file, each imported from the user's files, checked by its adapter, studied
 (single units, spans of whole layers, random deletions, reorders within a kind) and written exactly once, a
 rerun computing nothing; and the ways such input can be wrong, each one line with exit 2 and nothing written."""
+import json
 import math
+import shutil
 
 import pandas as pd
 import pytest
@@ -117,14 +119,47 @@ def _short_corpus(spec, folder):
     spec["data"]["root"] = str(folder / "short.txt")
 
 
+def _integer_column(spec, folder):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({"text": [3, 1, 4], "body": ["w1 w2", "w3", "w4"]}), folder / "ids.parquet")
+    spec["data"]["root"] = str(folder / "ids.parquet")
+
+
+def _truncated_weights(spec, folder):
+    """A download cut short: the folder is whole but for the second half of its model.safetensors."""
+    shutil.copytree(spec["models"][0]["checkpoint"], folder / "cut")
+    weights = folder / "cut" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    spec["models"][0]["checkpoint"] = str(folder / "cut")
+
+
+def _missing_shard(spec, folder):
+    shutil.copytree(spec["models"][0]["checkpoint"], folder / "sharded")
+    (folder / "sharded" / "model.safetensors").rename(folder / "sharded" / "model-00001-of-00002.safetensors")
+    index = {"metadata": {}, "weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors",
+                                            "transformer.wte.weight": "model-00001-of-00002.safetensors"}}
+    (folder / "sharded" / "model.safetensors.index.json").write_text(json.dumps(index))
+    spec["models"][0]["checkpoint"] = str(folder / "sharded")
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda s, f: s["data"].update(sequence_length=64), "data.sequence_length: 64 is beyond the 32 positions"),
     (_short_corpus, "data.root: "),
+    (_integer_column, "data.column: "),
+    (_truncated_weights, "model.safetensors: damaged or truncated ("),
+    (_missing_shard, "names 1 missing shard(s), e.g. model-00002-of-00002.safetensors"),
     (lambda s, f: s["data"].update(tokenizer=str(f)), "data.tokenizer: "),
     (lambda s, f: s["models"][0].update(checkpoint=str(f)), "models[0].checkpoint: "),
     (lambda s, f: s["models"][0].update(network="tv_resnet18"), "models[0].network: tv_resnet18 reads images"),
 ])
-def test_bad_language_model_input_is_one_line(gpt2_files, tmp_path, change, message):
+def test_bad_language_model_input_is_one_line(gpt2_files, tmp_path, change, message, monkeypatch):
+    """Each is found before Ray starts (a damaged checkpoint too: its files are read, not loaded)."""
+    import orchestrator.cluster
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("the spec was accepted and the CLI went on to connect to Ray")
+    monkeypatch.setattr(orchestrator.cluster, "connect", no_ray)
     spec = gpt2_spec(*gpt2_files)
     change(spec, tmp_path)
     path = tmp_path / "bad.yaml"
