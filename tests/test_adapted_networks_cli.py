@@ -195,3 +195,61 @@ def test_plan_of_a_language_model_spec_counts_its_units_and_sequences(gpt2_files
     assert "data: text, sequences of 8 tokens, a vocabulary of 96; 6 test sequences per unit" in result.output
     span = next(line for line in result.output.splitlines() if line.strip().startswith("span_deletion"))
     assert span.split()[1:3] == ["1", "3"]                            # one run: spans (1, 0), (1, 1), (2, 0)
+
+
+@pytest.fixture(scope="module")
+def two_gpt2_folders(tmp_path_factory):
+    """Two GPT-2s, each saved with its own tokenizer: the same words under other ids."""
+    root = tmp_path_factory.mktemp("two")
+    first, second = save_gpt2(root / "first", seed=0), save_gpt2(root / "second", seed=1)
+    save_word_tokenizer(first)
+    save_word_tokenizer(second, reversed_ids=True)
+    return first, second, write_corpus(root / "corpus.txt", words=12 * 9 + 3)
+
+
+def _two_models(first, second, corpus, **data) -> dict:
+    return {"name": "two", "data": {"dataset": "text", "root": str(corpus), "sequence_length": 8, **data},
+            "models": [{"network": "hf_causal_lm", "label": "first", "checkpoint": str(first)},
+                       {"network": "hf_causal_lm", "label": "second", "checkpoint": str(second)}],
+            "studies": {"single_deletion": {}, "evaluators": {"count": 1, "cpu": 1}}}
+
+
+def _own_loss(folder, corpus) -> float:
+    """The model's mean next-token loss on the text as its own tokenizer cuts it."""
+    from transformers import AutoModelForCausalLM
+
+    from workloads.data.text import load_text_corpus
+    data = load_text_corpus(corpus, folder, 8)
+    with torch.no_grad():
+        logits = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()(data.test_images).logits
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), data.test_labels.flatten()).item()
+
+
+@pytest.mark.slow
+def test_each_language_model_reads_the_text_with_its_own_tokenizer(ray_session, two_gpt2_folders, tmp_path):
+    first, second, corpus = two_gpt2_folders
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(_two_models(first, second, corpus)))
+    result = _invoke("lesion", path, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    intact = _rows(tmp_path / "out", "intact")
+    runs = pd.read_parquet(tmp_path / "out" / "runs.parquet").set_index("run_id")["label"]
+    losses = {runs[r]: loss for r, loss in zip(intact["run_id"], intact["loss"])}
+    assert losses["first"] == pytest.approx(_own_loss(first, corpus), rel=1e-4)
+    assert losses["second"] == pytest.approx(_own_loss(second, corpus), rel=1e-4)
+
+
+def test_a_named_tokenizer_of_another_vocabulary_is_refused_before_ray(two_gpt2_folders, tmp_path, monkeypatch):
+    import orchestrator.cluster
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("the spec was accepted and the CLI went on to connect to Ray")
+    monkeypatch.setattr(orchestrator.cluster, "connect", no_ray)
+    first, second, corpus = two_gpt2_folders
+    path = tmp_path / "named.yaml"
+    path.write_text(yaml.safe_dump(_two_models(first, second, corpus, tokenizer=str(first))))
+    result = _invoke("lesion", path, "--out", tmp_path / "out")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith(f"Error: data.tokenizer: {first} does not have the vocabulary of models[1]'s own "
+                                    f"tokenizer ({second}): 82 tokens against 82; 'w0' is id 2 against 81"), result.output
+    assert not (tmp_path / "out").exists()

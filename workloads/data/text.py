@@ -25,6 +25,21 @@ class TextDataError(ValueError):
         self.field = field
 
 
+def holds_tokenizer(folder: str | Path) -> bool:
+    return any((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
+
+
+def vocabulary_difference(tokenizer, other) -> str:
+    """"" when both tokenizers give every token the same id, else the first difference, in words: text cut by
+    one is another text to a model trained with the other."""
+    mine, theirs = tokenizer.get_vocab(), other.get_vocab()
+    if mine == theirs:
+        return ""
+    token = min((t for t in mine.keys() | theirs.keys() if mine.get(t) != theirs.get(t)), key=repr)
+    return (f"{len(mine)} tokens against {len(theirs)}; {token!r} is id {mine.get(token, 'absent')} against "
+            f"{theirs.get(token, 'absent')}")
+
+
 def load_tokenizer(folder: str | Path):
     """``AutoTokenizer`` of a local folder, with one-line errors. A model folder may hold its tokenizer, but then it
     must be that model's own: there AutoTokenizer picks the tokenizer class from config.json's model_type (a qwen2
@@ -32,7 +47,7 @@ def load_tokenizer(folder: str | Path):
     folder = Path(folder)
     if not folder.is_dir():
         raise DataNotFound(f"{folder}: no such tokenizer folder")
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+    if not holds_tokenizer(folder):
         raise TextDataError(f"{folder}: holds no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
     from transformers import AutoTokenizer
     try:
