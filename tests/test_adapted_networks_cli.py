@@ -253,3 +253,47 @@ def test_a_named_tokenizer_of_another_vocabulary_is_refused_before_ray(two_gpt2_
     assert result.output.startswith(f"Error: data.tokenizer: {first} does not have the vocabulary of models[1]'s own "
                                     f"tokenizer ({second}): 82 tokens against 82; 'w0' is id 2 against 81"), result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_changed_corpus_or_tokenizer_is_refused_rather_than_mixed(ray_session, gpt2_files, tmp_path, monkeypatch):
+    """Rows of the old text and of the new one never share a table: a rerun after the corpus (or the tokenizer)
+    changed under the same path is one line before Ray starts; with the old file back, the rerun goes on."""
+    import orchestrator.cluster
+    model, tokenizer, corpus = gpt2_files
+    shutil.copytree(tokenizer, tmp_path / "tokenizer")
+    shutil.copy(corpus, tmp_path / "corpus.txt")
+    spec = gpt2_spec(model, tmp_path / "tokenizer", tmp_path / "corpus.txt")
+    spec["studies"] = {"random_deletion": {"k_max": 2, "draws": 1}, "evaluators": {"count": 1, "cpu": 1}}
+    path, out = tmp_path / "gpt2.yaml", tmp_path / "out"
+    path.write_text(yaml.safe_dump(spec))
+    first = _invoke("lesion", path, "--out", out)
+    assert first.exit_code == 0, first.output
+    written = pd.read_parquet(out / "lesion")
+
+    spec["studies"]["random_deletion"]["draws"] = 2   # more draws, asked of a changed text
+    path.write_text(yaml.safe_dump(spec))
+    connect = orchestrator.cluster.connect
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("a changed corpus got as far as connecting to Ray")
+    monkeypatch.setattr(orchestrator.cluster, "connect", no_ray)
+    original = (tmp_path / "corpus.txt").read_text()
+    write_corpus(tmp_path / "corpus.txt", words=12 * 9 + 3, seed=1)
+    changed = _invoke("lesion", path, "--out", out)
+    assert changed.exit_code == 2 and len(changed.output.strip().splitlines()) == 1, changed.output
+    assert changed.output.startswith(f"Error: data.root: {tmp_path / 'corpus.txt'} changed since the results in "
+                                     f"{out} were computed from it (sha256 "), changed.output
+    (tmp_path / "corpus.txt").write_text(original)
+    shutil.rmtree(tmp_path / "tokenizer")
+    save_word_tokenizer(tmp_path / "tokenizer", reversed_ids=True)
+    changed = _invoke("lesion", path, "--out", out)
+    assert changed.exit_code == 2 and changed.output.startswith(
+        f"Error: data.tokenizer: {tmp_path / 'tokenizer'} changed since the results in {out}"), changed.output
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "lesion"), written)   # nothing added
+
+    shutil.rmtree(tmp_path / "tokenizer")
+    shutil.copytree(tokenizer, tmp_path / "tokenizer")
+    monkeypatch.setattr(orchestrator.cluster, "connect", connect)
+    again = _invoke("lesion", path, "--out", out)
+    assert again.exit_code == 0 and " 2 computed" in again.output, again.output   # the second draw of k = 1, 2
