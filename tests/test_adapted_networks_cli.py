@@ -283,7 +283,7 @@ def test_a_changed_corpus_or_tokenizer_is_refused_rather_than_mixed(ray_session,
     changed = _invoke("lesion", path, "--out", out)
     assert changed.exit_code == 2 and len(changed.output.strip().splitlines()) == 1, changed.output
     assert changed.output.startswith(f"Error: data.root: {tmp_path / 'corpus.txt'} changed since the results in "
-                                     f"{out} were computed from it (sha256 "), changed.output
+                                     f"{out} were computed from it (its content: sha256 "), changed.output
     (tmp_path / "corpus.txt").write_text(original)
     shutil.rmtree(tmp_path / "tokenizer")
     save_word_tokenizer(tmp_path / "tokenizer", reversed_ids=True)
