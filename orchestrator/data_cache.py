@@ -37,7 +37,7 @@ def local_root(root: str) -> str:
     """``root`` itself when it is a local folder; for a URI, the folder of this node's copy of it."""
     if not is_uri(root):
         return root
-    listing = files_of(root)
+    source, listing = Location.of(root), files_of(root)
     folder = cache_dir() / hashlib.sha256(root.encode()).hexdigest()[:20]
     manifest = {"source": root, "files": listing}
     if _manifest(folder) == manifest:
