@@ -29,12 +29,13 @@ def write_corpus(path: Path, words: int, seed: int = 0) -> Path:
     return Path(path)
 
 
-def save_gpt2(folder: Path, layers: int = 2, width: int = 16, positions: int = 32, seed: int = 0) -> Path:
+def save_gpt2(folder: Path, layers: int = 2, width: int = 16, positions: int = 32, seed: int = 0,
+              vocab: int = VOCAB) -> Path:
     """A GPT-2 of ``layers`` layers with random weights, saved with its config."""
     import torch
     from transformers import AutoModelForCausalLM, GPT2Config
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=VOCAB, n_embd=width, n_layer=layers, n_head=2, n_positions=positions,
+    config = GPT2Config(vocab_size=vocab, n_embd=width, n_layer=layers, n_head=2, n_positions=positions,
                         initializer_range=0.2)
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     return Path(folder)

@@ -143,7 +143,13 @@ def _missing_shard(spec, folder):
     spec["models"][0]["checkpoint"] = str(folder / "sharded")
 
 
+def _small_vocabulary(spec, folder):
+    """A model of 50 tokens given the word tokenizer's 82: the ids past 49 have no embedding."""
+    spec["models"][0]["checkpoint"] = str(save_gpt2(folder / "small", vocab=50))
+
+
 @pytest.mark.parametrize("change, message", [
+    (_small_vocabulary, "data.tokenizer: the corpus holds token id 81, beyond the model's vocabulary of 50"),
     (lambda s, f: s["data"].update(sequence_length=64), "data.sequence_length: 64 is beyond the 32 positions"),
     (_short_corpus, "data.root: "),
     (_integer_column, "data.column: "),
