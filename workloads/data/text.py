@@ -18,7 +18,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.
 
 class TextDataError(ValueError):
     """A corpus, tokenizer or sequence length that cannot give examples; the message is one line. ``field``
-    names the loader argument at fault when it is not the corpus file itself (``column``, ``tokenizer``)."""
+    names the loader argument at fault when it is not the corpus file itself (``column``)."""
 
     def __init__(self, message: str, field: str = ""):
         super().__init__(message)
@@ -26,6 +26,7 @@ class TextDataError(ValueError):
 
 
 def holds_tokenizer(folder: str | Path) -> bool:
+    """Whether a folder holds what AutoTokenizer reads (a model folder may hold its own tokenizer, or not)."""
     return any((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
 
 

@@ -61,7 +61,7 @@ def check_weight_files(folder: Path) -> None:
     shard a sharded index names is there. A truncated download is then one line before anything starts."""
     import zipfile
     safetensors = sorted(folder.glob("*.safetensors"))
-    for index in sorted(folder.glob("*.index.json")):
+    for index in sorted(folder.glob("*.safetensors.index.json" if safetensors else "*.bin.index.json")):
         try:
             shards = set(json.loads(index.read_text())["weight_map"].values())
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
@@ -79,6 +79,7 @@ def check_weight_files(folder: Path) -> None:
 
 
 def _check_safetensors(path: Path) -> None:
+    """Its header (8 bytes of length, then JSON) names where each tensor's bytes end: the file must end there."""
     size = path.stat().st_size
     with path.open("rb") as f:
         head = f.read(8)
