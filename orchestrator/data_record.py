@@ -36,15 +36,16 @@ def inputs(spec: ExperimentSpec) -> dict[str, tuple[str, str]]:
             field = "data.tokenizer" if d.tokenizer else f"models[{i}].checkpoint"
             found.setdefault(d.tokenizer_of(m.run_id), (field, "content"))
         return found
+    root = Location.of(d.resolved_root)
     if d.dataset in _CIFAR_FOLDERS:
-        folders = [f"{d.resolved_root.rstrip('/')}/{_CIFAR_FOLDERS[d.dataset]}"]
+        folders = [root / _CIFAR_FOLDERS[d.dataset]]
         how = "listing" if is_uri(d.resolved_root) else "content"
     elif d.streamed:
-        folders = [f"{d.resolved_root.rstrip('/')}/{split}" for split in ("val", "train")]
+        folders = [root / "val", root / "train"]
         how = "listing"
     else:
         return {}
-    return {f: ("data.root", how) for f in folders if Location.of(f).is_dir()}
+    return {str(f): ("data.root", how) for f in folders if f.is_dir()}
 
 
 def _digest(source: str, how: str) -> str:

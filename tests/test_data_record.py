@@ -54,3 +54,23 @@ def test_digits_records_nothing(tmp_path):
     assert data_record.checked(spec, tmp_path) == {}
     data_record.save(tmp_path, {})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_data_root_on_object_storage_is_recorded_by_its_listing(tmp_path, bucket):
+    import pyarrow.fs as pafs
+
+    from orchestrator.location import Location
+    write_fake_cifar(tmp_path / "cifar")
+    root = bucket("cifar10")
+    s3, prefix = pafs.FileSystem.from_uri(root)
+    pafs.copy_files(str(tmp_path / "cifar" / "cifar-10-batches-py"), f"{prefix}/cifar-10-batches-py",
+                    destination_filesystem=s3)
+    spec = parse_spec({"name": "c", "data": {"dataset": "cifar10", "root": root},
+                       "training": {"iterations": 1, "runs": [{"network": "resnet20"}]}})
+    out = tmp_path / "out"
+    out.mkdir()
+    folder = str(Location.of(root) / "cifar-10-batches-py")
+    assert list(_recorded(spec, out)) == [folder] and "?endpoint_override=" in folder
+    data_record.checked(spec, out)
+    (Location.of(folder) / "extra_batch").write_bytes(b"more images")
+    assert "(its files (names or sizes): sha256 " in _refused(spec, out, folder)
