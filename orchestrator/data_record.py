@@ -18,11 +18,11 @@ from . import store   # store.DATA_RECORD: {source: digest} of the data OUT's re
 from .data_cache import files_of
 from .imported import content_digest
 from .location import Location, LocationError, is_uri
+from .preflight import _CIFAR_FOLDERS   # dataset -> (its title, the folder torchvision reads under data.root)
 from .spec import ExperimentSpec, SpecError
 
 # a tokenizer folder may be a model's: its weights are guarded by the import (imported.py), and not hashed twice
 WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")
-_CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 
 
 def inputs(spec: ExperimentSpec) -> dict[str, tuple[str, str]]:
@@ -38,7 +38,7 @@ def inputs(spec: ExperimentSpec) -> dict[str, tuple[str, str]]:
         return found
     root = Location.of(d.resolved_root)
     if d.dataset in _CIFAR_FOLDERS:
-        folders = [root / _CIFAR_FOLDERS[d.dataset]]
+        folders = [root / _CIFAR_FOLDERS[d.dataset][1]]
         how = "listing" if is_uri(d.resolved_root) else "content"
     elif d.streamed:
         folders = [root / "val", root / "train"]
