@@ -163,14 +163,21 @@ def main() -> None:
 
 @contextmanager
 def _experiment(experiment, out: Path, address: str | None, parts: tuple[str, ...]):
-    """OUT locked, claimed for this experiment and Ray connected, in that order: a second writer, or
-    another experiment's folder, is refused before Ray starts. The spec is recorded only once the
-    cluster can run it, so bad input writes nothing."""
-    from . import store
+    """OUT locked, claimed for this experiment and Ray connected, in that order: a second writer, another
+    experiment's folder, or a corpus that changed since OUT's results were computed, is refused before Ray
+    starts. The spec (and the data it reads) is recorded only once the cluster can run it, so bad input writes
+    nothing."""
+    from . import data_record, store
+    from .spec import SpecError
     with _writing(out):
         _claim(experiment, out)
+        try:
+            record = data_record.checked(experiment, out)   # a corpus or tokenizer changed since: refused here
+        except SpecError as e:
+            raise BadInput(str(e)) from None
         where = _connect(experiment, address, parts)
         store.save_spec(out, experiment.raw, experiment.path)
+        data_record.save(out, record)
         yield where
 
 

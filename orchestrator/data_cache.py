@@ -27,12 +27,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("UNRAVEL_CACHE", "~/.cache/unravel")).expanduser() / "data"
 
 
+def files_of(root: str) -> list[tuple[str, int]]:
+    """(relative path, size) of every file below a folder or URI, sorted: what tells a changed source."""
+    source = Location.of(root)
+    return sorted((source.relative(i.path), i.size) for i in source.files())
+
+
 def local_root(root: str) -> str:
     """``root`` itself when it is a local folder; for a URI, the folder of this node's copy of it."""
     if not is_uri(root):
         return root
-    source = Location.of(root)
-    listing = sorted((source.relative(i.path), i.size) for i in source.files())
+    source, listing = Location.of(root), files_of(root)
     folder = cache_dir() / hashlib.sha256(root.encode()).hexdigest()[:20]
     manifest = {"source": root, "files": listing}
     if _manifest(folder) == manifest:

@@ -58,11 +58,9 @@ class Evaluator:
     def _start(self, data: DataSpec, studies: StudiesSpec, cache_size: int) -> None:
         set_threads(studies.evaluators.threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.data = load_dataset(data.dataset, local_root(data.resolved_root), data.download, **data.loader_options)
-        self.test_examples = studies.test_examples
-        if not self.data.streamed:  # resident: the test set moves to the device once
-            chunk = next(self.data.test_chunks(studies.test_examples))
-            self.test = (chunk[0].to(self.device), chunk[1].to(self.device))
+        self.data_spec, self.test_examples = data, studies.test_examples
+        self.datasets: dict[str, tuple] = {}
+        self._use_data_of(None)
         self.calibration_examples = studies.calibration_examples
         self.calibration = self.calibration_images if studies.recalibrate_bn else None
         self.precision = default_precision(self.device) if studies.precision == "auto" else studies.precision
@@ -72,6 +70,21 @@ class Evaluator:
         self.cache_size = cache_size
         gradients = studies.study("gradients")
         self.gradient_batch_size = gradients.batch_size if gradients else 0
+
+    def _use_data_of(self, run_id: str | None) -> None:
+        """The run's test set as self.data and self.test, loaded once: images are one dataset; a text is cut by
+        each model's own tokenizer (unless the spec names one), so it is loaded once per tokenizer."""
+        options = self.data_spec.loader_options(run_id)
+        key = options.get("tokenizer", "")
+        if key not in self.datasets:
+            d = self.data_spec
+            data = load_dataset(d.dataset, local_root(d.resolved_root), d.download, **options)
+            test = None
+            if not data.streamed:  # resident: the test set moves to the device once
+                chunk = next(data.test_chunks(self.test_examples))
+                test = (chunk[0].to(self.device), chunk[1].to(self.device))
+            self.datasets[key] = (data, test)
+        self.data, self.test = self.datasets[key]
 
     def where(self) -> str:
         return f"{ray.util.get_node_ip_address()} {self.device} pid {os.getpid()}"
@@ -105,8 +118,9 @@ class Evaluator:
             return self.failure
         started = time.perf_counter()
         try:
+            self._use_data_of(batch.run_id)
             net = self._network(batch, checkpoint)
-        except Exception as e:  # a broken checkpoint fails every unit of the batch, not the actor
+        except Exception as e:  # a broken checkpoint (or data) fails every unit of the batch, not the actor
             return [], [store.error_row(u, e, traceback.format_exc()) for u in batch.units]
         if batch.study == "gradients":
             return self._gradients(net, batch, started)

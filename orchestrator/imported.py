@@ -60,17 +60,24 @@ def _example(cfg) -> torch.Tensor:
     return torch.randn(2, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g)
 
 
-def _digest(source: Path) -> str:
-    """sha256 of a checkpoint file, or of a model folder's files (names and contents, in order)."""
+def content_digest(source: Path, skip: tuple[str, ...] = ()) -> str:
+    """sha256 of a checkpoint file, or of a model folder's files (names and contents, in order), leaving out
+    the files whose names end with one of ``skip``."""
+    if not source.is_dir():
+        return _file_digest(source, hashlib.sha256()).hexdigest()
     h = hashlib.sha256()
-    if source.is_dir():
-        for f in sorted(p for p in source.rglob("*") if p.is_file()):
-            h.update(str(f.relative_to(source)).encode() + b"\0")
-            with f.open("rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-        return h.hexdigest()
-    return hashlib.sha256(source.read_bytes()).hexdigest()
+    for f in sorted(p for p in source.rglob("*") if p.is_file() and not p.name.endswith(skip)):
+        h.update(str(f.relative_to(source)).encode() + b"\0")
+        _file_digest(f, h)
+    return h.hexdigest()
+
+
+def _file_digest(path: Path, h):
+    """``h`` updated with the file's bytes, read in blocks (a corpus or a shard may be larger than memory)."""
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h
 
 
 def _usable(target) -> bool:
@@ -88,7 +95,7 @@ def import_models(spec: ExperimentSpec, out: str | Path) -> pd.DataFrame:
     for i, model in enumerate(spec.models):  # every file is checked before anything is written
         source = Path(model.checkpoint).expanduser()
         try:
-            digest = _digest(source)
+            digest = content_digest(source)
         except OSError as e:
             raise SpecError(f"models[{i}].checkpoint: cannot read {source} ({e.strerror})") from None
         target = store.imported_checkpoint(out, model.run_id)

@@ -67,22 +67,44 @@ def _check_remote_root(spec: ExperimentSpec) -> None:
 
 
 def _check_corpus(spec: ExperimentSpec) -> None:
-    """The text tokenises into at least one sequence, with ids every model has embeddings for."""
+    """For every model, the text tokenises into at least one sequence, with its tokenizer (its own folder's unless
+    data.tokenizer names one), into ids the model has embeddings for; a named tokenizer whose vocabulary is not
+    that of a model's own tokenizer is refused (the model would read another text than the one it was trained on)."""
     from types import SimpleNamespace
 
     from workloads.data import DataNotFound
-    from workloads.data.text import TextDataError, check_vocabulary, load_text_corpus, load_tokenizer
+    from workloads.data.text import (TextDataError, check_vocabulary, holds_tokenizer, load_text_corpus,
+                                     load_tokenizer, vocabulary_difference)
     d = spec.data
-    try:
-        load_tokenizer(d.resolved_tokenizer)
-    except (DataNotFound, TextDataError) as e:
-        _fail("data.tokenizer", str(e))
-    try:
-        data = load_text_corpus(d.resolved_root, d.resolved_tokenizer, d.sequence_length, column=d.column)
-        for m in spec.models:
+    corpora = {}   # tokenizer folder -> (tokenizer, the corpus it cuts)
+    for i, m in enumerate(spec.models):
+        folder = d.tokenizer_of(m.run_id)
+        where = "data.tokenizer" if d.tokenizer else f"models[{i}].checkpoint"
+        if folder not in corpora:
+            try:
+                tokenizer = load_tokenizer(folder)
+            except (DataNotFound, TextDataError) as e:
+                _fail(where, f"{e}{'' if d.tokenizer else '; name the tokenizer to use with data.tokenizer'}")
+            try:
+                corpora[folder] = tokenizer, load_text_corpus(d.resolved_root, folder, d.sequence_length,
+                                                              column=d.column)
+            except (DataNotFound, TextDataError) as e:
+                _fail(f"data.{getattr(e, 'field', '') or 'root'}", str(e))
+        tokenizer, data = corpora[folder]
+        try:
             check_vocabulary(SimpleNamespace(vocab_size=m.net_config.num_classes), data)
-    except (DataNotFound, TextDataError) as e:
-        _fail("data.root", str(e))
+        except TextDataError as e:
+            _fail(where, f"{e} (models[{i}], {m.label})")
+        own = Path(m.checkpoint).expanduser().resolve()
+        if d.tokenizer and str(own) != folder and holds_tokenizer(own):
+            try:
+                difference = vocabulary_difference(tokenizer, load_tokenizer(own))
+            except TextDataError:   # its own cannot be read: the one named replaces it
+                continue
+            if difference:
+                _fail("data.tokenizer", f"{folder} does not have the vocabulary of models[{i}]'s own tokenizer "
+                                        f"({own}): {difference}; leave data.tokenizer out to score each model "
+                                        f"with its own")
 
 
 def _check_models(spec: ExperimentSpec) -> None:

@@ -101,12 +101,13 @@ class DataSpec(Section):
     resize: count(16, 8192) | None = None          # imagenet: shorter side before the crop (default 256/224 of it)
     num_classes: count(2, 10**6) = 1000            # imagenet: class folders under val/
     workers: count(0, 256) = 0                     # imagenet: DataLoader processes per evaluator
-    # text (root: a .txt or .parquet corpus): the tokenizer's folder (default: the first model's folder), the
+    # text (root: a .txt or .parquet corpus): the tokenizer's folder (default: each model's own folder), the
     # tokens per sequence the model reads (each sequence predicts its next sequence_length tokens), and the
     # text column of a Parquet corpus
     tokenizer: Text | None = None
     sequence_length: count(2, 1_000_000) = 128
     column: Text = "text"
+    _model_folders: dict[str, str] = PrivateAttr(default_factory=dict)   # text: run id -> its model folder
 
     @model_validator(mode="after")
     def _image_folder_settings(self) -> "DataSpec":
@@ -154,17 +155,33 @@ class DataSpec(Section):
             return self.root
         return str(Path(self.root).expanduser().resolve())
 
-    @property
-    def loader_options(self) -> dict:
-        """Keyword arguments of ``workloads.data.load_dataset`` beyond name, root and download."""
+    def loader_options(self, run_id: str | None = None) -> dict:
+        """Keyword arguments of ``workloads.data.load_dataset`` beyond name, root and download, for the run
+        ``run_id`` (text: cut by that run's tokenizer; None: the first run's)."""
         if self.text:
-            return {"tokenizer": self.resolved_tokenizer, "sequence_length": self.sequence_length,
+            return {"tokenizer": self.tokenizer_of(run_id), "sequence_length": self.sequence_length,
                     "column": self.column}
         return {"image_size": self.image_size, "resize": self.resize, "workers": self.workers}
 
     @property
     def resolved_tokenizer(self) -> str:
+        """data.tokenizer as every process must see it; "" when each model reads the text with its own."""
         return str(Path(self.tokenizer).expanduser().resolve()) if self.tokenizer else ""
+
+    def tokenizer_of(self, run_id: str | None = None) -> str:
+        """The folder whose tokenizer cuts the corpus for a run: data.tokenizer when the spec names one, else
+        the run's own model folder, so that every model is scored on its own tokens (None: the first run's)."""
+        if self.resolved_tokenizer:
+            return self.resolved_tokenizer
+        if run_id is None:
+            return next(iter(self._model_folders.values()), "")
+        return self._model_folders[run_id]
+
+    def with_models(self, models: "tuple[Trial, ...]") -> "DataSpec":
+        """This section knowing the model folder of each run (where a run's own tokenizer is)."""
+        data = self.model_copy()
+        data._model_folders = {m.run_id: str(Path(m.checkpoint).expanduser().resolve()) for m in models}
+        return data
 
 
 class Resources(Section):
@@ -684,22 +701,16 @@ def parse_spec(raw: Any, path: str = "", model_folders: bool = True) -> Experime
         doc = SpecDocument.model_validate(raw)
     except ValidationError as e:
         raise SpecError(one_line(e, SpecDocument)) from None
-    data = _with_tokenizer(doc.data, doc.models)
+    data = doc.data
+    if data.text and data.tokenizer is None and not doc.models:
+        _fail("data.tokenizer", "is required with dataset text when no model folder under models: holds one")
     training = _trials(doc.training, data) if doc.training is not None else TrainingSpec()
     models, absent = _imports(doc.models, data, model_folders) if doc.models is not None else ((), ())
+    data = data.with_models(models) if data.text else data
     _no_twins(training.trials + models, "models", "give them different labels")
     studies = _resolve_studies(doc.studies, training.trials + models, data, {label for _, label, _ in absent})
     return ExperimentSpec(doc.name, data, training, studies, raw=raw, path=path, models=models,
                           absent_models=absent)
-
-
-def _with_tokenizer(data: DataSpec, models: list[ModelEntry] | None) -> DataSpec:
-    """Text is tokenised by data.tokenizer, by default the first model's folder (where save_pretrained put it)."""
-    if not data.text or data.tokenizer is not None:
-        return data
-    if not models:
-        _fail("data.tokenizer", "is required with dataset text when no model folder under models: holds one")
-    return data.model_copy(update={"tokenizer": models[0].checkpoint})
 
 
 def load_spec(path: str | Path, model_folders: bool = True) -> ExperimentSpec:

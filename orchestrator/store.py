@@ -100,6 +100,7 @@ TABLES = (*SCHEMAS, *PART_SCHEMAS)
 # the tables of study results: their unit keys are the resume index
 STUDY_TABLES = tuple(t for t in PART_SCHEMAS if t != "errors")
 SPEC_FILE = "spec.json"
+DATA_RECORD = "data.json"   # the sha256 of the corpus and tokenizers a text experiment read (data_record.py)
 LOCK_FILE = ".unravel.lock"
 IMPORTED = "imported"      # users' checkpoints, converted: imported/<run_id>/model.pt beside source.json
 TUNE = "tune"              # Ray Tune's experiment state and trial checkpoints
@@ -743,17 +744,19 @@ def _lease(out: Location) -> Iterator[None]:
 
 def discard_if_unused(out: str | Path) -> None:
     """Remove an OUT that a command made, then met bad input in, if it holds nothing but the lock
-    and the spec the command recorded."""
+    and the spec (and data record) the command recorded."""
     out = where(out)
     if isinstance(out, Location):
         names = {PurePosixPath(i.path).name for i in out.children()}
-        if names <= {LOCK_FILE, SPEC_FILE}:
-            (out / SPEC_FILE).delete()
+        if names <= {LOCK_FILE, SPEC_FILE, DATA_RECORD}:
+            for name in names & {SPEC_FILE, DATA_RECORD}:
+                (out / name).delete()
         (out / LOCK_FILE).delete()
         return
     try:
-        if not any(p.name not in (LOCK_FILE, SPEC_FILE) for p in out.iterdir()):
+        if not any(p.name not in (LOCK_FILE, SPEC_FILE, DATA_RECORD) for p in out.iterdir()):
             (out / SPEC_FILE).unlink(missing_ok=True)
+            (out / DATA_RECORD).unlink(missing_ok=True)
         (out / LOCK_FILE).unlink(missing_ok=True)
         out.rmdir()  # only if empty
     except OSError:

@@ -54,15 +54,16 @@ def unit_key(run_id: str, study: str, k: int, draw: int, settings: str = "") -> 
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def settings_of(spec: ExperimentSpec, study: str) -> str:
-    """The spec settings that change a unit's result: part of its key, so changing them recomputes."""
+def settings_of(spec: ExperimentSpec, study: str, run_id: str | None = None) -> str:
+    """The spec settings that change a unit's result: part of its key, so changing them recomputes (text: the
+    corpus as ``run_id``'s tokenizer cuts it)."""
     s = spec.studies
     data = ""
     d = spec.data
     if d.streamed:  # images read from disk: which folder, and how they are resized
         data = f"|data={d.resolved_root}:{d.image_size}:{d.resize}"
-    if d.text:  # which corpus, tokenised how, cut how
-        data = f"|data={d.resolved_root}:{d.column}:{d.resolved_tokenizer}:{d.sequence_length}"
+    if d.text:  # which corpus, tokenised how (the run's tokenizer), cut how
+        data = f"|data={d.resolved_root}:{d.column}:{d.tokenizer_of(run_id)}:{d.sequence_length}"
     if study == "gradients":
         return f"batch={s.study('gradients').batch_size}{data}"
     if study == "gates":  # always fp32, the stored BatchNorm statistics: only the test set matters
@@ -130,14 +131,13 @@ def unit_groups(spec: ExperimentSpec) -> list[UnitGroup]:
     trials = {t.run_id: t for t in spec.runs}
     lesioned = {r for s in spec.studies.studies if s.study not in ("gradients", "gates") for r in s.runs}
     ruled = {t.run_id for t in spec.runs if t.test_rules}
-    intact = settings_of(spec, "intact")
-    groups = [UnitGroup(trials[r], "intact", intact, rule, ((0, 0),)) for r in sorted(lesioned | ruled)
-              for rule in (trials[r].test_rules or ("",))]
+    groups = [UnitGroup(trials[r], "intact", settings_of(spec, "intact", r), rule, ((0, 0),))
+              for r in sorted(lesioned | ruled) for rule in (trials[r].test_rules or ("",))]
     for study in spec.studies.studies:
-        settings = settings_of(spec, study.study)
         for run_id in study.runs:
             trial = trials[run_id]
             rule = _studied_rule(trial)
+            settings = settings_of(spec, study.study, run_id)
             if study.study == "gradients":  # path lengths 1..n over the residual units
                 n = sum(i.residual for i in block_infos(trial.net_config))
                 groups.append(UnitGroup(trial, "gradients", settings, rule, draws=study.draws, lengths=n))

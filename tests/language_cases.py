@@ -9,13 +9,16 @@ WORDS = [f"w{i}" for i in range(80)]
 VOCAB = 96          # the models' vocabulary; the tokenizer's (82) is smaller
 
 
-def save_word_tokenizer(folder: Path) -> Path:
-    """A word-level tokenizer of WORDS plus <unk> and <eos>, saved as AutoTokenizer reads it."""
+def save_word_tokenizer(folder: Path, reversed_ids: bool = False) -> Path:
+    """A word-level tokenizer of WORDS plus <unk> and <eos>, saved as AutoTokenizer reads it; ``reversed_ids``:
+    the same words with other ids (another model's vocabulary)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    vocab = {"<unk>": 0, "<eos>": 1, **{w: 2 + i for i, w in enumerate(reversed(WORDS))}} if reversed_ids else None
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator([" ".join(WORDS)], trainers.WordLevelTrainer(special_tokens=["<unk>", "<eos>"]))
+    if vocab is None:
+        tok.train_from_iterator([" ".join(WORDS)], trainers.WordLevelTrainer(special_tokens=["<unk>", "<eos>"]))
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>").save_pretrained(folder)
     return Path(folder)
 
@@ -26,12 +29,13 @@ def write_corpus(path: Path, words: int, seed: int = 0) -> Path:
     return Path(path)
 
 
-def save_gpt2(folder: Path, layers: int = 2, width: int = 16, positions: int = 32, seed: int = 0) -> Path:
+def save_gpt2(folder: Path, layers: int = 2, width: int = 16, positions: int = 32, seed: int = 0,
+              vocab: int = VOCAB) -> Path:
     """A GPT-2 of ``layers`` layers with random weights, saved with its config."""
     import torch
     from transformers import AutoModelForCausalLM, GPT2Config
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=VOCAB, n_embd=width, n_layer=layers, n_head=2, n_positions=positions,
+    config = GPT2Config(vocab_size=vocab, n_embd=width, n_layer=layers, n_head=2, n_positions=positions,
                         initializer_range=0.2)
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     return Path(folder)

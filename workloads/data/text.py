@@ -17,7 +17,28 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.
 
 
 class TextDataError(ValueError):
-    """A corpus, tokenizer or sequence length that cannot give examples; the message is one line."""
+    """A corpus, tokenizer or sequence length that cannot give examples; the message is one line. ``field``
+    names the loader argument at fault when it is not the corpus file itself (``column``)."""
+
+    def __init__(self, message: str, field: str = ""):
+        super().__init__(message)
+        self.field = field
+
+
+def holds_tokenizer(folder: str | Path) -> bool:
+    """Whether a folder holds what AutoTokenizer reads (a model folder may hold its own tokenizer, or not)."""
+    return any((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
+
+
+def vocabulary_difference(tokenizer, other) -> str:
+    """"" when both tokenizers give every token the same id, else the first difference, in words: text cut by
+    one is another text to a model trained with the other."""
+    mine, theirs = tokenizer.get_vocab(), other.get_vocab()
+    if mine == theirs:
+        return ""
+    token = min((t for t in mine.keys() | theirs.keys() if mine.get(t) != theirs.get(t)), key=repr)
+    return (f"{len(mine)} tokens against {len(theirs)}; {token!r} is id {mine.get(token, 'absent')} against "
+            f"{theirs.get(token, 'absent')}")
 
 
 def load_tokenizer(folder: str | Path):
@@ -28,7 +49,7 @@ def load_tokenizer(folder: str | Path):
     folder = Path(folder)
     if not folder.is_dir():
         raise DataNotFound(f"{folder}: no such tokenizer folder")
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+    if not holds_tokenizer(folder):
         raise TextDataError(f"{folder}: holds no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
     from ..models.hf_loading import refuse_custom_code
     refuse_custom_code(folder, TextDataError)
@@ -43,13 +64,22 @@ def load_tokenizer(folder: str | Path):
 def _texts(path: Path, column: str) -> list[str]:
     if path.suffix == ".txt":
         return [path.read_text(encoding="utf-8", errors="replace")]
+    import pyarrow as pa
     import pyarrow.parquet as pq
     try:
         table = pq.read_table(path)
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types on a damaged file
         raise TextDataError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from None
     if column not in table.column_names:
-        raise TextDataError(f"{path}: no column {column!r} (columns: {', '.join(table.column_names[:8])})")
+        raise TextDataError(f"{path}: no column {column!r} (columns: {', '.join(table.column_names[:8])})", "column")
+
+    def is_text(name: str) -> bool:
+        kind = table.schema.field(name).type
+        return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+    if not is_text(column):
+        texts = [n for n in table.column_names if is_text(n)]
+        raise TextDataError(f"{path}: column {column!r} holds {table.schema.field(column).type}, not text "
+                            f"(text columns: {', '.join(texts[:8]) or 'none'})", "column")
     return [t for t in table.column(column).to_pylist() if t]
 
 

@@ -95,7 +95,49 @@ def read_config(folder: str | Path) -> dict:
     _supported(config.get("model_type"), str(folder))
     if not any(any(folder.glob(pattern)) for pattern in WEIGHT_FILES):
         raise CheckpointError(f"{folder}: no weights (no *.safetensors or pytorch_model.bin beside config.json)")
+    check_weight_files(folder)
     return config
+
+
+def check_weight_files(folder: Path) -> None:
+    """The weight files are whole, read cheaply (no tensor is loaded): a safetensors file holds exactly the bytes
+    its header describes, a pytorch_model*.bin (read only where no safetensors is) its zip directory, and every
+    shard a sharded index names is there. A truncated download is then one line before anything starts."""
+    import zipfile
+    safetensors = sorted(folder.glob("*.safetensors"))
+    for index in sorted(folder.glob("*.safetensors.index.json" if safetensors else "*.bin.index.json")):
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{index}: not a readable shard index ({type(e).__name__}: {e})") from None
+        missing = sorted(name for name in shards if not (folder / name).is_file())
+        if missing:
+            raise CheckpointError(f"{index}: names {len(missing)} missing shard(s), e.g. {missing[0]}")
+    for path in safetensors:
+        _check_safetensors(path)
+    for path in [] if safetensors else sorted(folder.glob("pytorch_model*.bin")):
+        with path.open("rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"   # torch.save's format since 1.6; older files are plain pickles
+        if zipped and not zipfile.is_zipfile(path):
+            raise CheckpointError(f"{path}: damaged or truncated (its zip directory is missing)")
+
+
+def _check_safetensors(path: Path) -> None:
+    """Its header (8 bytes of length, then JSON) names where each tensor's bytes end: the file must end there."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        try:
+            if not 0 < length <= size - 8:
+                raise ValueError("no header")
+            header = json.loads(f.read(length))
+            end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            raise CheckpointError(f"{path}: damaged or truncated (no readable safetensors header)") from None
+    if size != 8 + length + end:
+        raise CheckpointError(f"{path}: damaged or truncated ({size:,} bytes; its header describes "
+                              f"{8 + length + end:,})")
 
 
 @contextmanager

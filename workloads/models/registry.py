@@ -30,6 +30,11 @@ TORCHVISION_ARCHS = (*TORCHVISION_BUILDERS, "VisionTransformer", "SwinTransforme
 # the names that existed before arch_options, timm_arch and hf_config: a config that leaves those at their
 # defaults serialises without them, so the run ids of every earlier spec stay what they were
 _LATER_FIELDS = {"arch_options": (), "timm_arch": "", "hf_config": ""}
+# builder arguments unravel sets itself: the classes come from the data, and weights only from a checkpoint file
+# (a builder's pretrained weights would be downloaded)
+_NOT_ARCH_OPTIONS = {"num_classes": "the classes come from the data (data.num_classes)",
+                     "weights": "weights come from the model's checkpoint file, never downloaded",
+                     "pretrained": "weights come from the model's checkpoint file, never downloaded"}
 
 
 def _hashable(value: Any) -> Any:
@@ -96,6 +101,9 @@ class NetConfig(JsonConfig):
                              f"got {self.torchvision_arch!r}")
         if self.arch_options and self.arch not in ("torchvision", "timm"):
             raise ValueError(f"arch_options applies only to torchvision and timm networks, not arch {self.arch}")
+        for key, why in _NOT_ARCH_OPTIONS.items():
+            if key in dict(self.arch_options):
+                raise ValueError(f"arch_options.{key} cannot be set: {why}")
         if self.arch == "timm" and not self.timm_arch:
             raise ValueError("timm_arch must name the timm model (e.g. convnext_tiny)")
         if self.arch == "hf" and not self.hf_config:
