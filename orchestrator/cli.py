@@ -450,6 +450,8 @@ def plan(spec: str, address: str | None, nodes: tuple[str, ...], fmt: str, rates
 
 def _known_keys(experiment, rates) -> None:
     """A rate given on the command line names something of the spec (a typo would be ignored silently)."""
+    from workloads.models import NETWORKS
+
     from .rates import train_keys, unit_keys
     known_train = {k for t in experiment.training.trials for k in train_keys(t)}
     for key in rates.train:
@@ -462,9 +464,10 @@ def _known_keys(experiment, rates) -> None:
         pairs |= {(r, "intact") for r, _ in pairs} | {(t.run_id, "intact") for t in experiment.runs if t.test_rules}
         known_units = {k for r, s in pairs for k in unit_keys(runs[r], s)}
         studied = {s.study for s in experiment.studies.studies} | {"intact"}   # a model absent from this machine
-        for _, label, _ in experiment.absent_models:                           # may still be studied
+        language = [name for name, fields in NETWORKS.items() if fields.get("arch") == "hf"]  # may still be studied
+        for _, label, _ in experiment.absent_models:
             pairs |= {(label, s) for s in studied}
-            known_units |= {f"{label}:{s}" for s in studied} | studied
+            known_units |= {f"{key}:{s}" for key in (label, *language) for s in studied} | studied
         for key in rates.units:
             if key not in known_units:
                 studies = sorted({s for _, s in pairs})

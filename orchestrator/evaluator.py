@@ -44,6 +44,12 @@ class StartFailure:
     error: str       # 'SomeError: its first line'
     traceback: str
 
+    @classmethod
+    def of(cls, e: BaseException) -> "StartFailure":
+        """The exception being handled."""
+        lines = str(e).strip().splitlines()
+        return cls(f"{type(e).__name__}: {lines[0] if lines else ''}"[:500], traceback.format_exc())
+
 
 class Evaluator:
     def __init__(self, data: DataSpec, studies: StudiesSpec, cache_size: int = 4):
@@ -51,9 +57,7 @@ class Evaluator:
         try:
             self._start(data, studies, cache_size)
         except Exception as e:  # noqa: BLE001 - whatever a node's files raise, told once by run()
-            lines = str(e).strip().splitlines()
-            self.failure = StartFailure(f"{type(e).__name__}: {lines[0] if lines else ''}"[:500],
-                                        traceback.format_exc())
+            self.failure = StartFailure.of(e)
 
     def _start(self, data: DataSpec, studies: StudiesSpec, cache_size: int) -> None:
         set_threads(studies.evaluators.threads)
@@ -73,7 +77,9 @@ class Evaluator:
 
     def _use_data_of(self, run_id: str | None) -> None:
         """The run's test set as self.data and self.test, loaded once: images are one dataset; a text is cut by
-        each model's own tokenizer (unless the spec names one), so it is loaded once per tokenizer."""
+        each model's own tokenizer (unless the spec names one), so it is loaded once per tokenizer. Data a node
+        cannot read raises in the constructor (the first run's) and is kept as the evaluator's failure later
+        (another model's tokenizer): either way every later batch gets the StartFailure, not a reload."""
         options = self.data_spec.loader_options(run_id)
         key = options.get("tokenizer", "")
         if key not in self.datasets:
@@ -119,8 +125,12 @@ class Evaluator:
         started = time.perf_counter()
         try:
             self._use_data_of(batch.run_id)
+        except Exception as e:  # noqa: BLE001 - the node cannot read this run's data: no batch can run here
+            self.failure = StartFailure.of(e)
+            return self.failure
+        try:
             net = self._network(batch, checkpoint)
-        except Exception as e:  # a broken checkpoint (or data) fails every unit of the batch, not the actor
+        except Exception as e:  # a broken checkpoint fails every unit of the batch, not the actor
             return [], [store.error_row(u, e, traceback.format_exc()) for u in batch.units]
         if batch.study == "gradients":
             return self._gradients(net, batch, started)

@@ -135,7 +135,7 @@ class Calibration:
     not_measured: list[str] = field(default_factory=list)   # why some rates were not measured, one phrase each
 
 
-class _BudgetSpent(Exception):
+class _BudgetSpent(BaseException):  # not an Exception: no `except Exception` on the way may swallow it
     """The calibration's time budget ran out in the middle of a measurement."""
 
 

@@ -46,13 +46,13 @@ TRAIN_UNDER_AVX2 = textwrap.dedent("""
     from tests.test_kernel_faults import FAMILIES, has_strided_pointwise
 
     data = load_dataset("digits")
-    nets = [(name, network_config("resnet20", in_channels=1, **kw), 60) for name, kw in FAMILIES.items()]
+    nets = [(name, network_config("resnet20", in_channels=1, **kw), 40) for name, kw in FAMILIES.items()]
     spec = load_spec("experiments/identity-mappings-digits.yaml")
     seen = set()
     for trial in spec.training.trials:  # the IM digits spec's networks that have one, each once
         if trial.net_config not in seen and has_strided_pointwise(trial.net_config):
             seen.add(trial.net_config)
-            nets.append((trial.run_id, trial.net_config, 12))
+            nets.append((trial.run_id, trial.net_config, 8))
     for name, cfg, steps in nets:
         trainer = Trainer(cfg, TrainConfig(iterations=steps, seed=0), data)
         for _ in range(steps):
@@ -119,22 +119,26 @@ def test_a_subsampled_pointwise_convolution_is_the_strided_one_in_float64(stride
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_training_with_the_remedy_follows_the_strided_kernel_on_this_cpu():
-    """A few steps of the real trainer against the same steps with the strided kernel put back: equal to
-    float32 rounding (bit for bit where oneDNN's stride-1 and strided kernels sum in the same order)."""
-    cfg = network_config("resnet20", in_channels=1, option="B", widths=(8, 16, 32))  # 8 -> 16: sound here
+SOUND_STRIDED_KERNEL = (torch.backends.cpu.get_cpu_capability() == "AVX512"
+                        and os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ("", "AVX512_CORE", "ALL"))
+
+
+@pytest.mark.skipif(not SOUND_STRIDED_KERNEL, reason="oneDNN's strided kernel corrupts the heap on this CPU")
+def test_training_with_the_remedy_is_bit_for_bit_the_strided_kernels_where_that_is_sound():
+    """Steps of the real trainer against the same steps with oneDNN's strided kernel put back (on an AVX-512 CPU,
+    where that kernel is sound): every weight equal to the bit."""
+    cfg = network_config("resnet20", in_channels=1, option="B", widths=(8, 16, 32))
     runs = []
     for restore in (False, True):
-        trainer = Trainer(cfg, TrainConfig(iterations=5, seed=0), _digits_like())
+        trainer = Trainer(cfg, TrainConfig(iterations=8, seed=0), _digits_like())
         if restore:
             for m in trainer.net.modules():
                 if type(m) is SubsampledPointwiseConv2d:
                     m.__class__ = nn.Conv2d
-        for _ in range(5):
+        for _ in range(8):
             trainer.step()
         runs.append(trainer.net.state_dict())
-    for k in runs[0]:
-        torch.testing.assert_close(runs[0][k], runs[1][k], rtol=1e-5, atol=1e-6)
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 
 def test_the_remedy_keeps_the_strided_convolution_off_the_cpu():

@@ -138,8 +138,9 @@ def span_figure(results: Results, folder: Path) -> str | None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("first deleted layer (1-based)")
     # the panels share their y axis: its top is set once every panel holds its data (a loss has no fixed top)
-    highest = max(float(np.nanmax(s.spans["value"])) for s in runs) if results.measure.top is None else 0.0
-    highest = max([highest] + [s.intact_value for s in runs if np.isfinite(s.intact_value)])
+    values = np.concatenate([s.spans["value"].to_numpy(float) for s in runs] + [[s.intact_value for s in runs]])
+    values = values[np.isfinite(values)]  # a deletion whose loss overflowed has no place on the axis
+    highest = float(values.max()) if len(values) and results.measure.top is None else 0.0
     axes[0].set_ylim(0, results.measure.top if results.measure.top is not None else 1.08 * highest or 1.0)
     for ax in axes[len(series):]:
         ax.set_visible(False)
