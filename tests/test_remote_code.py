@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
 from language_cases import save_gpt2, save_word_tokenizer, write_corpus
+from orchestrator.cli import main
 from orchestrator.spec import SpecError, parse_spec
 from workloads.data import load_dataset
 from workloads.data.text import TextDataError, load_tokenizer
@@ -92,19 +94,28 @@ def _folders(case: str, tmp_path: Path, clean, marker: Path) -> tuple[dict, Path
     return _spec(folder, None, corpus), folder / "tokenizer_config.json", "models[0].checkpoint: "
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("case", ["data.tokenizer", "model config.json", "tokenizer in the model's folder"])
-def test_a_folder_with_its_own_code_is_refused_in_one_line_before_ray(case, clean, tmp_path):
+def _lesion(spec: Path, out: Path, in_a_process: bool) -> tuple[int, str]:
+    """`unravel lesion SPEC --out OUT` answered "y" on stdin: in a process of its own (a real terminal's
+    stdin) or in this one (click's runner, cheaper); its exit code and what it printed."""
+    if in_a_process:
+        done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "lesion", str(spec), "--out", str(out)],
+                              input="y\ny\n", capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+        return done.returncode, (done.stdout + done.stderr).strip()
+    result = CliRunner().invoke(main, ["lesion", str(spec), "--out", str(out)], input="y\ny\n")
+    return result.exit_code, result.output.strip()
+
+
+@pytest.mark.parametrize("case,in_a_process", [("data.tokenizer", True), ("model config.json", False),
+                                               ("tokenizer in the model's folder", False)])
+def test_a_folder_with_its_own_code_is_refused_in_one_line_before_ray(case, in_a_process, clean, tmp_path):
     marker = tmp_path / "marker"
     spec, declared, field = _folders(case, tmp_path, clean, marker)
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "lesion", str(path), "--out", str(out)],
-                          input="y\ny\n", capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(HERE.parent)})
-    output = (done.stdout + done.stderr).strip()
-    assert done.returncode == 2, output
+    code, output = _lesion(path, out, in_a_process)
+    assert code == 2, output
     assert len(output.splitlines()) == 1, output                 # no prompt, no traceback, no Ray start
     assert output.startswith(f"Error: {field}{declared} has an auto_map (") and "own Python code" in output
     assert "marker_code." in output and "Do you wish" not in output
