@@ -5,8 +5,8 @@ A unit's key names the data by its path (units.settings_of), not by what it hold
 same name would give new rows of the new text beside old rows of the old one, in one table. So a digest of each
 is recorded in OUT (``store.DATA_RECORD``) when a command starts to write there, and a later command whose data
 changed is refused in one line before Ray starts, as a changed checkpoint is (imported.py). A corpus, a tokenizer
-and CIFAR's few files are hashed whole; an image folder (ImageNet's val/ and train/, or a root on object storage)
-by its listing, the path and size of every file, as data_cache tells a changed source.
+and CIFAR's few files are hashed whole; an image folder (ImageNet's val/, and train/ where a study reads it, or a
+root on object storage) by its listing, the path and size of every file, as data_cache tells a changed source.
 """
 from __future__ import annotations
 
@@ -40,8 +40,9 @@ def inputs(spec: ExperimentSpec) -> dict[str, tuple[str, str]]:
     if d.dataset in _CIFAR_FOLDERS:
         folders = [root / _CIFAR_FOLDERS[d.dataset][1]]
         how = "listing" if is_uri(d.resolved_root) else "content"
-    elif d.streamed:
-        folders = [root / "val", root / "train"]
+    elif d.streamed:  # train/ is read only for gradients' batches and BatchNorm recalibration (1.28M files)
+        reads_train = spec.studies.study("gradients") is not None or spec.studies.recalibrate_bn
+        folders = [root / "val"] + ([root / "train"] if reads_train else [])
         how = "listing"
     else:
         return {}

@@ -233,7 +233,7 @@ def _notes(spec: ExperimentSpec, nodes: list[Node], where: str, t_fit: int, e_fi
         notes.append(f"files not checked: a plan needs only the spec ({' and '.join(files)} not read)")
     for index, label, folder in spec.absent_models:
         notes.append(f"models[{index}] ({label}): {folder} is not here, so its layers, vocabulary and units are "
-                     f"unknown (a plan reads only the folder's config.json)")
+                     f"unknown (a plan reads only the folder's config.json and tokenizer_config.json)")
     shape = ", ".join(f"{n.cpu:g} CPU/{n.gpu:g} GPU" for n in nodes) or "none"
     for fits, has, what, ask in ((t_fit, trains, "a trial", spec.training.resources),
                                  (e_fit, bool(units), "an evaluator", spec.studies.evaluators)):

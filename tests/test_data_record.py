@@ -42,7 +42,9 @@ def test_an_image_folder_that_gained_an_image_is_refused(tmp_path):
                        "models": [{"network": "tv_resnet18", "checkpoint": str(tmp_path / "r.pt")}]})
     out = tmp_path / "out"
     out.mkdir()
-    assert sorted(_recorded(spec, out)) == [str(root / "train"), str(root / "val")]
+    assert sorted(_recorded(spec, out)) == [str(root / "val")]   # train/ is not read: not listed
+    with_gradients = parse_spec({**spec.raw, "studies": {"gradients": {"draws": 1}}})
+    assert sorted(_recorded(with_gradients, out)) == [str(root / "train"), str(root / "val")]
     data_record.checked(spec, out)
     extra = next((root / "val").iterdir())
     (extra / "new.JPEG").write_bytes(next(extra.iterdir()).read_bytes())
