@@ -14,7 +14,7 @@ def local_ray_workspace(prefix: str) -> Iterator[Path]:
     """A scratch folder and a private local Ray with every CPU; both gone afterwards."""
     import ray
 
-    from orchestrator.cluster import connect
+    from orchestrator.run.cluster import connect
     work = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         connect(None, num_cpus=os.cpu_count(), dashboard=False)

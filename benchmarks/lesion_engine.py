@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     if args.model == "gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        from workloads.models.hf_adapter import check_adapter, from_causal_lm
+        from workloads.models.adapters.hf import check_adapter, from_causal_lm
         lm = GPT2LMHeadModel(GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257,
                                         n_positions=max(1024, args.sequence_length))).eval()
         net = from_causal_lm(lm).to(device)
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     elif args.model:
         import torchvision
 
-        from workloads.models.vit_adapter import check_adapter, from_torchvision_vit
+        from workloads.models.adapters.vit import check_adapter, from_torchvision_vit
         vit = getattr(torchvision.models, args.model)().eval()
         with torch.no_grad():  # torchvision zero-initialises the classifier: errors would not vary across plans
             vit.heads.head.weight.normal_(0, 0.02)

@@ -24,11 +24,11 @@ import torch  # noqa: E402
 
 from orchestrator import store  # noqa: E402
 from benchmarks import local_ray_workspace  # noqa: E402
-from orchestrator.evaluator import Evaluator  # noqa: E402
-from orchestrator.spec import parse_spec  # noqa: E402
-from orchestrator.sweep import pending_units, run_studies  # noqa: E402
-from orchestrator.training import run_training  # noqa: E402
-from orchestrator.units import batches  # noqa: E402
+from orchestrator.run.evaluator import Evaluator  # noqa: E402
+from orchestrator.experiment.spec import parse_spec  # noqa: E402
+from orchestrator.run.sweep import pending_units, run_studies  # noqa: E402
+from orchestrator.run.training import run_training  # noqa: E402
+from orchestrator.experiment.units import batches  # noqa: E402
 
 
 def spec(draws: int) -> dict:

@@ -37,11 +37,12 @@ reexec_with_tuned_allocator()
 import pyarrow.fs as pafs  # noqa: E402
 
 from benchmarks import local_ray_workspace  # noqa: E402
-from orchestrator import query, store  # noqa: E402
-from orchestrator.compaction import compact  # noqa: E402
-from orchestrator.spec import parse_spec  # noqa: E402
-from orchestrator.sweep import run_studies  # noqa: E402
-from orchestrator.training import run_training  # noqa: E402
+from orchestrator.store import query
+from orchestrator import store  # noqa: E402
+from orchestrator.store.compaction import compact  # noqa: E402
+from orchestrator.experiment.spec import parse_spec  # noqa: E402
+from orchestrator.run.sweep import run_studies  # noqa: E402
+from orchestrator.run.training import run_training  # noqa: E402
 
 K_MAX = 8
 AGGREGATE = "select study, avg(error) from lesion group by study"

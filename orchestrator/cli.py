@@ -13,10 +13,10 @@ from pathlib import Path
 
 import click
 
-from .interrupts import stoppable  # standard library only
+from orchestrator.run.interrupts import stoppable  # standard library only
 
 # every other import is inside the command that needs it: `unravel --help` and `unravel query` start
-# without torch (which orchestrator.spec imports for its network registry) or Ray
+# without torch (which orchestrator.experiment.spec imports for its network registry) or Ray
 
 class BadInput(click.ClickException):
     exit_code = 2
@@ -32,10 +32,10 @@ class OutputPlace(click.ParamType):
         self.exists = exists
 
     def convert(self, value, param, ctx):
-        from .location import Location, LocationError
+        from orchestrator.location import Location, LocationError
         if not isinstance(value, str):
             return value
-        from . import store
+        from orchestrator import store
         try:
             out = store.where(value)
             if isinstance(out, Location):
@@ -62,8 +62,8 @@ EXPERIMENT = click.argument("out", type=OutputPlace(exists=True))
 def _load(spec_path: str, check_files: bool = True):
     """The validated spec; with ``check_files``, the data and checkpoints it names exist too (without,
     a language model whose folder is absent is left out: spec.absent_models)."""
-    from .preflight import check_inputs
-    from .spec import SpecError, load_spec
+    from orchestrator.run.preflight import check_inputs
+    from orchestrator.experiment.spec import SpecError, load_spec
     try:
         spec = load_spec(spec_path, model_folders=check_files)
         if check_files:
@@ -80,9 +80,9 @@ def _connect(spec, address: str | None, parts: tuple[str, ...] = ("training", "s
 
     import ray
 
-    from .cluster import ClusterUnreachable, connect
-    from .preflight import check_resources
-    from .spec import SpecError
+    from orchestrator.run.cluster import ClusterUnreachable, connect
+    from orchestrator.run.preflight import check_resources
+    from orchestrator.experiment.spec import SpecError
     try:
         where = connect(address)
     except ClusterUnreachable as e:
@@ -100,7 +100,8 @@ def _connect(spec, address: str | None, parts: tuple[str, ...] = ("training", "s
 def _writing(out: Path):
     """Own OUT while writing: one writer at a time, leftovers of a killed writer removed, and the
     ways a write can fail (a full disk, a corrupt file found) told in one line."""
-    from . import compaction, store
+    from orchestrator.store import compaction
+    from orchestrator import store
     fresh = not out.exists()
     started = False
     try:
@@ -130,8 +131,8 @@ def _import(spec, out: Path) -> None:
     """Bring the spec's ``models:`` (users' checkpoints) into OUT's runs table."""
     if not spec.models:
         return
-    from .imported import import_models
-    from .spec import SpecError
+    from orchestrator.run.imported import import_models
+    from orchestrator.experiment.spec import SpecError
     try:
         import_models(spec, out)
     except SpecError as e:
@@ -147,7 +148,7 @@ def _out(spec, out):
     base = os.environ.get("UNRAVEL_OUT")
     if not base:
         return Path("results") / spec.name
-    from .location import join
+    from orchestrator.location import join
     return OutputPlace().convert(join(base, spec.name), None, None)
 
 
@@ -167,8 +168,9 @@ def _experiment(experiment, out: Path, address: str | None, parts: tuple[str, ..
     experiment's folder, or a corpus that changed since OUT's results were computed, is refused before Ray
     starts. The spec (and the data it reads) is recorded only once the cluster can run it, so bad input writes
     nothing."""
-    from . import data_record, store
-    from .spec import SpecError
+    from orchestrator.run import data_record
+    from orchestrator import store
+    from orchestrator.experiment.spec import SpecError
     with _writing(out):
         _claim(experiment, out)
         try:
@@ -183,7 +185,7 @@ def _experiment(experiment, out: Path, address: str | None, parts: tuple[str, ..
 
 def _claim(experiment, out: Path) -> None:
     """OUT is new, or holds this same experiment (its spec may have evolved: see the README)."""
-    from . import store
+    from orchestrator import store
     recorded = store.read_spec(out)
     if not recorded:
         return
@@ -208,7 +210,7 @@ def train(spec: str, address: str | None, out: Path | None, resume: bool) -> Non
     Continues what OUT holds: finished trials are kept, interrupted ones continue from their last
     checkpoint, and trials the spec gained (seeds, runs, variants) are trained.
     """
-    from .training import run_training
+    from orchestrator.run.training import run_training
     experiment = _load(spec)
     if not experiment.training.trials:
         raise BadInput(f"{spec}: has no training: section (its models: are imported by unravel lesion or run)")
@@ -256,7 +258,7 @@ def lesion(spec: str, address: str | None, out: Path | None) -> None:
 def run(spec: str, address: str | None, out: Path | None) -> None:
     """Train SPEC's networks (and import its models:), then run its studies: the whole
     experiment, resumable; rerun it after changing the spec to add what changed."""
-    from .training import run_training
+    from orchestrator.run.training import run_training
     experiment = _load(spec)
     out = _out(experiment, out)
     failed = {}
@@ -275,7 +277,7 @@ def run(spec: str, address: str | None, out: Path | None) -> None:
 
 
 def _report(out: Path) -> None:
-    from .analysis.report import write_report
+    from orchestrator.analysis.report import write_report
     report = write_report(out)
     click.echo(f"report: {report} (and {out / 'report.html'}); figures in {out / 'figures'}")
     click.echo(f"query: unravel query {out} \"select study, count(*) from lesion group by study\"")
@@ -287,7 +289,7 @@ def figures(out: Path) -> None:
     """Regenerate the figures and report.md / report.html of OUT from its tables."""
     if not (out / "runs.parquet").exists():
         raise BadInput(f"{out / 'runs.parquet'} does not exist: OUT must be the folder of an unravel experiment")
-    from .store import CorruptResult
+    from orchestrator.store import CorruptResult
     try:
         _report(out)
     except CorruptResult as e:
@@ -296,8 +298,8 @@ def figures(out: Path) -> None:
 
 def _studies(experiment, out: Path) -> int:
     """Run the studies; 1 if any unit failed (the rest is written), else 0."""
-    from . import store
-    from .sweep import EvaluatorsCannotStart, run_studies
+    from orchestrator import store
+    from orchestrator.run.sweep import EvaluatorsCannotStart, run_studies
     try:
         outcome = run_studies(experiment, out)
     except FileNotFoundError as e:
@@ -334,9 +336,9 @@ def status(out: Path, fmt: str, by_run: bool) -> None:
     written. Trials count as finished once the training sweep has written them to the runs table
     (when unravel train or run finishes training), as failed when training_errors names them.
     """
-    from . import store
-    from .spec import SpecError, parse_spec
-    from .current import status as study_status, status_document
+    from orchestrator import store
+    from orchestrator.experiment.spec import SpecError, parse_spec
+    from orchestrator.store.current import status as study_status, status_document
     try:
         raw = store.read_spec(out)
         if raw is None:
@@ -418,8 +420,8 @@ def plan(spec: str, address: str | None, nodes: tuple[str, ...], fmt: str, rates
     import json
     import math
 
-    from .plan import NodeError, cluster_nodes, local_nodes, make_plan, parse_node, render
-    from .rates import RateError, Rates, parse_rates, read_rates
+    from orchestrator.planning.plan import NodeError, cluster_nodes, local_nodes, make_plan, parse_node, render
+    from orchestrator.planning.rates import RateError, Rates, parse_rates, read_rates
     experiment = _load(spec, check_files=False)
     try:
         given = read_rates(rates_file) if rates_file else Rates()
@@ -434,7 +436,7 @@ def plan(spec: str, address: str | None, nodes: tuple[str, ...], fmt: str, rates
         if nodes:
             shapes, where = [n for text in nodes for n in parse_node(text)], "declared"
         elif address:
-            from .cluster import ClusterUnreachable
+            from orchestrator.run.cluster import ClusterUnreachable
             try:
                 shapes, where = cluster_nodes(address), f"the cluster at {address}"
             except ClusterUnreachable as e:
@@ -452,7 +454,7 @@ def _known_keys(experiment, rates) -> None:
     """A rate given on the command line names something of the spec (a typo would be ignored silently)."""
     from workloads.models import NETWORKS
 
-    from .rates import train_keys, unit_keys
+    from orchestrator.planning.rates import train_keys, unit_keys
     known_train = {k for t in experiment.training.trials for k in train_keys(t)}
     for key in rates.train:
         if key not in known_train:
@@ -489,7 +491,7 @@ def query(out: Path, sql: str, fmt: str, allow_external: bool) -> None:
     Example: unravel query results/digits "select run_id, k, avg(error) from lesion
     where study = 'random_deletion' group by all order by all"
     """
-    from .query import QueryError, run
+    from orchestrator.store.query import QueryError, run
     try:
         text = run(out, sql, fmt, allow_external=allow_external)
     except QueryError as e:
@@ -502,9 +504,9 @@ def query(out: Path, sql: str, fmt: str, allow_external: bool) -> None:
 def prune(out: Path) -> None:
     """Remove from OUT's tables the rows of earlier settings: runs and units the current spec
     (OUT/spec.json) no longer asks for. Checkpoints and other files stay. Safe to interrupt and rerun."""
-    from . import store
-    from .current import current_ids
-    from .spec import SpecError, parse_spec
+    from orchestrator import store
+    from orchestrator.store.current import current_ids
+    from orchestrator.experiment.spec import SpecError, parse_spec
     with _writing(out):
         raw = store.read_spec(out)
         if raw is None:
@@ -528,11 +530,11 @@ def compact(out: Path, max_rows: int | None) -> None:
     """Merge the many small files of OUT's study tables (one per batch) into one file per study and
     run, so queries open tens of files, not thousands. Each row is kept exactly once even if killed at any
     point: rerun it to finish. Takes OUT's writer lock; units stay done (reruns compute nothing)."""
-    from . import store
+    from orchestrator import store
     if not any((out / p).exists() for p in (store.SPEC_FILE, *store.PART_SCHEMAS)):
         raise BadInput(f"{out}: holds no unravel study tables (lesion/, gradients/, ...): OUT must be the folder of an "
                        f"unravel experiment")
-    from .compaction import compact as merge
+    from orchestrator.store.compaction import compact as merge
     with _writing(out):
         done = merge(out, max_rows, progress=True)
     if not done.folders:
@@ -551,7 +553,7 @@ def schema() -> None:
     """
     import json
 
-    from .spec import json_schema
+    from orchestrator.experiment.spec import json_schema
     click.echo(json.dumps(json_schema(), indent=1))
 
 

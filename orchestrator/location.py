@@ -123,7 +123,7 @@ class Location:
         if self.local:
             _write_local(Path(self.path), data)
             return
-        from . import faults
+        from orchestrator import faults
         faults.kill_point("kill_before_rename")
         with self.fs.open_output_stream(self.path) as f:
             f.write(data)
@@ -215,7 +215,7 @@ def _write_local(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        from . import faults
+        from orchestrator import faults
         faults.kill_point("kill_before_rename")
         os.replace(tmp, path)
         fd = os.open(path.parent, os.O_RDONLY)

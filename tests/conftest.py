@@ -76,7 +76,7 @@ def ray_session():
     """One private local Ray for the whole test session (never one per test)."""
     import ray
 
-    from orchestrator.cluster import worker_env
+    from orchestrator.run.cluster import worker_env
     import os
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -151,8 +151,8 @@ def write_image_folder(root, classes: int = 4, val_per_class: int = 3, train_per
 @pytest.fixture(scope="session")
 def trained(ray_session, tmp_path_factory):
     """The sweep tests' two runs (sweep_cases.BASE), trained once for the whole session."""
-    from orchestrator.spec import parse_spec
-    from orchestrator.training import run_training
+    from orchestrator.experiment.spec import parse_spec
+    from orchestrator.run.training import run_training
     from sweep_cases import BASE
     out = tmp_path_factory.mktemp("trained")
     outcome = run_training(parse_spec(BASE), out, progress=False)

@@ -161,11 +161,11 @@ def _small_vocabulary(spec, folder):
 ])
 def test_bad_language_model_input_is_one_line(gpt2_files, tmp_path, change, message, monkeypatch):
     """Each is found before Ray starts (a damaged checkpoint too: its files are read, not loaded)."""
-    import orchestrator.cluster
+    import orchestrator.run.cluster
 
     def no_ray(*args, **kwargs):
         raise AssertionError("the spec was accepted and the CLI went on to connect to Ray")
-    monkeypatch.setattr(orchestrator.cluster, "connect", no_ray)
+    monkeypatch.setattr(orchestrator.run.cluster, "connect", no_ray)
     spec = gpt2_spec(*gpt2_files)
     change(spec, tmp_path)
     path = tmp_path / "bad.yaml"
@@ -246,11 +246,11 @@ def test_each_language_model_reads_the_text_with_its_own_tokenizer(ray_session, 
 
 
 def test_a_named_tokenizer_of_another_vocabulary_is_refused_before_ray(two_gpt2_folders, tmp_path, monkeypatch):
-    import orchestrator.cluster
+    import orchestrator.run.cluster
 
     def no_ray(*args, **kwargs):
         raise AssertionError("the spec was accepted and the CLI went on to connect to Ray")
-    monkeypatch.setattr(orchestrator.cluster, "connect", no_ray)
+    monkeypatch.setattr(orchestrator.run.cluster, "connect", no_ray)
     first, second, corpus = two_gpt2_folders
     path = tmp_path / "named.yaml"
     path.write_text(yaml.safe_dump(_two_models(first, second, corpus, tokenizer=str(first))))
@@ -265,7 +265,7 @@ def test_a_named_tokenizer_of_another_vocabulary_is_refused_before_ray(two_gpt2_
 def test_a_changed_corpus_or_tokenizer_is_refused_rather_than_mixed(ray_session, gpt2_files, tmp_path, monkeypatch):
     """Rows of the old text and of the new one never share a table: a rerun after the corpus (or the tokenizer)
     changed under the same path is one line before Ray starts; with the old file back, the rerun goes on."""
-    import orchestrator.cluster
+    import orchestrator.run.cluster
     model, tokenizer, corpus = gpt2_files
     shutil.copytree(tokenizer, tmp_path / "tokenizer")
     shutil.copy(corpus, tmp_path / "corpus.txt")
@@ -279,11 +279,11 @@ def test_a_changed_corpus_or_tokenizer_is_refused_rather_than_mixed(ray_session,
 
     spec["studies"]["random_deletion"]["draws"] = 2   # more draws, asked of a changed text
     path.write_text(yaml.safe_dump(spec))
-    connect = orchestrator.cluster.connect
+    connect = orchestrator.run.cluster.connect
 
     def no_ray(*args, **kwargs):
         raise AssertionError("a changed corpus got as far as connecting to Ray")
-    monkeypatch.setattr(orchestrator.cluster, "connect", no_ray)
+    monkeypatch.setattr(orchestrator.run.cluster, "connect", no_ray)
     original = (tmp_path / "corpus.txt").read_text()
     write_corpus(tmp_path / "corpus.txt", words=12 * 9 + 3, seed=1)
     changed = _invoke("lesion", path, "--out", out)
@@ -300,6 +300,6 @@ def test_a_changed_corpus_or_tokenizer_is_refused_rather_than_mixed(ray_session,
 
     shutil.rmtree(tmp_path / "tokenizer")
     shutil.copytree(tokenizer, tmp_path / "tokenizer")
-    monkeypatch.setattr(orchestrator.cluster, "connect", connect)
+    monkeypatch.setattr(orchestrator.run.cluster, "connect", connect)
     again = _invoke("lesion", path, "--out", out)
     assert again.exit_code == 0 and " 2 computed" in again.output, again.output   # the second draw of k = 1, 2

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.cli import main
-from orchestrator.spec import ExperimentSpec, SpecError, load_spec, parse_spec
+from orchestrator.experiment.spec import ExperimentSpec, SpecError, load_spec, parse_spec
 
 BAD_SPECS = Path(__file__).parent / "bad_specs"
 CASES = sorted(BAD_SPECS.glob("*.yaml"))
@@ -62,13 +62,13 @@ class ReachedRay(Exception):
 
 @pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
 def test_bad_spec_is_one_line_exit_2_and_writes_nothing(path, tmp_path, monkeypatch):
-    import orchestrator.cluster
+    import orchestrator.run.cluster
 
     def no_ray(*args, **kwargs):
         raise ReachedRay("the spec was accepted and the CLI went on to connect to Ray")
 
     # a bad spec the loader misses must not start a private Ray inside the test process
-    monkeypatch.setattr(orchestrator.cluster, "connect", no_ray)
+    monkeypatch.setattr(orchestrator.run.cluster, "connect", no_ray)
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["lesion", str(path), "--out", str(tmp_path / "out")])
     output = result.output.strip()

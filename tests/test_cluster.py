@@ -96,7 +96,7 @@ def _listening(port: int) -> set[str]:
 
 
 def test_the_private_local_ray_binds_its_dashboard_to_loopback():
-    code = ("from orchestrator.cluster import connect; import ray, sys; connect(num_cpus=1); "
+    code = ("from orchestrator.run.cluster import connect; import ray, sys; connect(num_cpus=1); "
             "print(ray._private.worker.global_worker.node.address_info['webui_url'], flush=True); "
             "sys.stdin.readline(); ray.shutdown()")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=HERE.parent, stdin=subprocess.PIPE,

@@ -14,10 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from orchestrator import compaction, current, faults, query, store
+from orchestrator.store import compaction
+from orchestrator.store import current
+from orchestrator import faults
+from orchestrator.store import query
+from orchestrator import store
 from orchestrator.cli import main
-from orchestrator.spec import parse_spec
-from orchestrator.units import batches, expand
+from orchestrator.experiment.spec import parse_spec
+from orchestrator.experiment.units import batches, expand
 from sweep_cases import BASE
 
 ROOT = Path(__file__).resolve().parent.parent

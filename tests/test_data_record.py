@@ -1,12 +1,12 @@
 """The data an experiment's results came from is recorded in OUT, and data that changed under the same path
-since is refused in one line (orchestrator/data_record.py): a text's corpus and tokenizer (through the CLI in
+since is refused in one line (orchestrator/run/data_record.py): a text's corpus and tokenizer (through the CLI in
 test_adapted_networks_cli.py), CIFAR's files by content, an image folder
 by its listing. Unchanged data passes, and new data is added to the record."""
 import pytest
 
 from conftest import write_fake_cifar, write_image_folder
-from orchestrator import data_record
-from orchestrator.spec import SpecError, parse_spec
+from orchestrator.run import data_record
+from orchestrator.experiment.spec import SpecError, parse_spec
 
 
 def _recorded(spec, out):

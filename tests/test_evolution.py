@@ -126,12 +126,12 @@ def test_a_moved_results_folder_reads_its_own_checkpoints(evolved, tmp_path):
 
 
 def test_a_second_writer_is_refused_before_ray_starts(tmp_path, monkeypatch):
-    import orchestrator.cluster
+    import orchestrator.run.cluster
 
     def no_ray(*args, **kwargs):
         raise AssertionError("connected to Ray although OUT is locked")
 
-    monkeypatch.setattr(orchestrator.cluster, "connect", no_ray)
+    monkeypatch.setattr(orchestrator.run.cluster, "connect", no_ray)
     out = tmp_path / "out"
     with store.writer_lock(out):
         result = invoke("run", write(tmp_path, SPEC), "--out", out)

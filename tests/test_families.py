@@ -19,7 +19,7 @@ from torch import nn
 
 from conftest import randomise_bn
 from registry_cases import assert_engine_equals_forward, single_thread
-from workloads.models.adapter_check import AdapterError, check_adapter, describe
+from workloads.models.adapters.check import AdapterError, check_adapter, describe
 from workloads.models.adapters import ADAPTERS, TIMM_FAMILIES, TORCHVISION_BUILDERS, adapt
 from workloads.surgery import (delete_blocks, gradient_norms, intact,
                                naive_gradient_norm, random_deletion, random_swaps, swap_pairs)

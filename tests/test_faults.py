@@ -18,9 +18,9 @@ from click.testing import CliRunner
 
 from orchestrator import store
 from orchestrator.cli import main
-from orchestrator.spec import parse_spec
-from orchestrator.sweep import run_studies
-from orchestrator.units import expand
+from orchestrator.experiment.spec import parse_spec
+from orchestrator.run.sweep import run_studies
+from orchestrator.experiment.units import expand
 from sweep_cases import BASE, table_keys, with_studies
 
 HERE = Path(__file__).parent

@@ -11,8 +11,8 @@ from orchestrator import store
 from orchestrator.analysis.highway import h_claim, h_figure, h_section
 from orchestrator.analysis.results import Results
 from orchestrator.cli import main
-from orchestrator.spec import SpecError, parse_spec
-from orchestrator.units import expand
+from orchestrator.experiment.spec import SpecError, parse_spec
+from orchestrator.experiment.units import expand
 from workloads.models import build_network, network_config
 from workloads.surgery import gate_statistics
 

@@ -22,8 +22,8 @@ import ray
 from click.testing import CliRunner
 
 from orchestrator.cli import main
-from orchestrator.spec import parse_spec
-from orchestrator.units import expand
+from orchestrator.experiment.spec import parse_spec
+from orchestrator.experiment.units import expand
 from sweep_cases import table_keys
 from test_faults import assert_exactly_once, cli, write_spec
 

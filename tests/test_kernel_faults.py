@@ -38,7 +38,7 @@ FAMILIES = {
 TRAIN_UNDER_AVX2 = textwrap.dedent("""
     import sys, torch
     torch.set_num_threads(1)
-    from orchestrator.spec import load_spec
+    from orchestrator.experiment.spec import load_spec
     from workloads.data import load_dataset
     from workloads.models import network_config
     from workloads.train.loop import Trainer

@@ -24,8 +24,8 @@ from registry_cases import single_thread
 from workloads.data import DataNotFound, load_dataset
 from workloads.data.text import TextDataError, check_sequence_length, check_vocabulary, load_text_corpus
 from workloads.models import BlockNetwork, CheckpointError
-from workloads.models.hf_adapter import AdapterError, check_adapter, from_causal_lm
-from workloads.models.hf_loading import config_json, load_causal_lm, max_sequence_length, model_from_config
+from workloads.models.adapters.hf import AdapterError, check_adapter, from_causal_lm
+from workloads.models.adapters.hf_loading import config_json, load_causal_lm, max_sequence_length, model_from_config
 from workloads.surgery import (delete_blocks, evaluate_plans, forward_plan, gradient_norms, intact,
                                naive_gradient_norm, random_deletion, random_swaps)
 from workloads.surgery.evaluate import input_chunk_size

@@ -14,11 +14,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from orchestrator import compaction, current, store
+from orchestrator.store import compaction
+from orchestrator.store import current
+from orchestrator import store
 from orchestrator.cli import main
 from orchestrator.location import Location
-from orchestrator.spec import parse_spec
-from orchestrator.units import expand
+from orchestrator.experiment.spec import parse_spec
+from orchestrator.experiment.units import expand
 from sweep_cases import BASE
 from test_compaction import Killed, SPEC, kill_at, queried, rows, write_sweep
 from test_faults import cli, write_spec
@@ -249,8 +251,8 @@ def test_a_bad_uri_is_one_line_exit_2_and_nothing_written(case, command, bucket,
 
 def test_a_data_root_on_s3_is_copied_once_per_node_and_again_when_it_changes(fake_cifar, bucket, tmp_path,
                                                                             monkeypatch):
-    from orchestrator import data_cache
-    from orchestrator.preflight import check_inputs
+    from orchestrator.run import data_cache
+    from orchestrator.run.preflight import check_inputs
     from workloads.data import load_dataset
     monkeypatch.setenv("UNRAVEL_CACHE", str(tmp_path / "cache"))
     root = bucket("cifar10")
@@ -366,8 +368,8 @@ def test_credentials_the_store_refuses_are_one_line_exit_2_and_nothing_written(c
 def test_imported_checkpoints_are_converted_into_out_alike(place, tmp_path):
     """`models:` checkpoints converted into OUT (imported/<run>/model.pt beside source.json), once; a changed
     source is refused; the runs table names the copy relative to OUT."""
-    from orchestrator.imported import import_models
-    from orchestrator.spec import SpecError
+    from orchestrator.run.imported import import_models
+    from orchestrator.experiment.spec import SpecError
     from workloads.models import build_network
     source = tmp_path / "net.pt"
     small = {"network": "preact_resnet20", "label": "mine", "overrides": {"widths": [4, 8, 16]}}

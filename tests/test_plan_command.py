@@ -17,10 +17,10 @@ from click.testing import CliRunner
 
 from orchestrator import store
 from orchestrator.cli import main
-from orchestrator.plan import Node, NodeError, fit_at_once, parse_node, render
-from orchestrator.rates import group_of
-from orchestrator.spec import Evaluators, Resources, load_spec, parse_spec
-from orchestrator.units import batches, expand
+from orchestrator.planning.plan import Node, NodeError, fit_at_once, parse_node, render
+from orchestrator.planning.rates import group_of
+from orchestrator.experiment.spec import Evaluators, Resources, load_spec, parse_spec
+from orchestrator.experiment.units import batches, expand
 from workloads.models import skeleton
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,7 +27,7 @@ from click.testing import CliRunner
 
 from orchestrator import store
 from orchestrator.cli import main
-from orchestrator.spec import load_spec
+from orchestrator.experiment.spec import load_spec
 from registry_cases import rule, single_thread
 
 ROOT = Path(__file__).resolve().parent.parent

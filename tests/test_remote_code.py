@@ -16,11 +16,11 @@ from click.testing import CliRunner
 
 from language_cases import save_gpt2, save_word_tokenizer, write_corpus
 from orchestrator.cli import main
-from orchestrator.spec import SpecError, parse_spec
+from orchestrator.experiment.spec import SpecError, parse_spec
 from workloads.data import load_dataset
 from workloads.data.text import TextDataError, load_tokenizer
 from workloads.models import CheckpointError
-from workloads.models.hf_loading import load_causal_lm, model_from_config, read_config
+from workloads.models.adapters.hf_loading import load_causal_lm, model_from_config, read_config
 
 HERE = Path(__file__).parent
 

@@ -20,10 +20,10 @@ from orchestrator.analysis.figures import STYLE
 from orchestrator.analysis.report import write_report
 from orchestrator.analysis.results import Results
 from orchestrator.cli import main
-from orchestrator.plan import Node, make_plan
-from orchestrator.rates import Rates
-from orchestrator.spec import SpecError, load_spec, parse_spec
-from orchestrator.units import expand, plan_for
+from orchestrator.planning.plan import Node, make_plan
+from orchestrator.planning.rates import Rates
+from orchestrator.experiment.spec import SpecError, load_spec, parse_spec
+from orchestrator.experiment.units import expand, plan_for
 from sweep_cases import BASE
 from workloads.models import build_network, network_config
 from workloads.surgery import PlanError, delete_span, layer_spans, layer_units

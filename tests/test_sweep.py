@@ -9,9 +9,9 @@ from click.testing import CliRunner
 
 from orchestrator import store
 from orchestrator.cli import main
-from orchestrator.spec import SpecError, parse_spec
-from orchestrator.current import status
-from orchestrator.sweep import run_studies
+from orchestrator.experiment.spec import SpecError, parse_spec
+from orchestrator.store.current import status
+from orchestrator.run.sweep import run_studies
 from sweep_cases import BASE, table_keys, with_studies
 
 

@@ -93,7 +93,7 @@ def test_effective_paths_training_learns_through_random_subsets(digits):
 def test_effective_path_training_reports_its_error_under_the_scaled_rule(digits):
     """The runs table's test error of an effective-paths run is the network under the default test rule
     (each branch times m/n), not the unscaled network, which sits near chance."""
-    from workloads.train.test_rules import apply_test_rule
+    from workloads.train.inference_rules import apply_test_rule
     trainer = Trainer(digits_net(widths=(4, 8, 8)), TrainConfig(iterations=30, seed=0, mode="effective_paths"), digits)
     trainer.run()
     scaled = apply_test_rule(trainer.net, "scaled", trainer.sampler.active).eval()

@@ -6,8 +6,8 @@ import yaml
 from click.testing import CliRunner
 
 from orchestrator.cli import main
-from orchestrator.spec import parse_spec
-from orchestrator.training import run_training
+from orchestrator.experiment.spec import parse_spec
+from orchestrator.run.training import run_training
 from workloads.train.loop import load_network
 
 ALL_KINDS = {

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from registry_cases import assert_engine_equals_forward, single_thread
-from workloads.models.vit_adapter import AdapterError, check_adapter, from_torchvision_vit
+from workloads.models.adapters.vit import AdapterError, check_adapter, from_torchvision_vit
 from workloads.surgery import (delete_blocks, delete_span, gradient_norms, intact,
                                layer_spans, layer_units, naive_gradient_norm, random_deletion, random_swaps)
 

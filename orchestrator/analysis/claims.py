@@ -20,8 +20,8 @@ import pandas as pd
 from workloads.surgery.paths import (contribution_fractions, effective_range, log10_mean, log10_total_contribution,
                                      path_length_distribution, probability_in_range, surviving_fraction)
 
-from .results import CRITICAL_RISE, EFFECTIVE_MASS, Results
-from .stats import (Interval, difference_interval, median_interval, paired_difference_interval, resampled_interval,
+from orchestrator.analysis.results import CRITICAL_RISE, EFFECTIVE_MASS, Results
+from orchestrator.analysis.stats import (Interval, difference_interval, median_interval, paired_difference_interval, resampled_interval,
                     share_interval, slope_interval, spearman_interval)
 
 # thresholds, in error points (percentage points) unless said otherwise; CRITICAL_RISE and
@@ -402,8 +402,8 @@ def left_to_other_specs(claims: list[Claim]) -> dict[str, str]:
 
 
 def all_claims(results: Results) -> list[Claim]:
-    from .effective_paths import t1_claim  # these modules import Claim from here
-    from .highway import h_claim
-    from .identity_mappings import im_shortcuts, im_units
+    from orchestrator.analysis.effective_paths import t1_claim  # these modules import Claim from here
+    from orchestrator.analysis.highway import h_claim
+    from orchestrator.analysis.identity_mappings import im_shortcuts, im_units
     return [f3_resnet(results), f3_plain(results), f5a(results), f5b(results), f6a(results), *f6(results),
             f7(results), f8(results), t1_claim(results), h_claim(results), im_units(results), im_shortcuts(results)]

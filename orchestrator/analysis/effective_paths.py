@@ -2,7 +2,7 @@
 
 The paper trains on 23 of 54 blocks per mini-batch and tests with all 54, without saying how the
 branches are combined at test time; each test rule an effective-paths run was evaluated under
-(``workloads.train.test_rules``) is compared here with normal training of the same network over
+(``workloads.train.inference_rules``) is compared here with normal training of the same network over
 seeds, and the verdict is taken on the default rule ("scaled", or the first rule run).
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ import numpy as np
 
 from workloads.train.modes import scaled_active_count
 
-from .claims import ONE_SEED, Claim, plural
-from .results import Results, variant_text
-from .stats import difference_interval, mean_interval
+from orchestrator.analysis.claims import ONE_SEED, Claim, plural
+from orchestrator.analysis.results import Results, variant_text
+from orchestrator.analysis.stats import difference_interval, mean_interval
 
 PAPER_ERRORS = (5.96, 6.10)   # CIFAR-10 test error %, effective paths / normal (ResNet-110, 23 of 54 blocks)
 PAPER = "T1 training on effective paths only matches normal training (5.96% vs 6.10%)"

@@ -29,8 +29,8 @@ from matplotlib.ticker import MaxNLocator
 
 from workloads.surgery.paths import path_length_distribution, surviving_fraction
 
-from .results import CRITICAL_RISE, EFFECTIVE_MASS, ERROR, Results, variant_text
-from .stats import mean_interval
+from orchestrator.analysis.results import CRITICAL_RISE, EFFECTIVE_MASS, ERROR, Results, variant_text
+from orchestrator.analysis.stats import mean_interval
 
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"]  # yellow last: faint
 LINESTYLES = ["-", "--", "-.", ":"]                       # a second, third... round of the palette
@@ -87,7 +87,7 @@ def drawable(text: str, fonts: list[str] | None = None) -> str:
 
 def _save(fig: Figure, folder, name: str) -> str:
     """The figure as PNG and PDF in ``folder`` (of OUT: a local folder or object storage), each written whole."""
-    from .. import store
+    from orchestrator import store
     for text in fig.findobj(Text):
         text.set_text(drawable(text.get_text()))
     for ext in ("png", "pdf"):
@@ -513,8 +513,8 @@ def all_figures(results: Results, folder: Path) -> dict[str, str]:
     """Each figure's PNG name by key, for the figures the tables have data for."""
     made = {}
     with matplotlib.rc_context(STYLE):  # figures read the style when drawn and saved
-        from .highway import h_figure  # highway and spans draw with this module's helpers
-        from .spans import span_figure
+        from orchestrator.analysis.highway import h_figure  # highway and spans draw with this module's helpers
+        from orchestrator.analysis.spans import span_figure
         for name, fn in [("F3", f3), ("F5a", f5a), ("F5b", f5b), ("F6", f6), ("F7", f7), ("H", h_figure),
                          ("spans", span_figure), ("training", training_curves)]:
             path = fn(results, folder)

@@ -17,10 +17,10 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from .claims import Claim
-from .figures import _figure, _legend_below, _legend_height, _looks, _save, _series
-from .results import Results
-from .stats import Interval, mean_interval, share_interval
+from orchestrator.analysis.claims import Claim
+from orchestrator.analysis.figures import _figure, _legend_below, _legend_height, _looks, _save, _series
+from orchestrator.analysis.results import Results
+from orchestrator.analysis.stats import Interval, mean_interval, share_interval
 
 LEAN = 0.5              # a block leans to the shortcut when its mean gate is below this
 PAPER_BIAS = -6.0       # Identity Mappings' initial gate bias
@@ -161,7 +161,7 @@ def h_figure(results: Results, folder: Path) -> str | None:
 
 def h_section(results: Results) -> list[str]:
     """A row per gated run: how many blocks, their mean gate, the share leaning to the shortcut."""
-    from .report import markdown_table  # report imports this module
+    from orchestrator.analysis.report import markdown_table  # report imports this module
     runs = gated_runs(results)
     if not runs:
         return []

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .claims import ONE_SEED, Claim, plural
-from .results import Results
-from .stats import Interval, difference_interval
+from orchestrator.analysis.claims import ONE_SEED, Claim, plural
+from orchestrator.analysis.results import Results
+from orchestrator.analysis.stats import Interval, difference_interval
 
 # CIFAR-10 error % (PAPERS.md): unit variants for ResNet-110 / ResNet-164; shortcut variants on ResNet-110 (a)
 PAPER_UNITS = {"a": (6.61, 5.93), "b": (8.17, 6.50), "c": (7.84, 6.14), "d": (6.71, 5.91), "e": (6.37, 5.46)}
@@ -203,7 +203,7 @@ def im_shortcuts(results: Results) -> Claim:
 
 def im_section(results: Results) -> list[str]:
     """The report's two tables: median error over seeds, spread, the paper's number, the comparison."""
-    from .report import markdown_table
+    from orchestrator.analysis.report import markdown_table
     lines = []
     units = unit_groups(results)
     if len({g.variant for g in units}) > 1:

@@ -11,14 +11,14 @@ import markdown
 import numpy as np
 import pandas as pd
 
-from .claims import ONE_SEED, Claim, all_claims, left_to_other_specs, plural
-from .effective_paths import t1_section
-from .figures import all_figures, in_order
-from .highway import h_section
-from .identity_mappings import im_section
-from .language import language_section
-from .results import CRITICAL_RISE, NEXT_TOKEN_LOSS, Results, variant_text
-from .spans import span_section
+from orchestrator.analysis.claims import ONE_SEED, Claim, all_claims, left_to_other_specs, plural
+from orchestrator.analysis.effective_paths import t1_section
+from orchestrator.analysis.figures import all_figures, in_order
+from orchestrator.analysis.highway import h_section
+from orchestrator.analysis.identity_mappings import im_section
+from orchestrator.analysis.language import language_section
+from orchestrator.analysis.results import CRITICAL_RISE, NEXT_TOKEN_LOSS, Results, variant_text
+from orchestrator.analysis.spans import span_section
 
 CAPTIONS = {
     "F3": "Error after deleting each single block; dotted lines: the intact networks; the strip above marks each "
@@ -178,7 +178,7 @@ def figures_section(figures: dict[str, str], words: dict[str, str] = CAPTIONS) -
 
 def write_report(out: str | Path) -> Path:
     """report.md and report.html in OUT, the sections in order (each function returns its Markdown lines)."""
-    from .. import store
+    from orchestrator import store
     out = store.where(out)
     results = Results.load(out)
     figures = all_figures(results, out / "figures")

@@ -16,10 +16,10 @@ from workloads.models import NetConfig, skeleton
 from workloads.surgery import layer_units
 from workloads.surgery.paths import (contribution_fractions, effective_range, log10_mean, log10_total_contribution,
                                      probability_in_range)
-from workloads.train.test_rules import TEST_RULES
+from workloads.train.inference_rules import TEST_RULES
 
-from .. import store
-from .stats import mean_interval
+from orchestrator import store
+from orchestrator.analysis.stats import mean_interval
 
 # the two thresholds that define a run's facts (claims.py states the ones that decide verdicts)
 CRITICAL_RISE = 10.0        # error points: a non-downsampling block whose deletion costs more is "critical"
@@ -160,7 +160,7 @@ class Results:
         tables.update({name: store.read_parts(out, name) for name in (*store.STUDY_TABLES, "errors")})
         stale = {}
         if raw:
-            from ..current import current_rows
+            from orchestrator.store.current import current_rows
             tables, stale = current_rows(raw, tables)
         return cls(out, tables["runs"], tables["epochs"], tables["lesion"], tables["gradients"], tables["errors"], raw,
                    tables["gates"], stale=stale)
@@ -198,7 +198,7 @@ class Results:
     def _spec_rules(self) -> dict[str, tuple[str, ...]]:
         if not self.spec:
             return {}
-        from ..spec import parse_spec
+        from orchestrator.experiment.spec import parse_spec
         return {t.run_id: t.test_rules for t in parse_spec(self.spec).runs}
 
     @_once

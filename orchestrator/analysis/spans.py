@@ -17,9 +17,9 @@ from matplotlib.colors import to_rgb
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from .figures import (LINESTYLES, SEED_MARKERS, STYLE, WIDTH, _figure, _legend_below, _legend_height, _looks, _save,
+from orchestrator.analysis.figures import (LINESTYLES, SEED_MARKERS, STYLE, WIDTH, _figure, _legend_below, _legend_height, _looks, _save,
                       _series, drawable)
-from .results import Results
+from orchestrator.analysis.results import Results
 
 LIGHTEST = 0.6   # the shortest span's line: this share of white mixed into its run's colour
 SPAN_LINESTYLES = [ls for ls in LINESTYLES if ls != ":"]   # dotted is the intact network's
@@ -59,7 +59,7 @@ def _layers(start: int, length: int) -> str:
 
 def span_section(results: Results) -> list[str]:
     """A row per run and span length: its spans, the mean, least and largest rise, and the span that costs least."""
-    from .report import markdown_table  # report imports this module
+    from orchestrator.analysis.report import markdown_table  # report imports this module
     runs = span_runs(results)
     if not runs:
         return []

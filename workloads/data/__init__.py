@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .augment import augment
-from .dataset import DataNotFound, TensorDataset
+from workloads.data.augment import augment
+from workloads.data.dataset import DataNotFound, TensorDataset
 
 if TYPE_CHECKING:
-    from .imagefolder import StreamedImageFolder
+    from workloads.data.imagefolder import StreamedImageFolder
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "text")
 TEXT_DATASETS = ("text",)   # token sequences for language models (text.py)
@@ -31,16 +31,16 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = False, *
     at root (.txt, or a .parquet ``column``) with the tokenizer in the folder ``tokenizer`` into sequences of
     ``sequence_length`` tokens."""
     if name == "digits":
-        from .digits import load_digits
+        from workloads.data.digits import load_digits
         return load_digits()
     if name in ("cifar10", "cifar100"):
-        from .cifar import load_cifar
+        from workloads.data.cifar import load_cifar
         return load_cifar(root, name, download)
     if name == "imagenet":
-        from .imagefolder import StreamedImageFolder
+        from workloads.data.imagefolder import StreamedImageFolder
         return StreamedImageFolder(root, image_size, resize, workers)
     if name == "text":
-        from .text import TextDataError, load_text_corpus
+        from workloads.data.text import TextDataError, load_text_corpus
         if tokenizer is None or sequence_length is None:
             raise TextDataError("dataset 'text' needs tokenizer (a folder holding the model's tokenizer) and "
                                 "sequence_length")

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torchvision
 
-from .dataset import DataNotFound, TensorDataset, normalise
+from workloads.data.dataset import DataNotFound, TensorDataset, normalise
 
 _CLASSES = {"cifar10": (torchvision.datasets.CIFAR10, 10, "CIFAR-10"),
             "cifar100": (torchvision.datasets.CIFAR100, 100, "CIFAR-100")}

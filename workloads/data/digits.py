@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .dataset import TensorDataset, normalise
+from workloads.data.dataset import TensorDataset, normalise
 
 
 def _cache_file(test_fraction: float, seed: int) -> Path:

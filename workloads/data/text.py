@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .dataset import DataNotFound, TensorDataset
+from workloads.data.dataset import DataNotFound, TensorDataset
 
 # what AutoTokenizer reads: a tokenizers serialisation, a sentencepiece model, or GPT-2's vocab and merges
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")
@@ -51,7 +51,7 @@ def load_tokenizer(folder: str | Path):
         raise DataNotFound(f"{folder}: no such tokenizer folder")
     if not holds_tokenizer(folder):
         raise TextDataError(f"{folder}: holds no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
-    from ..models.hf_loading import refuse_custom_code
+    from workloads.models.adapters.hf_loading import refuse_custom_code
     refuse_custom_code(folder, TextDataError)
     from transformers import AutoTokenizer
     try:
@@ -120,7 +120,7 @@ def load_text_corpus(path: str | Path, tokenizer_folder: str | Path, sequence_le
 
 def check_sequence_length(config_or_model, sequence_length: int) -> None:
     """Refuse a sequence length beyond what the model takes (its position embeddings end there)."""
-    from ..models.hf_loading import max_sequence_length
+    from workloads.models.adapters.hf_loading import max_sequence_length
     most = max_sequence_length(config_or_model)
     if sequence_length > most:
         config = getattr(config_or_model, "config", config_or_model)

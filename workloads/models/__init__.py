@@ -1,12 +1,12 @@
 """Networks of both papers as block lists: CIFAR ResNets, the plain net, torchvision ResNets."""
-from .blocks import Block, BlockInfo, BlockNetwork
-from .checkpoint import CheckpointError, load_checkpoint, network_from_weights, read_weights, state_dict_of
-from .registry import NETWORKS, NetConfig, build_network, network_config, skeleton
+from workloads.models.blocks import Block, BlockInfo, BlockNetwork
+from workloads.models.checkpoint import CheckpointError, load_checkpoint, network_from_weights, read_weights, state_dict_of
+from workloads.models.registry import NETWORKS, NetConfig, build_network, network_config, skeleton
 
 
 def __getattr__(name: str):
     if name == "from_torchvision":  # imports torchvision (a second): only when asked for
-        from .torchvision_adapter import from_torchvision
+        from workloads.models.adapters.torchvision_resnet import from_torchvision
         return from_torchvision
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

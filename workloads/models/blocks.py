@@ -101,7 +101,7 @@ class BlockNetwork(nn.Module):
         self.stem = stem
         self.blocks = nn.ModuleList(blocks)
         self.head = head
-        # an adapted model's checks (adapter_check.py): the original modules whose tensors the units must
+        # an adapted model's checks (adapters/check.py): the original modules whose tensors the units must
         # reproduce, and the original model's own forward
         # (kept out of nn.Module's registry: the reference is the model whose modules the units already hold)
         self.__dict__["anchors"] = list(anchors)

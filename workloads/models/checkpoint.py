@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .blocks import BlockNetwork
-from .registry import ADAPTED, NetConfig, build_network, source_model
+from workloads.models.blocks import BlockNetwork
+from workloads.models.registry import ADAPTED, NetConfig, build_network, source_model
 
 # plain attribute holders that training scripts save beside the weights (torchvision's reference
 # script saves its argparse.Namespace): no code runs to rebuild them
@@ -96,7 +96,7 @@ def network_from_weights(cfg: NetConfig, weights: dict[str, torch.Tensor], name:
 def adapted_from_weights(cfg: NetConfig, weights: dict[str, torch.Tensor],
                          name: str = "checkpoint") -> tuple[BlockNetwork, torch.nn.Module]:
     """(units, the library's model) of an adapted network with its library's weights."""
-    from .adapters import adapt
+    from workloads.models.adapters import adapt
     what = cfg.name or cfg.torchvision_arch or cfg.timm_arch or cfg.arch
     model = source_model(cfg)
     _load_strict(model, weights, name, f"{what} with {cfg.num_classes} classes" if cfg.arch != "hf" else what)

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .blocks import Block, BlockNetwork
+from workloads.models.blocks import Block, BlockNetwork
 
 if TYPE_CHECKING:
-    from .registry import NetConfig
+    from workloads.models.registry import NetConfig
 
 
 class PlainLayer(Block):

@@ -18,12 +18,12 @@ import torch
 from pydantic import BeforeValidator, Field
 from pydantic.dataclasses import dataclass
 
-from ..fields import FORBID, Flag, JsonConfig, count, number
-from .adapters import TORCHVISION_BUILDERS
-from .blocks import BlockNetwork
-from .plain import plain_net
-from .resnet import UNITS, blocks_per_stage, cifar_resnet
-from .shortcuts import SHORTCUT_VARIANTS
+from workloads.fields import FORBID, Flag, JsonConfig, count, number
+from workloads.models.adapters import TORCHVISION_BUILDERS
+from workloads.models.blocks import BlockNetwork
+from workloads.models.plain import plain_net
+from workloads.models.resnet import UNITS, blocks_per_stage, cifar_resnet
+from workloads.models.shortcuts import SHORTCUT_VARIANTS
 
 # torchvision's builders, and two classes built from arch_options alone (a ViT or Swin of any size)
 TORCHVISION_ARCHS = (*TORCHVISION_BUILDERS, "VisionTransformer", "SwinTransformer")
@@ -165,7 +165,7 @@ def source_model(cfg: NetConfig) -> torch.nn.Module:
         import timm
         return timm.create_model(cfg.timm_arch, pretrained=False, num_classes=cfg.num_classes, **cfg.options)
     if cfg.arch == "hf":
-        from .hf_loading import model_from_config
+        from workloads.models.adapters.hf_loading import model_from_config
         return model_from_config(cfg.hf_config, meta=torch.get_default_device().type == "meta")
     raise ValueError(f"arch {cfg.arch} is unravel's own, not built by another library")
 
@@ -203,6 +203,6 @@ def build_network(config: NetConfig | str, **overrides) -> BlockNetwork:
     if cfg.arch == "plain":
         return plain_net(cfg)
     if cfg.arch in ADAPTED:
-        from .adapters import adapt
+        from workloads.models.adapters import adapt
         return adapt(source_model(cfg))
     return cifar_resnet(cfg)

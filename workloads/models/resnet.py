@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .blocks import Block, BlockNetwork
-from .shortcuts import Gate, projection
+from workloads.models.blocks import Block, BlockNetwork
+from workloads.models.shortcuts import Gate, projection
 
 if TYPE_CHECKING:
-    from .registry import NetConfig
+    from workloads.models.registry import NetConfig
 
 UNITS = ("a", "b", "c", "d", "e")
 

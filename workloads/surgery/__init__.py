@@ -1,11 +1,11 @@
 """Test-time surgery: deletion (of blocks, or of spans of layers) and reordering plans, the plan-trie engine,
 gradients by path length, and the gates of gated shortcuts."""
-from .evaluate import PlanResult, evaluate_plans, evaluate_plans_over, forward_plan, recalibrated_copy
-from .gates import GateStatistics, gate_statistics, gated_blocks
-from .gradients import GradientResult, choose_blocks, gradient_norms, naive_gradient_norm
-from .plan import (Plan, PlanError, delete_blocks, delete_span, deletion_pool, intact, layer_spans, layer_units,
+from workloads.surgery.evaluate import PlanResult, evaluate_plans, evaluate_plans_over, forward_plan, recalibrated_copy
+from workloads.surgery.gates import GateStatistics, gate_statistics, gated_blocks
+from workloads.surgery.gradients import GradientResult, choose_blocks, gradient_norms, naive_gradient_norm
+from workloads.surgery.plan import (Plan, PlanError, delete_blocks, delete_span, deletion_pool, intact, layer_spans, layer_units,
                    random_deletion, random_swaps, swap_pairs, validate)
-from .trie import PlanTrie
+from workloads.surgery.trie import PlanTrie
 
 __all__ = ["Plan", "PlanError", "PlanResult", "PlanTrie", "GateStatistics", "GradientResult", "choose_blocks",
            "delete_blocks", "delete_span", "deletion_pool", "evaluate_plans", "evaluate_plans_over", "forward_plan",

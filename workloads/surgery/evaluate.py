@@ -15,10 +15,10 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from ..models.blocks import BlockNetwork
-from .loss import summed
-from .plan import Plan, validate
-from .trie import Node, PlanTrie
+from workloads.models.blocks import BlockNetwork
+from workloads.surgery.loss import summed
+from workloads.surgery.plan import Plan, validate
+from workloads.surgery.trie import Node, PlanTrie
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from typing import Iterable
 
 import torch
 
-from ..models.blocks import BlockNetwork
-from ..models.shortcuts import Gate
-from .evaluate import default_chunk_size, default_device
+from workloads.models.blocks import BlockNetwork
+from workloads.models.shortcuts import Gate
+from workloads.surgery.evaluate import default_chunk_size, default_device
 
 BINS = 1000
 GATED = ("exclusive_gating", "shortcut_gating")

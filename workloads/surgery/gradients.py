@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.blocks import BlockNetwork
-from .loss import mean_loss
-from .plan import PlanError
+from workloads.models.blocks import BlockNetwork
+from workloads.surgery.loss import mean_loss
+from workloads.surgery.plan import PlanError
 
 _LN10 = math.log(10.0)
 

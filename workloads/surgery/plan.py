@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..models.blocks import BlockInfo
+from workloads.models.blocks import BlockInfo
 
 
 class PlanError(ValueError):

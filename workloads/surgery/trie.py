@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..models.blocks import BlockInfo
-from .plan import Plan
+from workloads.models.blocks import BlockInfo
+from workloads.surgery.plan import Plan
 
 Op = tuple[str, int]
 

@@ -15,11 +15,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..data import TensorDataset, augment
-from ..models import NetConfig, build_network, load_checkpoint
-from .kernel_faults import avoid_faulty_kernels
-from .modes import BlockSampler
-from .recipe import TrainConfig
+from workloads.data import TensorDataset, augment
+from workloads.models import NetConfig, build_network, load_checkpoint
+from workloads.train.kernel_faults import avoid_faulty_kernels
+from workloads.train.modes import BlockSampler
+from workloads.train.recipe import TrainConfig
 
 Report = Callable[[dict, "Trainer"], None]
 
@@ -107,14 +107,14 @@ class Trainer:
     def evaluate(self, images: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                  batch: int = 512) -> tuple[float, float]:
         """(error, mean loss) of the intact network, BN in eval mode; a network trained on effective paths
-        under the default test rule ("scaled": each branch times m/n, ``workloads.train.test_rules``), since
+        under the default test rule ("scaled": each branch times m/n, ``workloads.train.inference_rules``), since
         unscaled it sits near chance and the runs table would say so of every such run."""
         images = self.data.test_images if images is None else images
         labels = self.data.test_labels if labels is None else labels
         self.net.eval()
         net = self.net
         if self.config.mode == "effective_paths":
-            from .test_rules import apply_test_rule
+            from workloads.train.inference_rules import apply_test_rule
             net = apply_test_rule(self.net, "scaled", self.sampler.active)
         loss = torch.zeros((), device=self.device, dtype=torch.float64)
         wrong = torch.zeros((), device=self.device, dtype=torch.long)

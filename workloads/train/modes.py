@@ -4,13 +4,13 @@ Stochastic depth (Huang et al. 2016): block l survives with p_l = 1 - (l/L)(1 - 
 a dropped block is its shortcut in forward and backward; at test time the branch is
 scaled by p_l (done by the block itself). Effective paths (Veit et al. 2016, Table 1):
 exactly m of the n blocks run per mini-batch (23 of 54 in the paper), the others are
-their shortcut; at test time all run, combined by a rule the paper leaves open (test_rules.py).
+their shortcut; at test time all run, combined by a rule the paper leaves open (inference_rules.py).
 """
 from __future__ import annotations
 
 import torch
 
-from ..models.blocks import BlockNetwork
+from workloads.models.blocks import BlockNetwork
 
 MODES = ("normal", "stochastic_depth", "effective_paths")
 

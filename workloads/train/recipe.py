@@ -13,8 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from ..fields import FORBID, Flag, JsonConfig, count, number
-from .modes import MODES
+from workloads.fields import FORBID, Flag, JsonConfig, count, number
+from workloads.train.modes import MODES
 
 PAPER_ITERATIONS = 64_000
 PAPER_WARMUP = 400

@@ -1,0 +1,186 @@
+"""Studies expanded into work units with deterministic keys, grouped into batches per run.
+
+A unit is one plan (a lesion, a span of deleted layers or a reordering, evaluated on the
+test set), one gradient draw, or one run's gates (all its gated blocks, read in one pass over
+the test set). Its key hashes the run, the study, k, the draw and the engine version, so the
+same spec always yields the same keys: the resume index is the set of keys already written,
+and a batch's file is named after its units, so a batch redone after a crash overwrites
+its own file instead of adding rows.
+
+A run trained on effective paths is evaluated under a test-time rule (workloads.train.inference_rules),
+part of its units' keys: one intact unit per rule it lists, whether or not a lesion study names the
+run (Table 1 compares these), and every study's units under its first rule.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from workloads.surgery import deletion_pool, layer_spans, random_deletion, random_swaps
+from workloads.train.modes import scaled_active_count
+
+from orchestrator.experiment.spec import ExperimentSpec, StudySpec, Trial, block_infos
+
+ENGINE_VERSION = "1"   # bump when a change to workloads.surgery changes results
+
+
+@dataclass(frozen=True)
+class Unit:
+    key: str
+    run_id: str
+    study: str     # intact | single_deletion | random_deletion | reorder | gradients | gates | span_deletion
+    k: int         # blocks deleted / pairs swapped / path length / layers in the span (gates: 0)
+    draw: int      # draw index (single deletion: the deleted block; span deletion: its first layer; gates: 0)
+    test_rule: str = ""     # effective-paths runs: how the network is evaluated ("" for other modes)
+    train_active: int = 0   # effective-paths runs: m, the blocks each training mini-batch ran
+
+
+@dataclass
+class Batch:
+    key: str
+    run_id: str
+    study: str
+    units: list[Unit] = field(default_factory=list)
+    test_rule: str = ""     # one rule per batch, as its units'
+    train_active: int = 0
+
+    @property
+    def table(self) -> str:
+        return self.study if self.study in ("gradients", "gates") else "lesion"
+
+
+def unit_key(run_id: str, study: str, k: int, draw: int, settings: str = "") -> str:
+    text = f"{run_id}|{study}|{k}|{draw}|{settings}|engine{ENGINE_VERSION}"
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def settings_of(spec: ExperimentSpec, study: str, run_id: str | None = None) -> str:
+    """The spec settings that change a unit's result: part of its key, so changing them recomputes (text: the
+    corpus as ``run_id``'s tokenizer cuts it)."""
+    s = spec.studies
+    data = ""
+    d = spec.data
+    if d.streamed:  # images read from disk: which folder, and how they are resized
+        data = f"|data={d.resolved_root}:{d.image_size}:{d.resize}"
+    if d.text:  # which corpus, tokenised how (the run's tokenizer), cut how
+        data = f"|data={d.resolved_root}:{d.column}:{d.tokenizer_of(run_id)}:{d.sequence_length}"
+    if study == "gradients":
+        return f"batch={s.study('gradients').batch_size}{data}"
+    if study == "gates":  # always fp32, the stored BatchNorm statistics: only the test set matters
+        return f"test={s.test_examples}{data}"
+    text = f"test={s.test_examples}|precision={s.precision}|bn={s.recalibrate_bn}:{s.calibration_examples}{data}"
+    if study in ("random_deletion", "reorder"):
+        text += f"|exclude={sorted(s.exclude_blocks)}"
+    return text
+
+
+def train_active(trial: Trial) -> int:
+    """m of an effective-paths run: the blocks each training mini-batch ran (0 for other modes)."""
+    if not trial.test_rules:
+        return 0
+    return trial.train_config.active_blocks or scaled_active_count(len(block_infos(trial.net_config)))
+
+
+def _studied_rule(trial: Trial) -> str:
+    return trial.test_rules[0] if trial.test_rules else ""
+
+
+@dataclass(frozen=True)
+class UnitGroup:
+    """The units of one run in one study under one test rule, before any is made: ``expand`` makes
+    them (keys hashed), ``unravel plan`` only counts them (a spec may have a million units)."""
+
+    trial: Trial
+    study: str
+    settings: str
+    rule: str
+    pairs: tuple[tuple[int, int], ...] = ()   # (k, draw) of each unit; gradients: see draws and lengths
+    draws: int = 0                            # gradients: draws, each of path lengths 1..lengths
+    lengths: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.draws * self.lengths if self.study == "gradients" else len(self.pairs)
+
+    def batch_count(self, plans_per_batch: int) -> int:
+        """Batches ``batches`` makes of these units: one per gradient draw, else chunks of plans."""
+        return self.draws if self.study == "gradients" else -(-len(self.pairs) // plans_per_batch)
+
+    def units(self) -> list[Unit]:
+        pairs = ([(k, d) for d in range(self.draws) for k in range(1, self.lengths + 1)]
+                 if self.study == "gradients" else self.pairs)
+        active = train_active(self.trial)
+        settings = f"{self.settings}|rule={self.rule}" if self.rule else self.settings  # no rule: the keys of old
+        return [Unit(unit_key(self.trial.run_id, self.study, k, d, settings),
+                     self.trial.run_id, self.study, k, d, self.rule, active) for k, d in pairs]
+
+
+def _lesion_pairs(trial: Trial, study: StudySpec) -> tuple[tuple[int, int], ...]:
+    infos = block_infos(trial.net_config)
+    if study.study == "single_deletion":
+        return tuple((1, b) for b in deletion_pool(infos))
+    if study.study == "span_deletion":
+        return tuple((length, start) for start, length in layer_spans(infos, study.max_length))
+    return tuple((k, d) for k in range(1, study.k_max + 1) for d in range(study.draws))
+
+
+def unit_groups(spec: ExperimentSpec) -> list[UnitGroup]:
+    """Every study's units on every run it applies to, grouped per run, study and test rule, intact
+    baselines first (one per test rule on effective-paths runs, which get theirs even when no lesion
+    study names them)."""
+    trials = {t.run_id: t for t in spec.runs}
+    lesioned = {r for s in spec.studies.studies if s.study not in ("gradients", "gates") for r in s.runs}
+    ruled = {t.run_id for t in spec.runs if t.test_rules}
+    groups = [UnitGroup(trials[r], "intact", settings_of(spec, "intact", r), rule, ((0, 0),))
+              for r in sorted(lesioned | ruled) for rule in (trials[r].test_rules or ("",))]
+    for study in spec.studies.studies:
+        for run_id in study.runs:
+            trial = trials[run_id]
+            rule = _studied_rule(trial)
+            settings = settings_of(spec, study.study, run_id)
+            if study.study == "gradients":  # path lengths 1..n over the residual units
+                n = sum(i.residual for i in block_infos(trial.net_config))
+                groups.append(UnitGroup(trial, "gradients", settings, rule, draws=study.draws, lengths=n))
+            elif study.study == "gates":
+                groups.append(UnitGroup(trial, "gates", settings, rule, ((0, 0),)))
+            else:
+                groups.append(UnitGroup(trial, study.study, settings, rule, _lesion_pairs(trial, study)))
+    return groups
+
+
+def expand(spec: ExperimentSpec) -> list[Unit]:
+    """Every unit of every study on every run it applies to, in ``unit_groups``' order."""
+    return [u for group in unit_groups(spec) for u in group.units()]
+
+
+def batches(units: list[Unit], plans_per_batch: int) -> list[Batch]:
+    """Group units per (run, study): lesions in chunks of plans; gradients one draw per batch
+    (all k on one random training batch share one forward)."""
+    groups: dict[tuple[str, str, int, str], list[Unit]] = {}
+    for u in units:
+        sub = u.draw if u.study == "gradients" else 0
+        groups.setdefault((u.run_id, u.study, sub, u.test_rule), []).append(u)
+    out: list[Batch] = []
+    for (run_id, study, _, rule), members in groups.items():
+        size = len(members) if study == "gradients" else plans_per_batch
+        for i in range(0, len(members), size):
+            chunk = members[i:i + size]
+            key = hashlib.sha256("|".join(u.key for u in chunk).encode()).hexdigest()[:20]
+            out.append(Batch(key, run_id, study, chunk, rule, chunk[0].train_active))
+    return out
+
+
+def plan_for(unit: Unit, infos, exclude: tuple[int, ...]):
+    """The execution plan of a lesion unit (seeded by its draw and k)."""
+    from workloads.surgery import delete_blocks, delete_span, intact
+    if unit.study == "intact":
+        return intact(infos)
+    if unit.study == "single_deletion":
+        return delete_blocks(infos, [unit.draw])
+    if unit.study == "span_deletion":
+        return delete_span(infos, unit.draw, unit.k)
+    if unit.study == "random_deletion":
+        return random_deletion(infos, unit.k, unit.draw, exclude=exclude)
+    if unit.study == "reorder":
+        return random_swaps(infos, unit.k, unit.draw, exclude=exclude)
+    raise ValueError(f"unit of study {unit.study!r} has no plan")

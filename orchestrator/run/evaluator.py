@@ -1,0 +1,189 @@
+"""The evaluator actor: test set resident on its device, a small checkpoint cache, batches in.
+
+One long-lived actor per GPU share (or CPU slot): Ray does not reuse worker processes
+for GPU tasks, so tasks would reload data and weights per call; an actor loads the data
+once, keeps the last few networks (each under the test-time rule its batch asks for: an
+effective-paths run is evaluated as ``workloads.train.inference_rules`` says), and runs batch after
+batch through the engine.
+A test set too large for memory (ImageNet) is streamed from disk instead, once per batch
+of plans, so decoding is shared by every plan of the batch. A unit that raises becomes an
+error row; the batch goes on.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import time
+import traceback
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import ray
+import torch
+
+from workloads.data import load_dataset
+from workloads.models import load_checkpoint
+from workloads.runtime import set_threads
+from workloads.surgery import evaluate_plans_over, gate_statistics, gradient_norms
+from workloads.surgery.evaluate import default_precision
+from workloads.train.inference_rules import apply_test_rule
+
+from orchestrator import store
+from orchestrator.run.data_cache import local_root
+from orchestrator.experiment.spec import DataSpec, Resources, StudiesSpec
+from orchestrator.experiment.units import Batch, plan_for
+
+STREAM_CHUNK = 256  # images decoded per step of a streamed test set
+
+
+@dataclass(frozen=True)
+class StartFailure:
+    """What an evaluator's constructor raised on its node (data unreadable there, say), returned by every ``run``
+    in place of rows: the driver then stops in one line and keeps the traceback in the errors table. Raised out
+    of the constructor instead, it would reach the terminal as Ray's traceback per retry of every queued batch."""
+    error: str       # 'SomeError: its first line'
+    traceback: str
+
+    @classmethod
+    def of(cls, e: BaseException) -> "StartFailure":
+        """The exception being handled."""
+        lines = str(e).strip().splitlines()
+        return cls(f"{type(e).__name__}: {lines[0] if lines else ''}"[:500], traceback.format_exc())
+
+
+class Evaluator:
+    def __init__(self, data: DataSpec, studies: StudiesSpec, cache_size: int = 4):
+        self.failure: StartFailure | None = None
+        try:
+            self._start(data, studies, cache_size)
+        except Exception as e:  # noqa: BLE001 - whatever a node's files raise, told once by run()
+            self.failure = StartFailure.of(e)
+
+    def _start(self, data: DataSpec, studies: StudiesSpec, cache_size: int) -> None:
+        set_threads(studies.evaluators.threads)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.data_spec, self.test_examples = data, studies.test_examples
+        self.datasets: dict[str, tuple] = {}
+        self._use_data_of(None)
+        self.calibration_examples = studies.calibration_examples
+        self.calibration = self.calibration_images if studies.recalibrate_bn else None
+        self.precision = default_precision(self.device) if studies.precision == "auto" else studies.precision
+        self.exclude = studies.exclude_blocks
+        self.metric = "next_token" if data.text else "classification"
+        self.cache: OrderedDict[str, torch.nn.Module] = OrderedDict()
+        self.cache_size = cache_size
+        gradients = studies.study("gradients")
+        self.gradient_batch_size = gradients.batch_size if gradients else 0
+
+    def _use_data_of(self, run_id: str | None) -> None:
+        """The run's test set as self.data and self.test, loaded once: images are one dataset; a text is cut by
+        each model's own tokenizer (unless the spec names one), so it is loaded once per tokenizer. Data a node
+        cannot read raises in the constructor (the first run's) and is kept as the evaluator's failure later
+        (another model's tokenizer): either way every later batch gets the StartFailure, not a reload."""
+        options = self.data_spec.loader_options(run_id)
+        key = options.get("tokenizer", "")
+        if key not in self.datasets:
+            d = self.data_spec
+            data = load_dataset(d.dataset, local_root(d.resolved_root), d.download, **options)
+            test = None
+            if not data.streamed:  # resident: the test set moves to the device once
+                chunk = next(data.test_chunks(self.test_examples))
+                test = (chunk[0].to(self.device), chunk[1].to(self.device))
+            self.datasets[key] = (data, test)
+        self.data, self.test = self.datasets[key]
+
+    def where(self) -> str:
+        return f"{ray.util.get_node_ip_address()} {self.device} pid {os.getpid()}"
+
+    @functools.cached_property
+    def calibration_images(self) -> torch.Tensor:
+        """The first training images, on the device: BatchNorm re-estimation (recalibrate_bn, rule recalibrated)."""
+        count = min(self.calibration_examples, self.data.train_size())
+        return self.data.train_examples(range(count))[0].to(self.device)
+
+    def _network(self, batch: Batch, checkpoint: bytes | ray.ObjectRef):
+        """The batch's network under its test-time rule, cached per (run, rule)."""
+        key = f"{batch.run_id}|{batch.test_rule}"
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            return self.cache[key]
+        blob = ray.get(checkpoint) if isinstance(checkpoint, ray.ObjectRef) else checkpoint
+        net, _ = load_checkpoint(blob, f"checkpoint of {batch.run_id}")
+        net.to(self.device)
+        if batch.test_rule:
+            calibration = self.calibration_images if batch.test_rule == "recalibrated" else None
+            net = apply_test_rule(net, batch.test_rule, batch.train_active, calibration).eval()
+        self.cache[key] = net
+        if len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+        return net
+
+    def run(self, batch: Batch, checkpoint) -> tuple[list[dict], list[dict]] | StartFailure:
+        """(result rows, error rows) for one batch; the constructor's failure if it had one."""
+        if self.failure is not None:
+            return self.failure
+        started = time.perf_counter()
+        try:
+            self._use_data_of(batch.run_id)
+        except Exception as e:  # noqa: BLE001 - the node cannot read this run's data: no batch can run here
+            self.failure = StartFailure.of(e)
+            return self.failure
+        try:
+            net = self._network(batch, checkpoint)
+        except Exception as e:  # a broken checkpoint fails every unit of the batch, not the actor
+            return [], [store.error_row(u, e, traceback.format_exc()) for u in batch.units]
+        if batch.study == "gradients":
+            return self._gradients(net, batch, started)
+        if batch.study == "gates":
+            return self._gates(net, batch, started)
+        return self._lesions(net, batch, started)
+
+    def _test_chunks(self):
+        """The test set: resident, or streamed from disk in chunks."""
+        return self.data.test_chunks(self.test_examples, STREAM_CHUNK) if self.data.streamed else [self.test]
+
+    def _lesions(self, net, batch: Batch, started: float):
+        infos = net.block_infos()
+        plans, units, errors = [], [], []
+        for u in batch.units:
+            try:
+                plans.append(plan_for(u, infos, self.exclude))
+                units.append(u)
+            except Exception as e:
+                errors.append(store.error_row(u, e, traceback.format_exc()))
+        if not plans:
+            return [], errors
+        results = evaluate_plans_over(net, plans, self._test_chunks(), precision=self.precision, device=self.device,
+                                      recalibrate=self.calibration)
+        seconds = (time.perf_counter() - started) / len(plans)
+        rows = [store.lesion_row(u, p, r, test_rule=u.test_rule, precision=self.precision,
+                                 bn_recalibrated=self.calibration is not None, seconds=seconds, metric=self.metric)
+                for u, p, r in zip(units, plans, results)]
+        return rows, errors
+
+    def _gradients(self, net, batch: Batch, started: float):
+        draw = batch.units[0].draw
+        size = self.gradient_batch_size
+        g = torch.Generator().manual_seed(1_000_003 + draw)  # the draw's own random training batch
+        idx = torch.randperm(self.data.train_size(), generator=g)[:size]
+        images, labels = (t.to(self.device) for t in self.data.train_examples(idx))
+        draws = [(u.k, u.draw) for u in batch.units]
+        results = gradient_norms(net, images, labels, draws, device=self.device)
+        seconds = (time.perf_counter() - started) / len(draws)
+        rows = [store.gradient_row(u, r, seconds=seconds) for u, r in zip(batch.units, results)]
+        return rows, []
+
+    def _gates(self, net, batch: Batch, started: float):
+        """One unit per run: every gated block's statistics, one row each (H)."""
+        (unit,) = batch.units
+        try:
+            stats = gate_statistics(net, self._test_chunks(), device=self.device)
+        except Exception as e:
+            return [], [store.error_row(unit, e, traceback.format_exc())]
+        seconds = (time.perf_counter() - started) / len(stats)  # each row its share: the rows sum to the unit's time
+        return [store.gate_row(unit, s, seconds=seconds) for s in stats], []
+
+
+def evaluator_actor(resources: Resources):
+    """The actor class with its resources; restarted on death, its calls retried."""
+    return ray.remote(num_cpus=resources.cpu, num_gpus=resources.gpu, max_restarts=-1, max_task_retries=2)(Evaluator)
