@@ -121,20 +121,20 @@ def _timm_vit():
 
 
 FAMILIES = [
-    Family("tv_resnext", _resnext, 32, "torchvision_adapter"),
-    Family("tv_regnet", _regnet, 32, "regnet_adapter"),
-    Family("tv_mobilenet_v2", _mobilenet_v2, 32, "inverted_residual_adapter"),
-    Family("tv_mobilenet_v3", _mobilenet_v3, 32, "inverted_residual_adapter"),
-    Family("tv_efficientnet", _efficientnet, 32, "inverted_residual_adapter"),
-    Family("tv_efficientnet_v2", _efficientnet_v2, 32, "inverted_residual_adapter"),
-    Family("tv_convnext", _convnext, 32, "convnext_adapter"),
-    Family("tv_swin", partial(_swin, False), 16, "swin_adapter"),
-    Family("tv_swin_v2", partial(_swin, True), 16, "swin_adapter"),
-    Family("timm_resnet", _timm_resnet, 32, "timm_resnet_adapter"),
-    Family("timm_se_resnet_d", _timm_se_resnet_d, 32, "timm_resnet_adapter"),
-    Family("timm_convnext", _timm_convnext, 32, "convnext_adapter"),
-    Family("timm_convnext_v2", _timm_convnext_v2, 32, "convnext_adapter"),
-    Family("timm_vit", _timm_vit, 16, "timm_vit_adapter"),
+    Family("tv_resnext", _resnext, 32, "torchvision_resnet"),
+    Family("tv_regnet", _regnet, 32, "regnet"),
+    Family("tv_mobilenet_v2", _mobilenet_v2, 32, "inverted_residual"),
+    Family("tv_mobilenet_v3", _mobilenet_v3, 32, "inverted_residual"),
+    Family("tv_efficientnet", _efficientnet, 32, "inverted_residual"),
+    Family("tv_efficientnet_v2", _efficientnet_v2, 32, "inverted_residual"),
+    Family("tv_convnext", _convnext, 32, "convnext"),
+    Family("tv_swin", partial(_swin, False), 16, "swin"),
+    Family("tv_swin_v2", partial(_swin, True), 16, "swin"),
+    Family("timm_resnet", _timm_resnet, 32, "timm_resnet"),
+    Family("timm_se_resnet_d", _timm_se_resnet_d, 32, "timm_resnet"),
+    Family("timm_convnext", _timm_convnext, 32, "convnext"),
+    Family("timm_convnext_v2", _timm_convnext_v2, 32, "convnext"),
+    Family("timm_vit", _timm_vit, 16, "timm_vit"),
 ]
 PARAMS = [pytest.param(f, id=f.name) for f in FAMILIES]
 
@@ -227,7 +227,7 @@ def test_models_of_no_known_family_are_refused_in_one_line():
 
 @pytest.mark.parametrize("module, function", sorted(set(ADAPTERS.values())))
 def test_each_adapter_refuses_a_model_of_another_class(module, function):
-    adapter = getattr(importlib.import_module(f"workloads.models.{module}"), function)
+    adapter = getattr(importlib.import_module(f"workloads.models.adapters.{module}"), function)
     with pytest.raises(AdapterError, match=r"^(expected a (torchvision|timm) \w+.*, got Linear|Linear is not a causal "
                                            r"language model this adapter knows \(.*\))$"):
         adapter(nn.Linear(2, 2))
