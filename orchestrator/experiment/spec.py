@@ -23,7 +23,7 @@ from pydantic_core import PydanticCustomError
 
 from workloads.data import DATASETS, STREAMED
 from workloads.fields import STRICT, Amount, Between, Flag, Text, count
-from workloads.models import NETWORKS, NetConfig, network_config
+from workloads.models import NETWORKS, AdapterError, NetConfig, network_config
 from workloads.models.registry import ADAPTED
 from workloads.train.modes import MODES
 from workloads.train.recipe import TrainConfig
@@ -492,7 +492,6 @@ def _net_config(network: str, overrides: dict, mode: str, data: DataSpec, where:
         if not timm.is_model(net.timm_arch):
             _fail(f"{where}.overrides.timm_arch", f"timm has no model {net.timm_arch!r}")
     if net.arch in ADAPTED:  # a model its adapter cannot take apart is refused here, before anything runs
-        from workloads.models.adapters.check import AdapterError
         try:
             _counts(net)
         except AdapterError as e:
