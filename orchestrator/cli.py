@@ -420,13 +420,15 @@ def plan(spec: str, address: str | None, nodes: tuple[str, ...], fmt: str, rates
     import json
     import math
 
-    from orchestrator.planning.plan import NodeError, cluster_nodes, local_nodes, make_plan, parse_node, render
-    from orchestrator.planning.rates import RateError, Rates, parse_rates, read_rates
+    from orchestrator.planning.nodes import NodeError, cluster_nodes, local_nodes, parse_node
+    from orchestrator.planning.plan import make_plan
+    from orchestrator.planning.rates import Figures, RateError, check_names, parse_figures, read_figures
+    from orchestrator.planning.table import render
     experiment = _load(spec, check_files=False)
     try:
-        given = read_rates(rates_file) if rates_file else Rates()
-        options = parse_rates(train_rate, unit_rate)
-        _known_keys(experiment, options)
+        given = read_figures(rates_file) if rates_file else Figures()
+        options = parse_figures(train_rate, unit_rate)
+        check_names(experiment, options)
         given.update(options)
         if nodes and address:
             raise BadInput("--node and --address: give one (the nodes to plan for)")
@@ -448,33 +450,6 @@ def plan(spec: str, address: str | None, nodes: tuple[str, ...], fmt: str, rates
     doc = make_plan(experiment, shapes, where, given, measure=calibrate, budget_s=calibration_budget,
                     log=lambda m: click.echo(m, err=True))
     click.echo(json.dumps(doc, indent=1) if fmt == "json" else render(doc))
-
-
-def _known_keys(experiment, rates) -> None:
-    """A rate given on the command line names something of the spec (a typo would be ignored silently)."""
-    from workloads.models import NETWORKS
-
-    from orchestrator.planning.rates import train_keys, unit_keys
-    known_train = {k for t in experiment.training.trials for k in train_keys(t)}
-    for key in rates.train:
-        if key not in known_train:
-            raise BadInput(f"--train-rate {key}: names no trained run of the spec (run groups, labels and networks: "
-                           f"{', '.join(sorted(known_train)) or 'none'})")
-    if rates.units:
-        runs = {t.run_id: t for t in experiment.runs}
-        pairs = {(r, s.study) for s in experiment.studies.studies for r in s.runs}
-        pairs |= {(r, "intact") for r, _ in pairs} | {(t.run_id, "intact") for t in experiment.runs if t.test_rules}
-        known_units = {k for r, s in pairs for k in unit_keys(runs[r], s)}
-        studied = {s.study for s in experiment.studies.studies} | {"intact"}   # a model absent from this machine
-        language = [name for name, fields in NETWORKS.items() if fields.get("arch") == "hf"]  # may still be studied
-        for _, label, _ in experiment.absent_models:
-            pairs |= {(label, s) for s in studied}
-            known_units |= {f"{key}:{s}" for key in (label, *language) for s in studied} | studied
-        for key in rates.units:
-            if key not in known_units:
-                studies = sorted({s for _, s in pairs})
-                raise BadInput(f"--unit-rate {key}: names no study of the spec's runs (studies: "
-                               f"{', '.join(studies) or 'none'}; or GROUP:STUDY)")
 
 
 @main.command()

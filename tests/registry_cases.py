@@ -35,7 +35,7 @@ import pytest
 import torch
 
 from workloads.models import NETWORKS, BlockNetwork, network_config, skeleton
-from workloads.models.resnet import UNITS
+from workloads.models.config import UNITS
 from workloads.models.shortcuts import SHORTCUT_VARIANTS
 
 

@@ -20,7 +20,7 @@ from orchestrator.analysis.effective_paths import t1_claim, t1_section
 from orchestrator.analysis.results import Results
 from orchestrator.experiment.spec import SpecError, Trial, parse_spec
 from orchestrator.experiment.units import batches, expand
-from workloads.surgery import gradient_norms
+from workloads.surgery import draw_batch, gradient_norms
 from workloads.train.inference_rules import apply_test_rule
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,7 +160,8 @@ def test_the_evaluator_applies_each_rule_to_lesions_and_gradients():
         expected = apply_test_rule(net, batch.test_rule, 4, calibration)
         if batch.study == "gradients":
             assert batch.test_rule == "scaled"
-            want = gradient_norms(expected, *evaluator.data.train_examples(_draw_indices(evaluator, 0)), [(1, 0)])
+            batch_of_draw = draw_batch(evaluator.data.train_size(), evaluator.gradient_batch_size, 0)  # the evaluator's
+            want = gradient_norms(expected, *evaluator.data.train_examples(batch_of_draw), [(1, 0)])
             assert rows[0]["log10_norm"] == pytest.approx(want[0].log10_norm, abs=1e-4)
             continue
         (row,) = rows
@@ -171,11 +172,6 @@ def test_the_evaluator_applies_each_rule_to_lesions_and_gradients():
         assert row["loss"] == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-4)
         losses[batch.test_rule] = row["loss"]
     assert len(set(losses.values())) == 3           # three rules, three different networks
-
-
-def _draw_indices(evaluator, draw):
-    g = torch.Generator().manual_seed(1_000_003 + draw)  # the evaluator's own choice of a draw's batch
-    return torch.randperm(evaluator.data.train_size(), generator=g)[:evaluator.gradient_batch_size]
 
 
 # -- the lesion table: a part written before test_rule existed still reads -----------------------------

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from orchestrator import store
 from orchestrator.cli import main
-from orchestrator.planning.plan import Node, NodeError, fit_at_once, parse_node, render
-from orchestrator.planning.rates import group_of
+from orchestrator.planning.nodes import Node, NodeError, fit_at_once, parse_node
+from orchestrator.planning.table import render
 from orchestrator.experiment.spec import Evaluators, Resources, load_spec, parse_spec
 from orchestrator.experiment.units import batches, expand
 from workloads.models import skeleton
@@ -100,7 +100,7 @@ def test_plan_counts_resources_fits_and_given_rates(clean_cwd, tmp_path):
     e = doc["studies"]
     assert e["evaluators"] == {"count": 3, "cpu": 1.0, "gpu": 0.0} and e["fit_at_once"] == 8 and e["at_once"] == 3
     groups = {g["group"]: g for g in t["groups"]}
-    assert set(groups) == {group_of(x) for x in spec.training.trials}
+    assert set(groups) == {x.group for x in spec.training.trials}
     assert groups["res.stochastic_depth"]["iterations_per_s"] == 20 and groups["res.normal"]["iterations_per_s"] == 10
     assert groups["plain15.normal"]["device_hours"] == pytest.approx(2 * 50 / 5 / 3600)
     assert all(g["rate"] == "given" for g in t["groups"] + e["groups"])
@@ -267,7 +267,7 @@ def test_the_language_model_spec_plans_without_its_model_folder(clean_cwd, tmp_p
     assert doc["studies"]["units"] == 0 and doc["studies"]["units_unknown_for"] == ["llama"]
     assert doc["studies"]["fit_at_once"] == 1 and doc["device_hours"] is None and doc["data"]["classes"] is None
     absent = [n for n in doc["notes"] if n.startswith("models[0] (llama): models/Llama-3.2-1B is not here")]
-    assert len(absent) == 1
+    assert len(absent) == 1 and "k_max, max_length) and data.sequence_length are not checked" in absent[0]
     table = invoke("plan", llm, "--node", "cpu=8,gpu=1", "--unit-rate", "single_deletion=2")
     assert table.exit_code == 0, table.output
     assert "studies: the units of llama unknown, 1 evaluator of 0 CPU + 1 GPU each" in table.stdout

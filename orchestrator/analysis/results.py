@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workloads.models import NetConfig, skeleton
+from workloads.models import NetConfig
 from workloads.surgery import layer_units
 from workloads.surgery.paths import (contribution_fractions, effective_range, log10_mean, log10_total_contribution,
                                      probability_in_range)
@@ -20,6 +20,7 @@ from workloads.train.inference_rules import TEST_RULES
 
 from orchestrator import store
 from orchestrator.analysis.stats import mean_interval
+from orchestrator.experiment.spec import block_infos
 
 # the two thresholds that define a run's facts (claims.py states the ones that decide verdicts)
 CRITICAL_RISE = 10.0        # error points: a non-downsampling block whose deletion costs more is "critical"
@@ -31,7 +32,8 @@ SUBLAYER_KINDS = {"attention": "attention", "mlp": "MLP"}   # a transformer's un
 
 @dataclass(frozen=True)
 class Structure:
-    """What analysis needs of a network's blocks, read from its meta-device skeleton (no weights)."""
+    """What analysis needs of a network's blocks, read from its meta-device skeleton (no weights; the spec's
+    cache of block infos, so a network the spec already counted is not built again)."""
 
     num_blocks: int
     downsampling: tuple[int, ...]   # 0-based positions of the blocks that change shape
@@ -47,7 +49,7 @@ class Structure:
 
     @classmethod
     def of(cls, cfg: NetConfig) -> "Structure":
-        infos = skeleton(cfg).block_infos()
+        infos = block_infos(cfg)
         layer_of = {b: layer for layer, units in enumerate(layer_units(infos)) for b in units}
         return cls(len(infos), tuple(i.index for i in infos if i.changes_shape), cfg.arch == "plain",
                    tuple(layer_of[i.index] for i in infos), sum(i.residual for i in infos),

@@ -23,7 +23,7 @@ from pydantic_core import PydanticCustomError
 
 from workloads.data import DATASETS, STREAMED
 from workloads.fields import STRICT, Amount, Between, Flag, Text, count
-from workloads.models import NETWORKS, NetConfig, network_config
+from workloads.models import NETWORKS, AdapterError, NetConfig, network_config
 from workloads.models.registry import ADAPTED
 from workloads.train.modes import MODES
 from workloads.train.recipe import TrainConfig
@@ -409,6 +409,7 @@ class Trial:
     or trained elsewhere and imported from the user's checkpoint (mode ``pretrained``)."""
 
     run_id: str
+    setting: str          # the run id's start: the label and the variant (``res.widths-8``), as a folder name
     label: str
     network: str
     variant: str          # JSON of the overrides that make this variant
@@ -419,16 +420,22 @@ class Trial:
     checkpoint: str = ""  # imported runs: the user's checkpoint file
     test_rules: tuple[str, ...] = ()   # effective_paths: the test-time rules, the studies' first (else none)
 
+    @property
+    def group(self) -> str:
+        """The run group, the run id without its seed and hash (``res.widths-8.stochastic_depth``): runs that
+        differ only in seed, which train and evaluate alike."""
+        return f"{self.setting}.{self.mode}"
+
     def to_dict(self) -> dict:
-        return {"run_id": self.run_id, "label": self.label, "network": self.network, "variant": self.variant,
-                "mode": self.mode, "seed": self.seed, "net_config": self.net_config.to_json(),
+        return {"run_id": self.run_id, "setting": self.setting, "label": self.label, "network": self.network,
+                "variant": self.variant, "mode": self.mode, "seed": self.seed, "net_config": self.net_config.to_json(),
                 "train_config": self.train_config.to_json() if self.train_config else "",
                 "checkpoint": self.checkpoint, "test_rules": list(self.test_rules)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Trial":
         train = TrainConfig.from_dict(json.loads(d["train_config"])) if d["train_config"] else None
-        return cls(d["run_id"], d["label"], d["network"], d["variant"], d["mode"], int(d["seed"]),
+        return cls(d["run_id"], d["setting"], d["label"], d["network"], d["variant"], d["mode"], int(d["seed"]),
                    NetConfig.from_json(d["net_config"]), train, d.get("checkpoint", ""),
                    tuple(d.get("test_rules", ())))
 
@@ -485,7 +492,6 @@ def _net_config(network: str, overrides: dict, mode: str, data: DataSpec, where:
         if not timm.is_model(net.timm_arch):
             _fail(f"{where}.overrides.timm_arch", f"timm has no model {net.timm_arch!r}")
     if net.arch in ADAPTED:  # a model its adapter cannot take apart is refused here, before anything runs
-        from workloads.models.adapters.check import AdapterError
         try:
             _counts(net)
         except AdapterError as e:
@@ -556,12 +562,12 @@ def _trials(section: TrainingSection, data: DataSpec) -> TrainingSpec:
                     except ValidationError as e:
                         raise SpecError(one_line(e, TrainConfig, "training.recipe")) from None
                     tag = "" if not v else "." + ".".join(f"{k}-{v[k]}" for k in sorted(v))
-                    run_id = _safe_id(f"{label}{tag}.{mode}.s{seed}." + _short_hash(net.to_json(), train.to_json(),
-                                                                                    data.dataset))
+                    setting = _safe_id(f"{label}{tag}")
+                    run_id = f"{setting}.{mode}.s{seed}." + _short_hash(net.to_json(), train.to_json(), data.dataset)
                     # the rules are how the checkpoint is evaluated, not trained: outside the run id
                     rules = tuple(entry.test_rules) if mode == "effective_paths" else ()
-                    trials.append(Trial(run_id, label, entry.network, json.dumps(v, sort_keys=True), mode, seed,
-                                        net, train, test_rules=rules))
+                    trials.append(Trial(run_id, setting, label, entry.network, json.dumps(v, sort_keys=True), mode,
+                                        seed, net, train, test_rules=rules))
     _no_twins(trials, "training.runs", "give them different labels or settings")
     return TrainingSpec(tuple(trials), section.resources, section.max_failures)
 
@@ -590,9 +596,10 @@ def _imports(entries: list[ModelEntry], data: DataSpec,
             continue
         fields = {**overrides, **(_language_model(entry, i, data) if language else {})}
         net = _net_config(entry.network, fields, "normal", data, f"models[{i}]")
-        run_id = _safe_id(f"{label}.pretrained." + _short_hash(net.to_json(), entry.checkpoint, data.dataset))
-        models.append(Trial(run_id, label, entry.network, json.dumps(overrides, sort_keys=True), "pretrained", 0, net,
-                            None, entry.checkpoint))
+        setting = _safe_id(label)
+        run_id = f"{setting}.pretrained." + _short_hash(net.to_json(), entry.checkpoint, data.dataset)
+        models.append(Trial(run_id, setting, label, entry.network, json.dumps(overrides, sort_keys=True), "pretrained",
+                            0, net, None, entry.checkpoint))
     return tuple(models), tuple(absent)
 
 

@@ -1,78 +1,112 @@
-"""How fast a spec's work runs: rates measured here by a short calibration, or figures given.
+"""Rates: how fast one trial trains and one evaluator computes units, and the figures a user gives for them.
 
-``unravel plan`` turns counts into device time with two kinds of rate: training iterations per
-second of one trial (its per-epoch test evaluation included) and units per second of one
-evaluator. A rate is keyed by what decides it: a run group (the run id without seed and hash,
-``resnet110.stochastic_depth``) for training, ``GROUP:STUDY`` for units. Given figures may also
-name a label, a network or (units) a study alone; the most specific key wins, so one figure can
-cover every run of a network.
-
-The calibration, run only when asked (``unravel plan --calibrate``), times this code on synthetic
-data of the spec's shape on the device a worker would get: a GPU where the spec's workers ask for
-one, the CPU with the worker's thread count where they do not. A worker that asks for a GPU this
-machine lacks is not measured at all (a CPU figure would stand for a GPU's and mislead by orders of
-magnitude): its device time stays unknown. Each measurement is a few training steps at the spec's
-batch size, the engine on a batch of plans over one chunk of test examples, or one gradient batch;
-the whole calibration keeps a time budget, and what the budget leaves unmeasured stays unknown.
+``unravel plan`` turns counts into device time with two kinds of rate: training iterations per second of one
+trial (its per-epoch test evaluation included) and units per second of one evaluator. A rate is of a run group
+(``Trial.group``: runs that differ only in seed train and evaluate alike): of its training, or of its units of
+one study (``RateKey``). Figures are given by name (``Figures``): ``GROUP`` for training, ``GROUP:STUDY`` for
+units, or a broader name (a setting, a label, a network, a study alone); the most specific name wins, so one
+figure can cover every run of a network.
 """
 from __future__ import annotations
 
 import json
 import math
-import signal
-import threading
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, NamedTuple
 
-from orchestrator.experiment.spec import ExperimentSpec, Resources, Trial
+from workloads.models import NETWORKS
 
-PLANS_TIMED = 8             # lesion plans per timed engine batch
-CPU_GRADIENT_BATCH = 32     # on CPU, a gradient batch is timed at this size and scaled (CPU time is linear in it)
-MIN_TIMED_S = 0.1           # a measurement repeats until it has run this long (or MAX_REPEATS times)
-MAX_REPEATS = 20
+from orchestrator.experiment.spec import ExperimentSpec, Trial
 
 
 class RateError(ValueError):
     """A rate that cannot be read; the message is one line."""
 
 
-def group_of(trial: Trial) -> str:
-    """The run group: the run id without seed and hash (seeds of one setting train and evaluate alike)."""
-    return trial.run_id.rsplit(".", 1 if trial.mode == "pretrained" else 2)[0]
+class RateKey(NamedTuple):
+    """What one rate is of: the training of a run group (no study), or its units of one study."""
+
+    group: str
+    study: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The key as figures name it: ``GROUP``, or ``GROUP:STUDY`` for units."""
+        return self.group if self.study is None else f"{self.group}:{self.study}"
 
 
-def train_keys(trial: Trial) -> list[str]:
-    """Keys a training rate may be given under, most specific first."""
-    group = group_of(trial)
-    keys = [group, group.rsplit(".", 1)[0], trial.label, trial.network]
-    return list(dict.fromkeys(keys))
+@dataclass(frozen=True)
+class Rate:
+    """Iterations/s (training) or units/s, and where the figure came from; None where it is neither."""
+
+    per_s: float | None
+    source: Literal["given", "measured"] | None
 
 
-def unit_keys(trial: Trial, study: str) -> list[str]:
-    """Keys a unit rate may be given under, most specific first."""
-    return [f"{k}:{study}" for k in train_keys(trial)] + [study]
+def train_names(trial: Trial) -> list[str]:
+    """Names a training figure for ``trial`` may be given under, most specific first."""
+    return list(dict.fromkeys([trial.group, trial.setting, trial.label, trial.network]))
+
+
+def unit_names(trial: Trial, study: str) -> list[str]:
+    """Names a unit figure for ``trial``'s units of ``study`` may be given under, most specific first."""
+    return [RateKey(name, study).name for name in train_names(trial)] + [study]
 
 
 @dataclass
-class Rates:
-    """Training iterations/s and units/s by key (see the module docstring)."""
+class Figures:
+    """Rates by the names a user gives them under (the command line, a file, a plan's JSON)."""
 
     train: dict[str, float] = field(default_factory=dict)
     units: dict[str, float] = field(default_factory=dict)
 
-    def find(self, kind: str, keys: list[str]) -> float | None:
-        table = self.train if kind == "train" else self.units
-        return next((table[k] for k in keys if k in table), None)
+    def rate(self, trial: Trial, study: str | None = None) -> Rate:
+        """The figure for ``trial``'s training (``study`` None) or units of ``study``, by its most specific name."""
+        names, table = (train_names(trial), self.train) if study is None else (unit_names(trial, study), self.units)
+        value = next((table[name] for name in names if name in table), None)
+        return Rate(value, None if value is None else "given")
 
-    def update(self, other: "Rates") -> "Rates":
+    def update(self, other: Figures) -> Figures:
         self.train.update(other.train)
         self.units.update(other.units)
         return self
 
+    @classmethod
+    def of(cls, rates: dict[RateKey, Rate]) -> Figures:
+        """The rates a plan used, under their keys' names: given back with --rates, they make the same plan."""
+        known = {key: r.per_s for key, r in rates.items() if r.per_s is not None}
+        return cls({k.name: r for k, r in known.items() if k.study is None},
+                   {k.name: r for k, r in known.items() if k.study is not None})
+
     def to_dict(self) -> dict:
         return {"train": dict(sorted(self.train.items())), "units": dict(sorted(self.units.items()))}
+
+
+def check_names(spec: ExperimentSpec, figures: Figures) -> None:
+    """Every figure given on the command line names something of the spec (a typo would be ignored silently);
+    RateError (one line) if not."""
+    known_train = {name for t in spec.training.trials for name in train_names(t)}
+    for name in figures.train:
+        if name not in known_train:
+            raise RateError(f"--train-rate {name}: names no trained run of the spec (run groups, labels and "
+                            f"networks: {', '.join(sorted(known_train)) or 'none'})")
+    if not figures.units:
+        return
+    runs = {t.run_id: t for t in spec.runs}
+    pairs = {(r, s.study) for s in spec.studies.studies for r in s.runs}
+    pairs |= {(r, "intact") for r, _ in pairs} | {(t.run_id, "intact") for t in spec.runs if t.test_rules}
+    known_units = {name for r, s in pairs for name in unit_names(runs[r], s)}
+    studied = {s.study for s in spec.studies.studies} | {"intact"}   # a model absent from this machine
+    language = [name for name, fields in NETWORKS.items() if fields.get("arch") == "hf"]  # may still be studied
+    for _, label, _ in spec.absent_models:
+        pairs |= {(label, s) for s in studied}
+        known_units |= {RateKey(name, s).name for name in (label, *language) for s in studied} | studied
+    for name in figures.units:
+        if name not in known_units:
+            studies = sorted({s for _, s in pairs})
+            raise RateError(f"--unit-rate {name}: names no study of the spec's runs (studies: "
+                            f"{', '.join(studies) or 'none'}; or GROUP:STUDY)")
 
 
 def _rate(value, where: str) -> float:
@@ -85,20 +119,20 @@ def _rate(value, where: str) -> float:
     return rate
 
 
-def parse_rates(train: tuple[str, ...] = (), units: tuple[str, ...] = ()) -> Rates:
-    """``--train-rate KEY=ITERATIONS_PER_S`` and ``--unit-rate KEY=UNITS_PER_S`` options."""
-    rates = Rates()
-    for option, texts, table in (("--train-rate", train, rates.train), ("--unit-rate", units, rates.units)):
+def parse_figures(train: tuple[str, ...] = (), units: tuple[str, ...] = ()) -> Figures:
+    """``--train-rate NAME=ITERATIONS_PER_S`` and ``--unit-rate NAME=UNITS_PER_S`` options."""
+    figures = Figures()
+    for option, texts, table in (("--train-rate", train, figures.train), ("--unit-rate", units, figures.units)):
         for text in texts:
-            key, sep, value = text.partition("=")
-            if not sep or not key.strip():
+            name, sep, value = text.partition("=")
+            if not sep or not name.strip():
                 raise RateError(f"{option} {text}: expected KEY=RATE, e.g. {option} resnet110=12.5")
-            table[key.strip()] = _rate(value.strip(), f"{option} {key.strip()}")
-    return rates
+            table[name.strip()] = _rate(value.strip(), f"{option} {name.strip()}")
+    return figures
 
 
-def read_rates(path: str | Path) -> Rates:
-    """Rates from a JSON file: ``{"train": {KEY: rate}, "units": {KEY: rate}}``, or the output of
+def read_figures(path: str | Path) -> Figures:
+    """Figures from a JSON file: ``{"train": {NAME: rate}, "units": {NAME: rate}}``, or the output of
     ``unravel plan --format json`` (its ``rates``), e.g. measured on a machine like the cluster's."""
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -111,253 +145,11 @@ def read_rates(path: str | Path) -> Rates:
     if not isinstance(doc, dict) or not set(doc) <= {"train", "units"}:
         raise RateError(f"{path}: expected {{\"train\": {{KEY: rate}}, \"units\": {{KEY: rate}}}} or the output of "
                         f"unravel plan --format json")
-    rates = Rates()
-    for kind, table in (("train", rates.train), ("units", rates.units)):
+    figures = Figures()
+    for kind, table in (("train", figures.train), ("units", figures.units)):
         entries = doc.get(kind) or {}
         if not isinstance(entries, dict):
             raise RateError(f"{path}: {kind} must map keys to rates, got {type(entries).__name__}")
-        for key, value in entries.items():
-            table[str(key)] = _rate(value, f"{path}: {kind}.{key}")
-    return rates
-
-
-# -- the calibration ------------------------------------------------------------------------------
-
-@dataclass
-class Calibration:
-    """Rates measured here, and how."""
-
-    rates: Rates = field(default_factory=Rates)
-    devices: set[str] = field(default_factory=set)    # e.g. "cpu (1 thread)", "cuda (NVIDIA H200)"
-    timed: list[str] = field(default_factory=list)    # one phrase per measurement
-    seconds: float = 0.0
-    budget_s: float = 0.0
-    not_measured: list[str] = field(default_factory=list)   # why some rates were not measured, one phrase each
-
-
-class _BudgetSpent(BaseException):  # not an Exception: no `except Exception` on the way may swallow it
-    """The calibration's time budget ran out in the middle of a measurement."""
-
-
-@contextmanager
-def _deadline(seconds: float):
-    """Raise _BudgetSpent once ``seconds`` have passed (between two torch calls: a measurement of a
-    deep network on a slow CPU may take minutes, and the budget is the user's). Only the main thread
-    receives signals; elsewhere the budget is checked between measurements only."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        yield
-        return
-
-    def spent(signum, frame):
-        raise _BudgetSpent()
-    previous = signal.signal(signal.SIGALRM, spent)
-    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def _device_for(resources: Resources) -> tuple | None:
-    """(device, threads, description) a worker with these resources gets here: a GPU if it asks for one,
-    else the CPU with its own thread count; None where it asks for a GPU this machine lacks."""
-    import torch
-    if resources.gpu > 0:
-        if not torch.cuda.is_available():
-            return None
-        return torch.device("cuda"), 1, f"cuda ({torch.cuda.get_device_name()})"
-    threads = resources.threads
-    return torch.device("cpu"), threads, f"cpu ({threads} thread{'s' * (threads != 1)})"
-
-
-def _timed(fn, device) -> float:
-    """Seconds per call of ``fn``, after an untimed first call (allocation, kernel selection: a third
-    of a CPU step of a deep network), repeated until MIN_TIMED_S have passed."""
-    import torch
-
-    def call() -> float:
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-    call()
-    total, calls = 0.0, 0
-    while total < MIN_TIMED_S and calls < MAX_REPEATS:
-        total += call()
-        calls += 1
-    return total / calls
-
-
-def _synthetic(spec: ExperimentSpec, train: int, test: int):
-    """Random tensors of the spec's data shape (the data's files are not needed)."""
-    import torch
-
-    from workloads.data import SPLITS, TensorDataset
-    channels, classes, size = spec.data.shape
-    g = torch.Generator().manual_seed(0)
-    if spec.data.text:  # token ids, each sequence with its next tokens
-        classes = max(t.net_config.num_classes for t in spec.runs)
-        x = torch.randint(0, classes, (max(train, test), size), generator=g)
-        y = torch.randint(0, classes, x.shape, generator=g)
-    else:
-        x = torch.randn(max(train, test), channels, size, size, generator=g)
-        y = torch.randint(0, classes, (len(x),), generator=g)
-    augmentation = SPLITS[spec.data.dataset][2] if spec.data.dataset in SPLITS else "none"
-    return TensorDataset("calibration", x[:train], y[:train], x[:test], y[:test], classes, augmentation)
-
-
-def _train_rate(spec: ExperimentSpec, trial: Trial, device, test_size: int) -> tuple[float, str]:
-    """Iterations/s of one trial: a timed step, plus its share of the test evaluation every eval_every."""
-    from workloads.data import SPLITS
-    from workloads.train.loop import Trainer
-    cfg = trial.train_config
-    data = _synthetic(spec, 2 * cfg.batch_size, min(test_size, 512 if device.type == "cuda" else 128))
-    trainer = Trainer(trial.net_config, cfg, data, device)
-    step = _timed(trainer.step, device)
-    examples = len(data.test_labels)
-    per_example = _timed(trainer.evaluate, device) / examples
-    train_size = SPLITS[spec.data.dataset][0]
-    eval_every = cfg.eval_every or max(1, train_size // cfg.batch_size)
-    seconds = step + per_example * test_size / eval_every
-    return 1.0 / seconds, f"{step:.3g} s per step at batch {cfg.batch_size}"
-
-
-def _plan_unit_seconds(spec: ExperimentSpec, net, device, test_size: int) -> tuple[float, str]:
-    """Seconds of one lesion unit: the engine on a batch of distinct random deletions over one chunk
-    of examples, scaled to the test set (and BatchNorm re-estimation per plan where the spec asks)."""
-    from workloads.surgery import deletion_pool, evaluate_plans, intact, random_deletion, recalibrated_copy
-    from workloads.surgery.evaluate import default_chunk_size, default_precision
-    infos = net.block_infos()
-    pool = deletion_pool(infos)
-    k = max(1, len(pool) // 4)
-    plans = list(dict.fromkeys(random_deletion(infos, k, s) for s in range(PLANS_TIMED))) if pool else [intact(infos)]
-    studies = spec.studies
-    precision = default_precision(device) if studies.precision == "auto" else studies.precision
-    channels, _, size = spec.data.shape
-    examples = min(test_size, default_chunk_size(device, (size,) if spec.data.text else (channels, size, size)))
-    data = _synthetic(spec, min(studies.calibration_examples, examples), examples)
-    images, labels = data.test_images.to(device), data.test_labels.to(device)
-    per_plan = _timed(lambda: evaluate_plans(net, plans, images, labels, precision=precision, device=device),
-                      device) / len(plans)
-    seconds, what = per_plan * test_size / examples, f"{len(plans)} plans over {examples} examples"
-    if studies.recalibrate_bn:
-        calibration = data.train_images.to(device)
-        once = _timed(lambda: recalibrated_copy(net, plans[0], calibration), device)
-        seconds += once * studies.calibration_examples / len(calibration)
-        what += ", BatchNorm re-estimated"
-    return seconds, what
-
-
-def _gradient_seconds(spec: ExperimentSpec, net, device) -> tuple[float, str]:
-    """Seconds of one gradient unit: one draw's batch (every path length on one forward), timed at
-    the spec's batch size (on CPU at a smaller one, scaled)."""
-    from workloads.surgery import gradient_norms
-    size = spec.studies.study("gradients").batch_size
-    timed = size if device.type == "cuda" else min(size, CPU_GRADIENT_BATCH)
-    data = _synthetic(spec, timed, 1)
-    images, labels = data.train_images.to(device), data.train_labels.to(device)
-    n = sum(i.residual for i in net.block_infos())   # path lengths count residual units only (units.expand)
-    draws = [(k, 0) for k in range(1, n + 1)]
-    seconds = _timed(lambda: gradient_norms(net, images, labels, draws, device=device), device) * size / timed / n
-    return seconds, f"a gradient batch of {timed} images{f' (scaled to {size})' if timed != size else ''}"
-
-
-def unit_test_size(spec: ExperimentSpec) -> int | None:
-    """Test examples a unit evaluates: studies.test_examples, else the whole test set where it is known
-    without its files (None for a folder of images not counted here)."""
-    from workloads.data import SPLITS
-    whole = SPLITS[spec.data.dataset][1] if spec.data.dataset in SPLITS else None
-    chosen = spec.studies.test_examples
-    if chosen is None:
-        return whole
-    return min(chosen, whole) if whole else chosen
-
-
-def calibrate(spec: ExperimentSpec, train: list[Trial], evaluate: list[tuple[Trial, str]], log=None,
-              budget_s: float = 60.0) -> Calibration:
-    """Measure the rates of ``train`` (trials) and ``evaluate`` ((trial, study) pairs) that no figure
-    covers, within ``budget_s`` seconds. Trials and networks that cost the same are timed once: training
-    per network and mode, evaluation per network (a stochastic-depth network evaluates as its plain
-    twin). Workers asking for a GPU this machine lacks are not measured; neither is what the budget
-    leaves. ``log`` gets a progress line per measurement."""
-    import dataclasses
-
-    import torch
-
-    import workloads.surgery.evaluate  # noqa: F401 - imported before the budget's alarm can interrupt an import
-    import workloads.train.loop  # noqa: F401
-    from workloads.data import SPLITS
-    from workloads.models import build_network
-    from workloads.runtime import set_threads
-    result = Calibration(budget_s=budget_s)
-    test_size = unit_test_size(spec)
-    jobs: dict[str, tuple] = {}         # one measurement each: key -> (kind, trial, study, the rate keys it gives)
-    train_device, unit_device = _device_for(spec.training.resources), _device_for(spec.studies.evaluators)
-    if train and train_device is None:
-        result.not_measured.append(f"the spec's trials ask for a GPU and this machine has none "
-                                   f"({len(train)} training rate{'s' * (len(train) != 1)})")
-        train = []
-    if evaluate and unit_device is None:
-        result.not_measured.append(f"the spec's evaluators ask for a GPU and this machine has none "
-                                   f"({len(evaluate)} unit rate{'s' * (len(evaluate) != 1)})")
-        evaluate = []
-    if evaluate and test_size is None:
-        result.not_measured.append("a lesion's cost needs the test set's size (studies.test_examples)")
-        evaluate = [(t, s) for t, s in evaluate if s == "gradients"]
-    for trial in train:
-        cfg = trial.train_config
-        key = f"train|{trial.net_config.to_json()}|{cfg.mode}|{cfg.batch_size}|{cfg.active_blocks}"
-        jobs.setdefault(key, ("training", trial, "", []))[3].append(("train", group_of(trial)))
-    # evaluation grouped by network, so each network is built once and freed before the next
-    for trial, study in sorted(evaluate, key=lambda p: dataclasses.replace(p[0].net_config,
-                                                                           stochastic_depth=False).to_json()):
-        cfg = dataclasses.replace(trial.net_config, stochastic_depth=False)
-        kind = "gradients" if study == "gradients" else "plans"
-        jobs.setdefault(f"{kind}|{cfg.to_json()}", (kind, trial, study, []))[3].append(
-            ("units", f"{group_of(trial)}:{study}"))
-
-    started = time.perf_counter()
-    threads = torch.get_num_threads()
-    net_key, net = None, None
-    try:
-        for i, (kind, trial, study, keys) in enumerate(jobs.values(), 1):
-            left = budget_s - (time.perf_counter() - started)
-            if left <= 0:
-                result.not_measured.append(f"the calibration's budget of {budget_s:g} s was spent "
-                                           f"({len(jobs) - i + 1} of {len(jobs)} measurements not made)")
-                break
-            device, n, name = train_device if kind == "training" else unit_device
-            what = group_of(trial) if kind == "training" else group_of(trial).rsplit(".", 1)[0]
-            if log:
-                log(f"calibrating {i}/{len(jobs)}: {kind} of {what} on {name} "
-                    f"({time.perf_counter() - started:.0f} s of a {budget_s:g} s budget spent)")
-            set_threads(n)
-            try:
-                with _deadline(left):
-                    if kind == "training":
-                        rate, how = _train_rate(spec, trial, device, SPLITS[spec.data.dataset][1])
-                    else:
-                        cfg = dataclasses.replace(trial.net_config, stochastic_depth=False)
-                        if net_key != cfg.to_json():  # the previous network is freed first: one at a time
-                            net_key, net = None, None
-                            torch.manual_seed(0)
-                            net, net_key = build_network(cfg).to(device).eval(), cfg.to_json()
-                        if kind == "gradients":
-                            seconds, how = _gradient_seconds(spec, net, device)
-                        else:
-                            seconds, how = _plan_unit_seconds(spec, net, device, test_size)
-                        rate = 1.0 / seconds
-            except _BudgetSpent:
-                result.not_measured.append(f"the calibration's budget of {budget_s:g} s was spent "
-                                           f"({len(jobs) - i + 1} of {len(jobs)} measurements not made)")
-                break
-            result.devices.add(name)
-            result.timed.append(f"{kind} of {what}: {how}")
-            for table, key in keys:
-                (result.rates.train if table == "train" else result.rates.units)[key] = rate
-    finally:
-        torch.set_num_threads(threads)
-    result.seconds = time.perf_counter() - started
-    return result
+        for name, value in entries.items():
+            table[str(name)] = _rate(value, f"{path}: {kind}.{name}")
+    return figures

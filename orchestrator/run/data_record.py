@@ -14,11 +14,12 @@ import hashlib
 import json
 from pathlib import Path
 
+from workloads.data.cifar import CIFAR_FOLDERS   # dataset -> (its title, the folder torchvision reads under data.root)
+
 from orchestrator import store   # store.DATA_RECORD: {source: digest} of the data OUT's results were computed from
 from orchestrator.run.data_cache import files_of
 from orchestrator.run.imported import content_digest
 from orchestrator.location import Location, LocationError, is_uri
-from orchestrator.run.preflight import _CIFAR_FOLDERS   # dataset -> (its title, the folder torchvision reads under data.root)
 from orchestrator.experiment.spec import ExperimentSpec, SpecError
 
 # a tokenizer folder may be a model's: its weights are guarded by the import (imported.py), and not hashed twice
@@ -37,8 +38,8 @@ def inputs(spec: ExperimentSpec) -> dict[str, tuple[str, str]]:
             found.setdefault(d.tokenizer_of(m.run_id), (field, "content"))
         return found
     root = Location.of(d.resolved_root)
-    if d.dataset in _CIFAR_FOLDERS:
-        folders = [root / _CIFAR_FOLDERS[d.dataset][1]]
+    if d.dataset in CIFAR_FOLDERS:
+        folders = [root / CIFAR_FOLDERS[d.dataset][1]]
         how = "listing" if is_uri(d.resolved_root) else "content"
     elif d.streamed:  # train/ is read only for gradients' batches and BatchNorm recalibration (1.28M files)
         reads_train = spec.studies.study("gradients") is not None or spec.studies.recalibrate_bn

@@ -24,7 +24,7 @@ import torch
 from workloads.data import load_dataset
 from workloads.models import load_checkpoint
 from workloads.runtime import set_threads
-from workloads.surgery import evaluate_plans_over, gate_statistics, gradient_norms
+from workloads.surgery import draw_batch, evaluate_plans_over, gate_statistics, gradient_norms
 from workloads.surgery.evaluate import default_precision
 from workloads.train.inference_rules import apply_test_rule
 
@@ -33,7 +33,10 @@ from orchestrator.run.data_cache import local_root
 from orchestrator.experiment.spec import DataSpec, Resources, StudiesSpec
 from orchestrator.experiment.units import Batch, plan_for
 
-STREAM_CHUNK = 256  # images decoded per step of a streamed test set
+# networks an evaluator keeps loaded, each (run, test-time rule) its own: an effective-paths run is evaluated under
+# up to three rules (TEST_RULES), and batches reach an evaluator run after run, so four hold one run's networks and
+# the last of the run before; each one kept holds device memory
+NETWORKS_KEPT = 4
 
 
 @dataclass(frozen=True)
@@ -52,14 +55,14 @@ class StartFailure:
 
 
 class Evaluator:
-    def __init__(self, data: DataSpec, studies: StudiesSpec, cache_size: int = 4):
+    def __init__(self, data: DataSpec, studies: StudiesSpec):
         self.failure: StartFailure | None = None
         try:
-            self._start(data, studies, cache_size)
+            self._start(data, studies)
         except Exception as e:  # noqa: BLE001 - whatever a node's files raise, told once by run()
             self.failure = StartFailure.of(e)
 
-    def _start(self, data: DataSpec, studies: StudiesSpec, cache_size: int) -> None:
+    def _start(self, data: DataSpec, studies: StudiesSpec) -> None:
         set_threads(studies.evaluators.threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.data_spec, self.test_examples = data, studies.test_examples
@@ -70,8 +73,7 @@ class Evaluator:
         self.precision = default_precision(self.device) if studies.precision == "auto" else studies.precision
         self.exclude = studies.exclude_blocks
         self.metric = "next_token" if data.text else "classification"
-        self.cache: OrderedDict[str, torch.nn.Module] = OrderedDict()
-        self.cache_size = cache_size
+        self.cache: OrderedDict[str, torch.nn.Module] = OrderedDict()   # the last NETWORKS_KEPT networks
         gradients = studies.study("gradients")
         self.gradient_batch_size = gradients.batch_size if gradients else 0
 
@@ -114,7 +116,7 @@ class Evaluator:
             calibration = self.calibration_images if batch.test_rule == "recalibrated" else None
             net = apply_test_rule(net, batch.test_rule, batch.train_active, calibration).eval()
         self.cache[key] = net
-        if len(self.cache) > self.cache_size:
+        if len(self.cache) > NETWORKS_KEPT:
             self.cache.popitem(last=False)
         return net
 
@@ -140,7 +142,7 @@ class Evaluator:
 
     def _test_chunks(self):
         """The test set: resident, or streamed from disk in chunks."""
-        return self.data.test_chunks(self.test_examples, STREAM_CHUNK) if self.data.streamed else [self.test]
+        return self.data.test_chunks(self.test_examples) if self.data.streamed else [self.test]
 
     def _lesions(self, net, batch: Batch, started: float):
         infos = net.block_infos()
@@ -162,11 +164,8 @@ class Evaluator:
         return rows, errors
 
     def _gradients(self, net, batch: Batch, started: float):
-        draw = batch.units[0].draw
-        size = self.gradient_batch_size
-        g = torch.Generator().manual_seed(1_000_003 + draw)  # the draw's own random training batch
-        idx = torch.randperm(self.data.train_size(), generator=g)[:size]
-        images, labels = (t.to(self.device) for t in self.data.train_examples(idx))
+        indices = draw_batch(self.data.train_size(), self.gradient_batch_size, batch.units[0].draw)
+        images, labels = (t.to(self.device) for t in self.data.train_examples(indices))
         draws = [(u.k, u.draw) for u in batch.units]
         results = gradient_norms(net, images, labels, draws, device=self.device)
         seconds = (time.perf_counter() - started) / len(draws)

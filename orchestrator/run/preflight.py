@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from workloads.data.cifar import CIFAR_FOLDERS
+
 from orchestrator.experiment.spec import ExperimentSpec, SpecError
 
 
 def _fail(where: str, problem: str) -> None:
     raise SpecError(f"{where}: {problem}")
-
-
-_CIFAR_FOLDERS = {"cifar10": ("CIFAR-10", "cifar-10-batches-py"), "cifar100": ("CIFAR-100", "cifar-100-python")}
 
 
 def check_inputs(spec: ExperimentSpec) -> None:
@@ -25,8 +24,8 @@ def check_inputs(spec: ExperimentSpec) -> None:
         _check_remote_root(spec)
         return _check_models(spec)
     root = Path(d.root).expanduser()
-    if d.dataset in _CIFAR_FOLDERS and not d.download:
-        title, folder = _CIFAR_FOLDERS[d.dataset]
+    if d.dataset in CIFAR_FOLDERS and not d.download:
+        title, folder = CIFAR_FOLDERS[d.dataset]
         if not (root / folder).is_dir():
             _fail("data.root", f"no {title} files in {root} (expected {root / folder}/); put torchvision's "
                                f"{title} files there, or set data.download: true on a machine with internet")
@@ -59,7 +58,7 @@ def _check_remote_root(spec: ExperimentSpec) -> None:
     try:
         root = Location.of(d.root)
         root.check_reachable()
-        folder = root / _CIFAR_FOLDERS[d.dataset][1] if d.dataset in _CIFAR_FOLDERS else root / "val"
+        folder = root / CIFAR_FOLDERS[d.dataset][1] if d.dataset in CIFAR_FOLDERS else root / "val"
         if not d.download and not folder.is_dir():
             _fail("data.root", f"nothing under {folder} (put the dataset's files there)")
     except LocationError as e:
@@ -108,8 +107,7 @@ def _check_corpus(spec: ExperimentSpec) -> None:
 
 
 def _check_models(spec: ExperimentSpec) -> None:
-    from workloads.models import CheckpointError
-    from workloads.models.adapters.check import AdapterError
+    from workloads.models import AdapterError, CheckpointError
     for i, m in enumerate(spec.models):
         path = Path(m.checkpoint).expanduser()
         if m.net_config.arch == "hf":   # a Hugging Face folder: its config, model type and weights

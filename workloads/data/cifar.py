@@ -15,6 +15,9 @@ from workloads.data.dataset import DataNotFound, TensorDataset, normalise
 
 _CLASSES = {"cifar10": (torchvision.datasets.CIFAR10, 10, "CIFAR-10"),
             "cifar100": (torchvision.datasets.CIFAR100, 100, "CIFAR-100")}
+# dataset -> (its title, the folder under root that torchvision's class reads): what a check that the files are
+# there, or a digest of them, looks at without loading them
+CIFAR_FOLDERS = {name: (title, cls.base_folder) for name, (cls, _, title) in _CLASSES.items()}
 
 
 def load_cifar(root: str | Path, name: str = "cifar10", download: bool = False) -> TensorDataset:

@@ -1,7 +1,9 @@
 """Networks of both papers as block lists: CIFAR ResNets, the plain net, torchvision ResNets."""
 from workloads.models.blocks import Block, BlockInfo, BlockNetwork
-from workloads.models.checkpoint import CheckpointError, load_checkpoint, network_from_weights, read_weights, state_dict_of
-from workloads.models.registry import NETWORKS, NetConfig, build_network, network_config, skeleton
+from workloads.models.checkpoint import load_checkpoint, network_from_weights, read_weights, state_dict_of
+from workloads.models.config import NetConfig
+from workloads.models.errors import AdapterError, CheckpointError
+from workloads.models.registry import NETWORKS, build_network, network_config, skeleton
 
 
 def __getattr__(name: str):
@@ -11,6 +13,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Block", "BlockInfo", "BlockNetwork", "CheckpointError", "NETWORKS", "NetConfig", "build_network",
-           "from_torchvision", "load_checkpoint", "network_config", "network_from_weights", "read_weights",
-           "skeleton", "state_dict_of"]
+__all__ = ["AdapterError", "Block", "BlockInfo", "BlockNetwork", "CheckpointError", "NETWORKS", "NetConfig",
+           "build_network", "from_torchvision", "load_checkpoint", "network_config", "network_from_weights",
+           "read_weights", "skeleton", "state_dict_of"]

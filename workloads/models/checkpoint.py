@@ -15,18 +15,17 @@ from pathlib import Path
 
 import torch
 
+from workloads.models.adapters import adapt
 from workloads.models.blocks import BlockNetwork
-from workloads.models.registry import ADAPTED, NetConfig, build_network, source_model
+from workloads.models.config import NetConfig
+from workloads.models.errors import CheckpointError
+from workloads.models.registry import ADAPTED, build_network, source_model
 
 # plain attribute holders that training scripts save beside the weights (torchvision's reference
 # script saves its argparse.Namespace): no code runs to rebuild them
 SAFE_GLOBALS = [argparse.Namespace]
 # keys under which training scripts commonly nest the weights
 _NESTED = ("state_dict", "model_state_dict", "model", "net", "network")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message is one line and names the file."""
 
 
 def read_weights(source: str | Path | bytes, name: str | None = None) -> dict:
@@ -96,7 +95,6 @@ def network_from_weights(cfg: NetConfig, weights: dict[str, torch.Tensor], name:
 def adapted_from_weights(cfg: NetConfig, weights: dict[str, torch.Tensor],
                          name: str = "checkpoint") -> tuple[BlockNetwork, torch.nn.Module]:
     """(units, the library's model) of an adapted network with its library's weights."""
-    from workloads.models.adapters import adapt
     what = cfg.name or cfg.torchvision_arch or cfg.timm_arch or cfg.arch
     model = source_model(cfg)
     _load_strict(model, weights, name, f"{what} with {cfg.num_classes} classes" if cfg.arch != "hf" else what)

@@ -6,15 +6,11 @@ makes the layer the identity. Veit et al. report chance error (~90%) for any del
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
 from workloads.models.blocks import Block, BlockNetwork
-
-if TYPE_CHECKING:
-    from workloads.models.registry import NetConfig
+from workloads.models.config import NetConfig
 
 
 class PlainLayer(Block):

@@ -15,18 +15,12 @@ ResNet-164 (a) 5.93%, (e) 5.46%; ResNet-1001 (e) 4.92%.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
 from workloads.models.blocks import Block, BlockNetwork
+from workloads.models.config import NetConfig, blocks_per_stage
 from workloads.models.shortcuts import Gate, projection
-
-if TYPE_CHECKING:
-    from workloads.models.registry import NetConfig
-
-UNITS = ("a", "b", "c", "d", "e")
 
 
 def _branch(channels: list[int], kernels: list[int], strides: list[int], unit: str) -> tuple[nn.Sequential, nn.Module]:
@@ -128,14 +122,6 @@ def _init(module: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-
-
-def blocks_per_stage(depth: int, bottleneck: bool) -> int:
-    per_block = 9 if bottleneck else 6
-    if depth < per_block + 2 or (depth - 2) % per_block:
-        kind = "9n+2 (bottleneck)" if bottleneck else "6n+2 (basic)"
-        raise ValueError(f"depth {depth} is not of the form {kind}")
-    return (depth - 2) // per_block
 
 
 def cifar_resnet(cfg: NetConfig) -> BlockNetwork:

@@ -2,12 +2,12 @@
 gradients by path length, and the gates of gated shortcuts."""
 from workloads.surgery.evaluate import PlanResult, evaluate_plans, evaluate_plans_over, forward_plan, recalibrated_copy
 from workloads.surgery.gates import GateStatistics, gate_statistics, gated_blocks
-from workloads.surgery.gradients import GradientResult, choose_blocks, gradient_norms, naive_gradient_norm
+from workloads.surgery.gradients import GradientResult, choose_blocks, draw_batch, gradient_norms, naive_gradient_norm
 from workloads.surgery.plan import (Plan, PlanError, delete_blocks, delete_span, deletion_pool, intact, layer_spans, layer_units,
                    random_deletion, random_swaps, swap_pairs, validate)
 from workloads.surgery.trie import PlanTrie
 
 __all__ = ["Plan", "PlanError", "PlanResult", "PlanTrie", "GateStatistics", "GradientResult", "choose_blocks",
-           "delete_blocks", "delete_span", "deletion_pool", "evaluate_plans", "evaluate_plans_over", "forward_plan",
-           "gate_statistics", "gated_blocks", "gradient_norms", "intact", "layer_spans", "layer_units",
+           "delete_blocks", "delete_span", "deletion_pool", "draw_batch", "evaluate_plans", "evaluate_plans_over",
+           "forward_plan", "gate_statistics", "gated_blocks", "gradient_norms", "intact", "layer_spans", "layer_units",
            "naive_gradient_norm", "random_deletion", "random_swaps", "recalibrated_copy", "swap_pairs", "validate"]

@@ -40,10 +40,6 @@ class GradientResult:
     log10_norm: float          # log10 of the L2 norm at the input of the first block
     batch_size: int
 
-    @property
-    def norm(self) -> float:
-        return 10.0 ** self.log10_norm
-
 
 def choose_blocks(num_blocks: int, k: int, seed: int) -> tuple[int, ...]:
     """The k blocks (seeded, uniform without replacement) whose branch carries the gradient."""
@@ -52,6 +48,18 @@ def choose_blocks(num_blocks: int, k: int, seed: int) -> tuple[int, ...]:
     rng = np.random.default_rng([int(seed), 3, int(k)])
     return tuple(sorted(int(i) for i in rng.choice(num_blocks, size=k, replace=False)))
 
+
+
+# the seed of a draw's batch is offset from the draw's number: the trainer seeds its generator with the run's seed,
+# a small integer, and a draw's images should not be the shuffle some run of that seed was trained on
+DRAW_BATCH_SEED = 1_000_003
+
+
+def draw_batch(train_size: int, batch_size: int, draw: int) -> torch.Tensor:
+    """Indices of the training images draw ``draw`` computes its norms on: a seeded random sample, the same on
+    every evaluator and every rerun, shared by the draw's path lengths."""
+    g = torch.Generator().manual_seed(DRAW_BATCH_SEED + draw)
+    return torch.randperm(train_size, generator=g)[:batch_size]
 
 class _LinearChain:
     """An eval-mode chain of Conv2d / BatchNorm2d / ReLU, linearised at one input.

@@ -10,8 +10,8 @@ from importlib import import_module
 
 from torch import nn
 
-from workloads.models.adapters.check import AdapterError
 from workloads.models.blocks import BlockNetwork
+from workloads.models.errors import AdapterError
 
 # (module, class) of a model -> (adapter module, its function); a subclass is adapted as its library base class
 ADAPTERS: dict[tuple[str, str], tuple[str, str]] = {

@@ -15,9 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-
-class AdapterError(ValueError):
-    """A model an adapter cannot reproduce: refused with a one-line reason, never lesioned."""
+from workloads.models.errors import AdapterError
 
 
 @dataclass(frozen=True, eq=False)

@@ -18,9 +18,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workloads.models.adapters.check import AdapterError, Anchor, check_adapter
+from workloads.models.adapters.check import Anchor, check_adapter
 from workloads.models.adapters.parts import Sublayer
 from workloads.models.blocks import Block, BlockNetwork
+from workloads.models.errors import AdapterError
 
 __all__ = ["AdapterError", "CAUSAL_LMS", "check_adapter", "from_causal_lm"]
 

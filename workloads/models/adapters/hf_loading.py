@@ -21,8 +21,7 @@ from pathlib import Path
 
 import torch
 
-from workloads.models.adapters.check import AdapterError
-from workloads.models.checkpoint import CheckpointError
+from workloads.models.errors import AdapterError, CheckpointError
 
 # config.json's model_type -> the causal LM class the adapter (hf_adapter.py) reproduces
 MODEL_TYPES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",

@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workloads.models.adapters.check import AdapterError, Anchor
+from workloads.models.adapters.check import Anchor
 from workloads.models.adapters.parts import ModelPart, Transition, number_stages
 from workloads.models.blocks import Block, BlockNetwork
+from workloads.models.errors import AdapterError
 
 
 def _body(block: nn.Module) -> nn.Module:

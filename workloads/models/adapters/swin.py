@@ -13,9 +13,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workloads.models.adapters.check import AdapterError, Anchor
+from workloads.models.adapters.check import Anchor
 from workloads.models.adapters.parts import ModelPart, Sublayer, Transition, number_stages
 from workloads.models.blocks import Block, BlockNetwork
+from workloads.models.errors import AdapterError
 
 
 class _SwinSublayer(Sublayer):

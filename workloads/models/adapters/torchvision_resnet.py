@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from workloads.models.adapters.check import AdapterError, Anchor
+from workloads.models.adapters.check import Anchor
 from workloads.models.blocks import Block, BlockNetwork
+from workloads.models.errors import AdapterError
 
 
 class TorchvisionBlock(Block):
