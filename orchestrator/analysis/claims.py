@@ -1,18 +1,9 @@
-"""Verdicts on the papers' claims, computed from the tables with thresholds stated here.
+"""Veit et al.'s lesion and gradient claims (F3-F8), verdicted from the tables with thresholds stated here, and
+the list of every claim the report tests.
 
-Every verdict carries the numbers and the 95% interval that decided it (``stats.py``: bootstrap
-over draws, seeds or blocks), beside the paper's reference value (PAPERS.md), and says what that
-interval is over (``Claim.over``): an interval over the blocks or draws of one trained network covers
-how they vary in that network, not how training varies. A claim that compares two training
-procedures (F8, T1, the Identity Mappings tables) is therefore decided over seeds, and with one seed
-a side its verdict is "one seed: not resolved". Verdicts: "reproduced", "not reproduced",
-"partly reproduced: ...", "not resolved on this data" (the interval is wider than the difference it
-would decide), "one seed: not resolved", "cannot be computed: <why>" (too few values), and "not run"
-(no data; the report names the spec that runs it).
+What a verdict says and what its interval is over: ``claim.py``.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -20,9 +11,14 @@ import pandas as pd
 from workloads.surgery.paths import (contribution_fractions, effective_range, log10_mean, log10_total_contribution,
                                      path_length_distribution, probability_in_range, surviving_fraction)
 
+from orchestrator.analysis.claim import ONE_SEED, Claim
+from orchestrator.analysis.effective_paths import t1_claim
+from orchestrator.analysis.highway import h_claim
+from orchestrator.analysis.identity_mappings import im_shortcuts, im_units
+from orchestrator.analysis.prose import plural
 from orchestrator.analysis.results import CRITICAL_RISE, EFFECTIVE_MASS, Results
-from orchestrator.analysis.stats import (Interval, difference_interval, median_interval, paired_difference_interval, resampled_interval,
-                    share_interval, slope_interval, spearman_interval)
+from orchestrator.analysis.stats import (Interval, difference_interval, median_interval, paired_difference_interval,
+                                         resampled_interval, share_interval, slope_interval, spearman_interval)
 
 # thresholds, in error points (percentage points) unless said otherwise; CRITICAL_RISE and
 # EFFECTIVE_MASS, which define a run's facts, are stated in results.py
@@ -34,27 +30,6 @@ TAU_RHO = -0.5              # F5b: Spearman correlation of error with Kendall ta
 GRAD_R2 = 0.9               # F6b: straight line in log10 norm vs k explains at least this
 PAPER_BLOCKS = 54           # ResNet-110, the network of the paper's numbers
 MANY_SURVIVE = 0.10         # F7: deleting 10 of 54 blocks keeps at least this share of the gradient's paths
-ONE_SEED = "one seed: not resolved"   # a comparison of trainings with fewer than 2 seeds on a side
-
-
-@dataclass
-class Claim:
-    key: str
-    paper: str        # what the paper says (PAPERS.md)
-    result: str       # what the data says, in numbers, with the interval that decided
-    verdict: str      # reproduced | not reproduced | partly reproduced: ... | not resolved on this data |
-    #                   one seed: not resolved | cannot be computed: ... | not run
-    rule: str         # the threshold that decided
-    over: str = ""    # what the deciding interval is over (and so which variance it covers); "" when not run
-
-    @property
-    def line(self) -> str:
-        return f"{self.paper}: {self.result}: {self.verdict}" + (f" (interval: {self.over})" if self.over else "")
-
-
-def plural(count: int, noun: str, many: str | None = None) -> str:
-    """``1 block``, ``2 blocks``."""
-    return f"{count:,} {noun if count == 1 else many or noun + 's'}"
 
 
 def residual_runs(results: Results, mode: str | None = "normal") -> list[str]:
@@ -402,8 +377,6 @@ def left_to_other_specs(claims: list[Claim]) -> dict[str, str]:
 
 
 def all_claims(results: Results) -> list[Claim]:
-    from orchestrator.analysis.effective_paths import t1_claim  # these modules import Claim from here
-    from orchestrator.analysis.highway import h_claim
-    from orchestrator.analysis.identity_mappings import im_shortcuts, im_units
+    """Veit et al.'s claims, then T1, H and the Identity Mappings tables."""
     return [f3_resnet(results), f3_plain(results), f5a(results), f5b(results), f6a(results), *f6(results),
             f7(results), f8(results), t1_claim(results), h_claim(results), im_units(results), im_shortcuts(results)]

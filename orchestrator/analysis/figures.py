@@ -1,211 +1,27 @@
-"""The papers' figures from the tables: PNG and PDF, colour-blind-safe (Okabe-Ito) palette.
+"""The report's figures: Veit et al.'s F3-F7 and the training curves drawn here, the highway view's and span
+deletion's by their topics, each where the tables hold data for it.
 
-Drawn with matplotlib's object-oriented API (Figure, not pyplot), so making them never selects
-or changes a backend, and the style applies only inside all_figures: a notebook keeps its own.
-
-Every figure is at most 7 inches wide with text of at least 7 pt, so it prints at its saved size on a
-page; legends sit below the axes, never on the data. A run has one look in every figure: the colour
-(and, past eight, the line style) of its series -- label, variant and mode, as ``Results.name`` says
-them -- and, when the experiment has several seeds, one marker per seed.
+Drawn with the kit of ``drawing.py``, each saved as PNG and PDF.
 """
 from __future__ import annotations
 
-import functools
-import io
-import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib import font_manager
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.text import Text
-from matplotlib.textpath import TextToPath
 from matplotlib.ticker import MaxNLocator
 
 from workloads.surgery.paths import path_length_distribution, surviving_fraction
 
-from orchestrator.analysis.results import CRITICAL_RISE, EFFECTIVE_MASS, ERROR, Results, variant_text
+from orchestrator.analysis.drawing import (LINESTYLES, STYLE, by_series, interval_band, legend_below, legend_handles,
+                                           legend_height, measure_axis, new_figure, no_data, run_looks, save)
+from orchestrator.analysis.highway import h_figure
+from orchestrator.analysis.results import CRITICAL_RISE, EFFECTIVE_MASS, Results
+from orchestrator.analysis.spans import span_figure
 from orchestrator.analysis.stats import mean_interval
-
-PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"]  # yellow last: faint
-LINESTYLES = ["-", "--", "-.", ":"]                       # a second, third... round of the palette
-SEED_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
-WIDTH = 7.0                                               # inches: a page's text width
-# Fonts tried, in order, for each character (matplotlib >= 3.6 falls back through font.family); only the
-# installed ones are listed, and a character none of them has is drawn as its code point (see drawable).
-FALLBACK_FONTS = ("DejaVu Sans", "Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK KR",
-                  "Source Han Sans", "Source Han Sans SC", "Source Han Sans JP", "Noto Sans SC", "Noto Sans JP",
-                  "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Droid Sans Fallback", "AR PL UMing CN",
-                  "IPAexGothic", "IPAGothic", "TakaoGothic", "NanumGothic", "Microsoft YaHei", "SimHei",
-                  "Hiragino Sans", "Yu Gothic", "Malgun Gothic", "Arial Unicode MS", "Noto Sans")
-
-
-def _installed_fonts() -> list[str]:
-    installed = {f.name for f in font_manager.fontManager.ttflist}
-    return [f for f in FALLBACK_FONTS if f in installed] or ["sans-serif"]
-
-
-STYLE = {"figure.dpi": 110, "savefig.dpi": 150, "axes.grid": True, "grid.alpha": 0.3,
-         "axes.prop_cycle": matplotlib.cycler(color=PALETTE), "font.family": _installed_fonts(),
-         "font.size": 8, "axes.titlesize": 8.5, "axes.labelsize": 8, "xtick.labelsize": 7.5,
-         "ytick.labelsize": 7.5, "legend.fontsize": 7.5, "figure.titlesize": 9}
-
-
-@functools.lru_cache(maxsize=8)
-def _covered(fonts: tuple[str, ...]) -> frozenset[int]:
-    """The code points some font of ``fonts`` has a glyph for."""
-    points: set[int] = set()
-    for family in fonts:
-        try:
-            path = font_manager.findfont(font_manager.FontProperties(family=family), fallback_to_default=False)
-            points.update(font_manager.get_font(path).get_charmap())
-        except (ValueError, RuntimeError, OSError):
-            continue
-    return frozenset(points)
-
-
-def drawable(text: str, fonts: list[str] | None = None) -> str:
-    """``text`` with each character no font of the fallback list can draw written as its code point
-    (``U+6B8B``, set apart by spaces): no missing-glyph boxes or warnings on a machine without, say,
-    CJK fonts."""
-    covered = _covered(tuple(fonts or STYLE["font.family"]))
-    out, replaced = "", False
-    for c in text:
-        if ord(c) < 32 or ord(c) in covered:
-            out += (" " if replaced and not c.isspace() else "") + c
-            replaced = False
-        else:  # a code point stands apart from its neighbours: "U+6B8B U+5DEE [unit=d]"
-            out += (" " if out and not out[-1].isspace() else "") + f"U+{ord(c):04X}"
-            replaced = True
-    return out
-
-
-def _save(fig: Figure, folder, name: str) -> str:
-    """The figure as PNG and PDF in ``folder`` (of OUT: a local folder or object storage), each written whole."""
-    from orchestrator import store
-    for text in fig.findobj(Text):
-        text.set_text(drawable(text.get_text()))
-    for ext in ("png", "pdf"):
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format=ext)
-        store.write_file(folder / f"{name}.{ext}", buffer.getvalue())
-    return f"{name}.png"
-
-
-def _figure(height: float, width: float = WIDTH) -> Figure:
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def _no_data(ax, why: str) -> None:
-    """An axis with nothing to show says why, rather than being empty."""
-    ax.text(0.5, 0.5, why, transform=ax.transAxes, ha="center", va="center", wrap=True, color="0.35")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.grid(False)
-
-
-@dataclass(frozen=True)
-class Look:
-    """How a run is drawn: its series' colour and line style, its seed's marker."""
-
-    series: str         # the run's name without its seed
-    color: str
-    ls: str
-    marker: str
-    seed: str           # "seed 3", or "" when the experiment has one seed
-
-
-def in_order(runs):
-    """The runs table ordered as legends and tables list it: by label, variant (as read), mode, then seed."""
-    key = runs.assign(_variant=runs["variant"].map(variant_text))
-    return runs.loc[key.sort_values(["label", "_variant", "mode", "seed", "run_id"], kind="stable").index]
-
-
-def _looks(results: Results) -> dict[str, Look]:
-    runs = in_order(results.runs)
-    seeds = sorted(set(runs["seed"]))
-    several = len(seeds) > 1
-    order: list[str] = []
-    looks = {}
-    for r, seed in zip(runs["run_id"], runs["seed"]):
-        series = results.series(r)
-        if series not in order:
-            order.append(series)
-        i = order.index(series)
-        looks[r] = Look(series, PALETTE[i % len(PALETTE)], LINESTYLES[(i // len(PALETTE)) % len(LINESTYLES)],
-                        SEED_MARKERS[seeds.index(seed) % len(SEED_MARKERS)] if several else "o",
-                        f"seed {seed}" if several else "")
-    return looks
-
-
-def _series(looks: dict[str, Look], runs) -> dict[str, list[str]]:
-    """``runs`` by series, in the order the series were given their colours."""
-    order = list(dict.fromkeys(look.series for look in looks.values()))
-    by: dict[str, list[str]] = {}
-    for r in sorted(runs, key=lambda r: (order.index(looks[r].series), int(looks[r].seed[5:] or 0))):
-        by.setdefault(looks[r].series, []).append(r)
-    return by
-
-
-def _handles(looks: dict[str, Look], runs, seeds: bool = True) -> list:
-    """Legend entries for ``runs``: one per series (its seeds counted when series differ in them), then,
-    with ``seeds``, one per seed's marker."""
-    by = _series(looks, runs)
-    counts = {len(members) for members in by.values()}
-    markers = {looks[r].seed: looks[r].marker for r in runs if looks[r].seed} if seeds else {}
-    handles = [Line2D([], [], color=looks[members[0]].color, ls=looks[members[0]].ls, lw=1.5,
-                      marker="o" if seeds and len(markers) < 2 else None, ms=4,
-                      label=s + (f" ({len(members)} seeds)" if len(members) > 1 and len(counts) > 1 else ""))
-               for s, members in by.items()]
-    if len(markers) > 1:
-        handles += [Line2D([], [], color="0.3", marker=m, ls="none", ms=4, label=s)
-                    for s, m in sorted(markers.items(), key=lambda x: int(x[0].split()[-1]))]
-    return handles
-
-
-def _text_width(text: str) -> float:
-    """Points the widest line of ``text`` takes in a legend."""
-    prop = font_manager.FontProperties(family=STYLE["font.family"], size=STYLE["legend.fontsize"])
-    return max(TextToPath().get_text_width_height_descent(line, prop, ismath=False)[0]
-               for line in drawable(text).split("\n"))
-
-
-def _legend_layout(handles: list, width: float) -> tuple[int, int]:
-    """(columns, lines per column) of a legend ``width`` inches wide: the most columns that fit (matplotlib
-    splits the entries into columns as numpy.array_split does); a label wider than the figure is wrapped
-    first (as drawn, code points and all), so nothing of it is cut."""
-    size = STYLE["legend.fontsize"]
-    room = 72 * width - 12 - 3.6 * size          # points for a label's text in a one-column legend
-    for h in handles:
-        label = drawable(h.get_label())
-        if _text_width(label) > room:
-            h.set_label(textwrap.fill(label, max(10, int(len(label) * room / _text_width(label)) - 2)))
-    text = np.array([_text_width(h.get_label()) for h in handles])
-    lines = np.array([h.get_label().count("\n") + 1 for h in handles])
-    for ncols in range(min(len(handles), 6), 1, -1):
-        columns = [max(column) + 2.8 * size for column in np.array_split(text, ncols)]
-        if sum(columns) + (len(columns) - 1) * 2.0 * size + 0.8 * size <= 72 * width - 12:
-            return ncols, max(int(c.sum()) for c in np.array_split(lines, ncols))
-    return 1, int(lines.sum())
-
-
-def _legend_below(fig: Figure, handles: list) -> None:
-    if handles:
-        ncols, _ = _legend_layout(handles, fig.get_figwidth())
-        fig.legend(handles=handles, loc="outside lower center", ncols=ncols, frameon=False)
-
-
-def _legend_height(handles: list, base: float, width: float = WIDTH) -> float:
-    """``base`` inches for the axes, plus room for the legend's lines below them."""
-    if not handles:
-        return base
-    _, lines = _legend_layout(handles, width)
-    return base + lines * 1.5 * STYLE["legend.fontsize"] / 72 + 0.1
 
 
 def _residual(results: Results, runs) -> list[str]:
@@ -227,9 +43,9 @@ def f3(results: Results, folder: Path) -> str | None:
     d = results.study("single_deletion")
     if not len(d):
         return None
-    looks = _looks(results)
+    looks = run_looks(results)
     runs = sorted(set(d["run_id"]), key=lambda r: (results.structure(r).plain, r))
-    by = _series(looks, runs)
+    by = by_series(looks, runs)
     # many runs with seeds: each seed a thin light line, the series a thick line (mean over its seeds)
     pooled = len(runs) > 8 and any(len(members) > 1 for members in by.values())
     noun, xlabel = _unit_words(results, runs)
@@ -251,8 +67,8 @@ def f3(results: Results, folder: Path) -> str | None:
     if any(results.critical_blocks(r) for r in _residual(results, runs)):
         key.append(Line2D([], [], color="0.3", marker="s", mfc="none", ls="none", ms=7,
                           label=f"critical {noun} (deleting it costs > {CRITICAL_RISE:g} {results.measure.points})"))
-    handles = _handles(looks, runs, seeds=not pooled) + key
-    fig = _figure(_legend_height(handles, 3.3 + 0.17 * len(shapes)))
+    handles = legend_handles(looks, runs, seeds=not pooled) + key
+    fig = new_figure(legend_height(handles, 3.3 + 0.17 * len(shapes)))
     if shapes:
         strip, ax = fig.subplots(2, 1, sharex=True, height_ratios=[0.17 * len(shapes) + 0.05, 3.0])
     else:
@@ -303,33 +119,17 @@ def f3(results: Results, folder: Path) -> str | None:
     else:
         ax.set_title(f"F3: deleting one {noun} at test time ({results.dataset})")
     ax.set_xlabel(xlabel)
-    _measure_axis(ax, m)
+    measure_axis(ax, m)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    _legend_below(fig, handles)
-    return _save(fig, folder, "f3_single_deletion")
-
-
-def _measure_axis(ax, m, suffix: str = "") -> None:
-    """The y axis of what is plotted: error from 0 to 100%, a loss from 0 to a little above its largest value
-    (data drawn against the frame is hard to read)."""
-    ax.set_ylabel(m.label + suffix)
-    ax.set_ylim(0, m.top if m.top is not None else 1.08 * ax.dataLim.ymax)
-
-
-def _band(ax, x, lo, hi, color, alpha, m=ERROR):
-    """A 95% interval band, clipped to the values the measure can take (0-100% for an error); missing where
-    there is no interval."""
-    lo, hi = np.clip(m.of(lo), 0, m.top), np.clip(m.of(hi), 0, m.top)
-    ok = np.isfinite(lo) & np.isfinite(hi)
-    if ok.any():
-        ax.fill_between(np.asarray(x, float), lo, hi, where=ok, color=color, alpha=alpha, lw=0)
+    legend_below(fig, handles)
+    return save(fig, folder, "f3_single_deletion")
 
 
 def f5a(results: Results, folder: Path) -> str | None:
     d = results.study("random_deletion")
     if not len(d):
         return None
-    looks = _looks(results)
+    looks = run_looks(results)
     runs = sorted(set(d["run_id"]))
     noun, _ = _unit_words(results, runs)
     avoiding = {r: results.critical_blocks(r) for r in runs if results.critical_blocks(r)}
@@ -342,27 +142,27 @@ def f5a(results: Results, folder: Path) -> str | None:
         else:
             key.append(Line2D([], [], color="0.3", ls="--", lw=1,
                               label=f"dashed: draws sparing the run's critical {noun}s (listed in the report)"))
-    handles = _handles(looks, runs) + key
-    fig = _figure(_legend_height(handles, 3.3, 6.0), width=6.0)
+    handles = legend_handles(looks, runs) + key
+    fig = new_figure(legend_height(handles, 3.3, 6.0), width=6.0)
     ax = fig.subplots()
     m = results.measure
     for r in runs:
         look = looks[r]
         curve = results.deletion_curve(r, False, m.column)
         ax.plot(curve["k"], m.of(curve["mean"]), marker=look.marker, ms=3, color=look.color, ls=look.ls)
-        _band(ax, curve["k"], curve["lo"], curve["hi"], look.color, 0.18, m)
+        interval_band(ax, curve["k"], curve["lo"], curve["hi"], look.color, 0.18, m)
         if r in avoiding:
             spared = results.deletion_curve(r, True, m.column)
             if len(spared):
                 ax.plot(spared["k"], m.of(spared["mean"]), "--", color=look.color, lw=1)
-                _band(ax, spared["k"], spared["lo"], spared["hi"], look.color, 0.08, m)
+                interval_band(ax, spared["k"], spared["lo"], spared["hi"], look.color, 0.08, m)
     ax.set_xlabel("number of deleted blocks (units) k" if noun == "block"
                   else "number of deleted units k (attention or MLP sublayers)")
-    _measure_axis(ax, m, ": mean over draws, 95% CI")
+    measure_axis(ax, m, ": mean over draws, 95% CI")
     ax.set_title(f"F5a: deleting k random {noun}s ({results.dataset})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    _legend_below(fig, handles)
-    return _save(fig, folder, "f5a_random_deletion")
+    legend_below(fig, handles)
+    return save(fig, folder, "f5a_random_deletion")
 
 
 def _binned(tau: np.ndarray, error: np.ndarray, bins: int = 10) -> list[tuple[float, float, float, float]]:
@@ -380,12 +180,12 @@ def f5b(results: Results, folder: Path) -> str | None:
     d = results.study("reorder")
     if not len(d):
         return None
-    looks = _looks(results)
+    looks = run_looks(results)
     runs = sorted(set(d["run_id"]))
-    handles = _handles(looks, runs) + [
+    handles = legend_handles(looks, runs) + [
         Line2D([], [], color="0.3", marker="o", ls="none", ms=3, alpha=0.4, label="one draw"),
         Patch(color="0.3", alpha=0.2, label="line and band: binned mean, 95% bootstrap interval")]
-    fig = _figure(_legend_height(handles, 3.3, 6.0), width=6.0)
+    fig = new_figure(legend_height(handles, 3.3, 6.0), width=6.0)
     ax = fig.subplots()
     m = results.measure
     for r in runs:
@@ -395,13 +195,13 @@ def f5b(results: Results, folder: Path) -> str | None:
         ax.scatter(tau, m.of(value), s=6, alpha=0.3, color=look.color, marker=look.marker, lw=0)
         b = np.array(_binned(tau, value))
         ax.plot(b[:, 0], m.of(b[:, 1]), color=look.color, ls=look.ls, lw=1.5)
-        _band(ax, b[:, 0], b[:, 2], b[:, 3], look.color, 0.2, m)
+        interval_band(ax, b[:, 0], b[:, 2], b[:, 3], look.color, 0.2, m)
     ax.set_xlabel("Kendall tau between the new order and the original")
-    _measure_axis(ax, m)
+    measure_axis(ax, m)
     ax.set_title(f"F5b: reordering {_unit_words(results, runs)[0]}s ({results.dataset})")
     ax.invert_xaxis()
-    _legend_below(fig, handles)
-    return _save(fig, folder, "f5b_reorder")
+    legend_below(fig, handles)
+    return save(fig, folder, "f5b_reorder")
 
 
 def f6(results: Results, folder: Path) -> str | None:
@@ -409,7 +209,7 @@ def f6(results: Results, folder: Path) -> str | None:
     runs = [r for r in _residual(results, sorted(measured)) if r in set(results.runs["run_id"])]
     if not runs:
         return None
-    looks = _looks(results)
+    looks = run_looks(results)
     drawn = [r for r in runs if len(results.gradient_profile(r))]
     handles = []
     for r in runs:
@@ -426,7 +226,7 @@ def f6(results: Results, folder: Path) -> str | None:
         handles += [Patch(color="0.3", alpha=0.2, label="band (b): ±1 std of log10 norm over draws"),
                     Patch(color="0.3", alpha=0.12,
                           label=f"shaded (c): lengths carrying {EFFECTIVE_MASS:.0%} of the gradient")]
-    fig = _figure(_legend_height(handles, 2.9))
+    fig = new_figure(legend_height(handles, 2.9))
     axes = fig.subplots(1, 3)
     sizes = sorted({results.structure(r).paths for r in runs})
     top = max(100 * path_length_distribution(n).max() for n in sizes)
@@ -451,16 +251,16 @@ def f6(results: Results, folder: Path) -> str | None:
     axes[2].set(xlabel="path length k", ylabel="share of the total gradient (%)", title="F6c: gradient per length")
     if not drawn:
         for ax in axes[1:]:
-            _no_data(ax, "no finite gradient norm\nin the gradients table")
+            no_data(ax, "no finite gradient norm\nin the gradients table")
     fig.suptitle(f"F6: paths and gradients by path length ({results.dataset})")
-    _legend_below(fig, handles)
-    return _save(fig, folder, "f6_paths_and_gradients")
+    legend_below(fig, handles)
+    return save(fig, folder, "f6_paths_and_gradients")
 
 
 def f7(results: Results, folder: Path) -> str | None:
     runs = _residual(results, results.runs["run_id"])
     n = max((results.structure(r).num_blocks for r in runs), default=54)
-    fig = _figure(3.2, width=5.0)
+    fig = new_figure(3.2, width=5.0)
     ax = fig.subplots()
     x = np.arange(0, n + 1)
     for i, d in enumerate((1, 10, 20)):
@@ -475,18 +275,18 @@ def f7(results: Results, folder: Path) -> str | None:
            title=f"F7: paths surviving a deletion (n = {n} blocks, {which})")
     ax.set_ylim(0, 1.02)
     ax.legend(loc="upper right")
-    return _save(fig, folder, "f7_surviving_paths")
+    return save(fig, folder, "f7_surviving_paths")
 
 
 def training_curves(results: Results, folder: Path) -> str | None:
     if not len(results.epochs):
         return None
-    looks = _looks(results)
+    looks = run_looks(results)
     epochs = results.epochs[results.epochs["run_id"].isin(looks)]
     runs = sorted(set(epochs["run_id"]))
-    handles = _handles(looks, runs) + [Line2D([], [], color="0.3", lw=1.2, label="test error (solid)"),
+    handles = legend_handles(looks, runs) + [Line2D([], [], color="0.3", lw=1.2, label="test error (solid)"),
                                        Line2D([], [], color="0.3", lw=0.8, ls=":", label="train error (dotted)")]
-    fig = _figure(_legend_height(handles, 3.2, 6.0), width=6.0)
+    fig = new_figure(legend_height(handles, 3.2, 6.0), width=6.0)
     ax = fig.subplots()
     for r, rows in epochs.groupby("run_id"):
         look = looks[r]
@@ -496,7 +296,7 @@ def training_curves(results: Results, folder: Path) -> str | None:
                 marker=look.marker, ms=3, markevery=every)
         ax.plot(rows["epoch"], 100 * rows["train_error"], color=look.color, ls=":", lw=0.8)
     if not runs:
-        _no_data(ax, "no epoch of a run in the runs table")
+        no_data(ax, "no epoch of a run in the runs table")
     # symlog: linear below 1%, logarithmic above, so an error of exactly 0 stays on the plot
     ax.set_yscale("symlog", linthresh=1, linscale=0.4)
     ax.set_ylim(0, 100)
@@ -505,19 +305,20 @@ def training_curves(results: Results, folder: Path) -> str | None:
     if len(epochs) and epochs["epoch"].max() - epochs["epoch"].min() < 2:
         ax.set_xlim(epochs["epoch"].min() - 1, epochs["epoch"].max() + 1)
     ax.set(xlabel="epoch", ylabel="error (%)", title=f"Training curves ({results.dataset})")
-    _legend_below(fig, handles)
-    return _save(fig, folder, "training_curves")
+    legend_below(fig, handles)
+    return save(fig, folder, "training_curves")
+
+
+FIGURES = {"F3": f3, "F5a": f5a, "F5b": f5b, "F6": f6, "F7": f7, "H": h_figure, "spans": span_figure,
+           "training": training_curves}   # key -> the function drawing it, in the report's order
 
 
 def all_figures(results: Results, folder: Path) -> dict[str, str]:
     """Each figure's PNG name by key, for the figures the tables have data for."""
     made = {}
     with matplotlib.rc_context(STYLE):  # figures read the style when drawn and saved
-        from orchestrator.analysis.highway import h_figure  # highway and spans draw with this module's helpers
-        from orchestrator.analysis.spans import span_figure
-        for name, fn in [("F3", f3), ("F5a", f5a), ("F5b", f5b), ("F6", f6), ("F7", f7), ("H", h_figure),
-                         ("spans", span_figure), ("training", training_curves)]:
-            path = fn(results, folder)
+        for name, draw in FIGURES.items():
+            path = draw(results, folder)
             if path:
                 made[name] = path
     return made
