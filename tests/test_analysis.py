@@ -217,7 +217,7 @@ def drawn(monkeypatch):
     """The Figure objects all_figures saves, by file name, drawn with Agg so their layout can be measured."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from orchestrator.analysis import figures
+    from orchestrator.analysis import veit_figures as figures
 
     made = {}
     save = figures.save
