@@ -217,10 +217,10 @@ def drawn(monkeypatch):
     """The Figure objects all_figures saves, by file name, drawn with Agg so their layout can be measured."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from orchestrator.analysis import figures
+    from orchestrator.analysis import veit_figures as figures
 
     made = {}
-    save = figures._save
+    save = figures.save
 
     def keep(fig, folder, name):
         path = save(fig, folder, name)
@@ -228,7 +228,7 @@ def drawn(monkeypatch):
         made[name] = fig
         return path
 
-    monkeypatch.setattr(figures, "_save", keep)
+    monkeypatch.setattr(figures, "save", keep)
     return made
 
 
@@ -324,7 +324,7 @@ def test_a_cjk_label_draws_without_missing_glyphs(known, drawn, caplog):
     import logging
     import warnings
 
-    from orchestrator.analysis.figures import drawable
+    from orchestrator.analysis.drawing import drawable
 
     runs = store.read_table(known, "runs")
     runs.loc[runs["run_id"] == "res.normal.s0.x", "label"] = "残差网络"

@@ -16,7 +16,7 @@ from figure_checks import assert_readable, legend_texts
 from language_cases import write_language_tables
 from orchestrator import store
 from orchestrator.analysis import spans
-from orchestrator.analysis.figures import STYLE
+from orchestrator.analysis.drawing import STYLE
 from orchestrator.analysis.report import write_report
 from orchestrator.analysis.results import Results
 from orchestrator.cli import main
@@ -186,14 +186,14 @@ def test_the_section_gives_each_length_its_rises_and_the_span_that_costs_least(s
 def test_the_figure_has_a_panel_per_run_and_a_line_per_length_and_reads_at_print_size(span_tables, monkeypatch):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     made = {}
-    save = spans._save
+    save = spans.save
 
     def keep(fig, folder, name):
         made[name] = fig
         path = save(fig, folder, name)
         FigureCanvasAgg(fig).draw()
         return path
-    monkeypatch.setattr(spans, "_save", keep)
+    monkeypatch.setattr(spans, "save", keep)
     with matplotlib.rc_context(STYLE):   # as all_figures draws it
         assert spans.span_figure(Results.load(span_tables), span_tables / "figures") == "span_deletion.png"
     assert (span_tables / "figures" / "span_deletion.png").stat().st_size > 10_000
@@ -227,8 +227,8 @@ def test_a_text_report_of_two_models_draws_their_spans_in_nats(tmp_path, monkeyp
     loss of either (it was set inside the panel loop, from panels not drawn yet: "Axis limits cannot be NaN or
     Inf"), and the section counts rises in nats of next-token loss."""
     made = {}
-    save = spans._save
-    monkeypatch.setattr(spans, "_save", lambda fig, folder, name: made.setdefault(name, fig) and save(fig, folder, name))
+    save = spans.save
+    monkeypatch.setattr(spans, "save", lambda fig, folder, name: made.setdefault(name, fig) and save(fig, folder, name))
     write_language_tables(tmp_path, {"small": 2, "big": 3}, spans=2)
     text = write_report(tmp_path).read_text()
     assert (tmp_path / "figures" / "span_deletion.png").stat().st_size > 10_000

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from orchestrator import store
-from orchestrator.analysis import claims
+from orchestrator.analysis import veit_claims as claims
 from orchestrator.analysis.identity_mappings import im_section, im_shortcuts, im_units
 from orchestrator.analysis.results import Results
 from orchestrator.analysis.stats import difference_interval, mean_interval

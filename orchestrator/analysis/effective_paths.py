@@ -14,7 +14,8 @@ import numpy as np
 
 from workloads.train.modes import scaled_active_count
 
-from orchestrator.analysis.claims import ONE_SEED, Claim, plural
+from orchestrator.analysis.claim import ONE_SEED, Claim
+from orchestrator.analysis.prose import plural
 from orchestrator.analysis.results import Results, variant_text
 from orchestrator.analysis.stats import difference_interval, mean_interval
 

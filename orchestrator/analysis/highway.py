@@ -17,8 +17,9 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from orchestrator.analysis.claims import Claim
-from orchestrator.analysis.figures import _figure, _legend_below, _legend_height, _looks, _save, _series
+from orchestrator.analysis.claim import Claim
+from orchestrator.analysis.drawing import by_series, legend_below, legend_height, new_figure, run_looks, save
+from orchestrator.analysis.prose import markdown_table
 from orchestrator.analysis.results import Results
 from orchestrator.analysis.stats import Interval, mean_interval, share_interval
 
@@ -131,16 +132,16 @@ def h_figure(results: Results, folder: Path) -> str | None:
     runs = gated_runs(results)
     if not runs:
         return None
-    looks = _looks(results)
+    looks = run_looks(results)
     style = {g.run_id: LINESTYLES.get(g.bias, ":") for g in runs}
     handles = [Line2D([], [], color=looks[members[0]].color, ls=style[members[0]], lw=1.5, label=series)
-               for series, members in _series(looks, [g.run_id for g in runs]).items()]
+               for series, members in by_series(looks, [g.run_id for g in runs]).items()]
     seeds = {looks[g.run_id].seed: looks[g.run_id].marker for g in runs if looks[g.run_id].seed}
     handles += [Line2D([], [], color="0.3", marker=m, ls="none", ms=4, label=s) for s, m in sorted(seeds.items())]
     handles += [Line2D([], [], color="0.3", ls=ls, lw=1.2, label=f"gate bias {bias:g}"
                         + (" (the paper's)" if bias == PAPER_BIAS else " (neutral start)" if bias == NEUTRAL_BIAS else ""))
                 for bias, ls in LINESTYLES.items() if any(g.bias == bias for g in runs)]
-    fig = _figure(_legend_height(handles, 3.3))
+    fig = new_figure(legend_height(handles, 3.3))
     ax = fig.subplots()
     for g in runs:
         look, x = looks[g.run_id], g.blocks["block"] + 1
@@ -155,13 +156,12 @@ def h_figure(results: Results, folder: Path) -> str | None:
     ax.set_xlabel("block (1-based; grey dashes: downsampling blocks)")
     ax.set_ylabel("gate g on the test set\n(mean; band: 10th-90th pct.)")
     ax.set_title(f"H: gates per block ({results.dataset}); below {LEAN:g} the shortcut weighs more")
-    _legend_below(fig, handles)
-    return _save(fig, folder, "h_gates")
+    legend_below(fig, handles)
+    return save(fig, folder, "h_gates")
 
 
 def h_section(results: Results) -> list[str]:
     """A row per gated run: how many blocks, their mean gate, the share leaning to the shortcut."""
-    from orchestrator.analysis.report import markdown_table  # report imports this module
     runs = gated_runs(results)
     if not runs:
         return []

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from orchestrator.analysis.claims import ONE_SEED, Claim, plural
+from orchestrator.analysis.claim import ONE_SEED, Claim
+from orchestrator.analysis.prose import markdown_table, plural
 from orchestrator.analysis.results import Results
 from orchestrator.analysis.stats import Interval, difference_interval
 
@@ -203,7 +204,6 @@ def im_shortcuts(results: Results) -> Claim:
 
 def im_section(results: Results) -> list[str]:
     """The report's two tables: median error over seeds, spread, the paper's number, the comparison."""
-    from orchestrator.analysis.report import markdown_table
     lines = []
     units = unit_groups(results)
     if len({g.variant for g in units}) > 1:

@@ -12,6 +12,7 @@ import math
 
 import pandas as pd
 
+from orchestrator.analysis.prose import markdown_table
 from orchestrator.analysis.results import SUBLAYER_KINDS, Results
 
 
@@ -45,7 +46,6 @@ def _unit_rows(results: Results, run_id: str) -> list[dict]:
 
 def language_section(results: Results) -> list[str]:
     """The measures in words, each model's intact loss, perplexity and error, and its units' layers and kinds."""
-    from orchestrator.analysis.report import markdown_table  # report imports this module
     runs = language_runs(results)
     if not runs:
         return []

@@ -11,12 +11,16 @@ import markdown
 import numpy as np
 import pandas as pd
 
-from orchestrator.analysis.claims import ONE_SEED, Claim, all_claims, left_to_other_specs, plural
+from orchestrator import store
+from orchestrator.analysis.claim import ONE_SEED, Claim
+from orchestrator.analysis.claims import all_claims, left_to_other_specs
+from orchestrator.analysis.drawing import in_order
 from orchestrator.analysis.effective_paths import t1_section
-from orchestrator.analysis.figures import all_figures, in_order
+from orchestrator.analysis.figures import all_figures
 from orchestrator.analysis.highway import h_section
 from orchestrator.analysis.identity_mappings import im_section
 from orchestrator.analysis.language import language_section
+from orchestrator.analysis.prose import markdown_table, plural
 from orchestrator.analysis.results import CRITICAL_RISE, NEXT_TOKEN_LOSS, Results, variant_text
 from orchestrator.analysis.spans import span_section
 
@@ -59,17 +63,6 @@ OPTIONAL_FIGURES = ("spans",)
 CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
        "font-size:90%;vertical-align:top}th{background:#f3f3f3}img{max-width:100%}")
-
-
-def _cell(v) -> str:
-    return str(v).replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(frame: pd.DataFrame) -> list[str]:
-    cols = list(frame.columns)
-    lines = ["| " + " | ".join(_cell(c) for c in cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return lines
 
 
 def _seconds(x) -> str:
@@ -163,8 +156,6 @@ def critical_blocks_section(results: Results) -> list[str]:
             ] + lines + [""]
 
 
-
-
 def figures_section(figures: dict[str, str], words: dict[str, str] = CAPTIONS) -> list[str]:
     lines = ["## Figures", ""]
     for key, path in figures.items():
@@ -178,7 +169,6 @@ def figures_section(figures: dict[str, str], words: dict[str, str] = CAPTIONS) -
 
 def write_report(out: str | Path) -> Path:
     """report.md and report.html in OUT, the sections in order (each function returns its Markdown lines)."""
-    from orchestrator import store
     out = store.where(out)
     results = Results.load(out)
     figures = all_figures(results, out / "figures")

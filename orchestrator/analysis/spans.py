@@ -17,8 +17,9 @@ from matplotlib.colors import to_rgb
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from orchestrator.analysis.figures import (LINESTYLES, SEED_MARKERS, STYLE, WIDTH, _figure, _legend_below, _legend_height, _looks, _save,
-                      _series, drawable)
+from orchestrator.analysis.drawing import (LINESTYLES, SEED_MARKERS, STYLE, WIDTH, by_series, drawable, legend_below,
+                                           legend_height, new_figure, run_looks, save)
+from orchestrator.analysis.prose import markdown_table
 from orchestrator.analysis.results import Results
 
 LIGHTEST = 0.6   # the shortest span's line: this share of white mixed into its run's colour
@@ -59,7 +60,6 @@ def _layers(start: int, length: int) -> str:
 
 def span_section(results: Results) -> list[str]:
     """A row per run and span length: its spans, the mean, least and largest rise, and the span that costs least."""
-    from orchestrator.analysis.report import markdown_table  # report imports this module
     runs = span_runs(results)
     if not runs:
         return []
@@ -103,9 +103,9 @@ def span_figure(results: Results, folder: Path) -> str | None:
     runs = span_runs(results)
     if not runs:
         return None
-    looks = _looks(results)
+    looks = run_looks(results)
     by_run = {s.run_id: s for s in runs}
-    series = _series(looks, list(by_run))
+    series = by_series(looks, list(by_run))
     lengths = sorted(set(pd.concat([s.spans["length"] for s in runs])))
     style = {n: (SPAN_LINESTYLES[j % len(SPAN_LINESTYLES)], SEED_MARKERS[j % len(SEED_MARKERS)])
              for j, n in enumerate(lengths)}
@@ -116,7 +116,7 @@ def span_figure(results: Results, folder: Path) -> str | None:
         handles.append(Line2D([], [], color="0.6", ls=(0, (4, 3)), lw=0.8, label="layer with a downsampling block"))
     cols = 1 if len(series) == 1 else 2 if len(series) <= 4 else 3
     rows = -(-len(series) // cols)
-    fig = _figure(_legend_height(handles, 2.4 * rows + 0.3))
+    fig = new_figure(legend_height(handles, 2.4 * rows + 0.3))
     axes = fig.subplots(rows, cols, sharey=True, squeeze=False).ravel()
     for ax, (name, members) in zip(axes, series.items()):
         color = looks[members[0]].color
@@ -147,5 +147,5 @@ def span_figure(results: Results, folder: Path) -> str | None:
     for ax in axes[::cols]:
         ax.set_ylabel(results.measure.label)
     fig.suptitle(f"Span deletion: consecutive layers deleted together ({results.dataset})")
-    _legend_below(fig, handles)
-    return _save(fig, folder, "span_deletion")
+    legend_below(fig, handles)
+    return save(fig, folder, "span_deletion")
