@@ -289,7 +289,7 @@ def _studies(experiment, out) -> int:
     for name in store.PART_SCHEMAS:
         folder = store.table_folder(out, name)
         if folder.exists():
-            click.echo(f"  {folder}{'/' if folder.local else ''}")
+            click.echo(f"  {folder}")
     if outcome.failed:
         click.echo(f"{outcome.failed} units failed: see the errors table ({store.table_folder(out, 'errors')})",
                    err=True)

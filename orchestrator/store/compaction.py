@@ -13,9 +13,9 @@ A folder P is compacted in four steps, staged in S = ``layout.staging(OUT, P)``
 views, prune), reads P, and S/new while S/new and S/old both exist (between 2 and 3): each row once
 in every state a kill can leave. A glob reader (pandas, DuckDB over ``OUT/lesion``) sees P only: the
 parts up to 2, the compacted file from 3, and none of P's rows in between. ``settle`` ends that
-state (does 3, then 4 everywhere); every command that writes OUT runs it first (``session.open_session``), so a rerun finishes
-the job and a sweep never writes into a P whose rows are staged. Only folders with a batch's file and
-more than one file are compacted, so compacting a compact folder does nothing. The kill points
+state (does 3, then 4 everywhere); every command that writes OUT runs it first (``session.open_session``),
+so a rerun finishes the job and a sweep never writes into a P whose rows are staged. Only folders with a
+batch's file and more than one file are compacted, so compacting a compact folder does nothing. The kill points
 (faults.py) after steps 1, 2 and 3 are ``compact_staged``, ``compact_absorbed`` and ``compact_swapped``.
 
 On object storage, which has no rename, a partition is compacted in two steps: (1) its rows are written

@@ -40,7 +40,8 @@ def sources(out: str | Path) -> dict[str, pa.Table | ds.Dataset | ds.Scanner]:
     for name in store.TABLES:
         if name in store.SCHEMAS:
             schema, path = store.SCHEMAS[name], store.table_path(out, name)
-            data = ds.dataset([path.path], schema=schema, format="parquet", filesystem=path.fs) if path.is_file() else None
+            data = ds.dataset([path.path], schema=schema, format="parquet",
+                              filesystem=path.fs) if path.is_file() else None
         else:  # the data files store lists (study and run_id from their folders; errors rows carry their own)
             schema, data = store.read_schema(name), store.dataset(out, name)
         found[name] = schema.empty_table() if data is None else _with_added_columns(name, data)
