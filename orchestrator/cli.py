@@ -2,7 +2,8 @@
 
 Exit codes: 0 done; 1 some trial or unit failed (the rest is written); 2 bad input
 (the spec, a path, a missing dataset), with a one-line message and nothing written; 130 or 143
-stopped by SIGINT or SIGTERM (what was written is kept: see interrupts.py).
+stopped by SIGINT or SIGTERM (what was written is kept: see interrupts.py). The project's errors
+become their line and code in one place (``Commands``); a command itself only says what it did.
 """
 from __future__ import annotations
 
@@ -68,8 +69,6 @@ class Commands(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except click.ClickException:
-            raise
         except Exception as e:
             said = one_line(e)
             if said is None:
