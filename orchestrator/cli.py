@@ -91,7 +91,7 @@ class OutputPlace(click.ParamType):
         out = store.where(value)
         out.check_reachable()
         if self.experiment:
-            return store.experiment(out)
+            return store.experiment_folder(out)
         if out.exists() and not out.is_dir():
             raise BadInput(f"{value}: not a folder")
         return out

@@ -17,7 +17,7 @@ compaction declares what a compacted file absorbs instead of renaming folders). 
 """
 from orchestrator.store.files import CorruptResult, read_metadata, read_parquet, write_file
 from orchestrator.store.layout import (DATA_RECORD, FIGURES, LOCK_FILE, SPEC_FILE, NotAnExperiment, data_record_path,
-                                       experiment, figures_folder, imported_checkpoint, imported_source, located,
+                                       experiment_folder, figures_folder, imported_checkpoint, imported_source, located,
                                        part_path, relative, report_paths, table_folder, table_path, tune_dir, where)
 from orchestrator.store.listing import data_files, dataset
 from orchestrator.store.lock import OutputBusy, writer_lock

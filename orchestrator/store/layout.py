@@ -142,7 +142,7 @@ def is_experiment(out) -> bool:
     return bool(names & {SPEC_FILE, *(f"{t}.parquet" for t in SCHEMAS), *PART_SCHEMAS})
 
 
-def experiment(out) -> Location:
+def experiment_folder(out) -> Location:
     """OUT, refused (NotAnExperiment) unless it holds an experiment: the one test every command that reads an
     experiment uses."""
     if not is_experiment(out):

@@ -61,7 +61,7 @@ def _with_added_columns(name: str, data: ds.Dataset) -> ds.Dataset | ds.Scanner:
 
 def connect(out: str | Path, allow_external: bool = False) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with a view per table of OUT; sandboxed unless ``allow_external``."""
-    out = store.experiment(out)
+    out = store.experiment_folder(out)
     try:
         tables = sources(out)
     except (OSError, pa.ArrowException) as e:  # a file gone, or unreadable, while being listed
