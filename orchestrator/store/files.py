@@ -33,7 +33,7 @@ def write_parquet(table: pa.Table, path: Location) -> None:
 
 def write_file(path: Location, data: bytes) -> None:
     """A file of OUT other than a table (a checkpoint, the report, a figure), written whole."""
-    path.write_bytes(data)
+    Location.of(path).write_bytes(data)
 
 
 def name_the_unreadable(files: list[Location], columns: list[str] | None = None) -> None:
