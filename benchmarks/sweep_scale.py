@@ -60,11 +60,9 @@ def spec(units: int) -> dict:
 
 def steady_rate(out) -> float:
     """Units per second between the first and the last part written (actor start-up excluded)."""
-    if store.remote(out):
-        root = store.where(out) / "lesion"
-        parts = sorted(((i.mtime.timestamp(), root / root.relative(i.path)) for i in root.files()), key=lambda p: p[0])
-    else:
-        parts = sorted((p.stat().st_mtime, p) for p in (out / "lesion").rglob("part-*.parquet"))
+    root = store.table_folder(out, "lesion")
+    parts = sorted(((i.mtime.timestamp(), root / root.relative(i.path)) for i in root.files()
+                    if i.base_name.startswith("part-")), key=lambda p: p[0])
     if len(parts) < 3:
         return float("nan")
     units = sum(store.read_metadata(p).num_rows for _, p in parts[1:])
@@ -86,7 +84,7 @@ def s3_server():
 
 def prepared(trained: Path, out):
     """OUT holding the trained run (runs and epochs tables, its checkpoint where runs says), as a sweep needs."""
-    if not store.remote(out):
+    if store.where(out).local:
         out.mkdir()
         for name in ("runs.parquet", "epochs.parquet"):
             shutil.copy(trained / name, out / name)

@@ -2,52 +2,98 @@
 
 Exit codes: 0 done; 1 some trial or unit failed (the rest is written); 2 bad input
 (the spec, a path, a missing dataset), with a one-line message and nothing written; 130 or 143
-stopped by SIGINT or SIGTERM (what was written is kept: see interrupts.py).
+stopped by SIGINT or SIGTERM (what was written is kept: see interrupts.py). The project's errors
+become their line and code in one place (``Commands``); a command itself only says what it did.
 """
 from __future__ import annotations
 
 import os
 import sys
 from contextlib import contextmanager
-from pathlib import Path
 
 import click
 
-from orchestrator.run.interrupts import stoppable  # standard library only
+from orchestrator.run import interrupts  # standard library only
 
-# every other import is inside the command that needs it: `unravel --help` and `unravel query` start
+# every other import is inside the command that needs it: `unravel --help` starts in a blink, and `unravel query`
 # without torch (which orchestrator.experiment.spec imports for its network registry) or Ray
+
 
 class BadInput(click.ClickException):
     exit_code = 2
 
 
+# The project's errors that mean bad input: one line, exit 2, nothing written. Named by module, not imported, so
+# a command imports only what it uses; an error can only come from a module already imported.
+BAD_INPUT = {
+    "builtins": ("FileNotFoundError",),   # a file the command was given, or needs, is not there
+    "orchestrator.location": ("LocationError",),
+    "orchestrator.store": ("CorruptResult", "NotAnExperiment", "OtherExperiment", "OutputBusy", "UnusableOutput"),
+    "orchestrator.store.query": ("QueryError",),
+    "orchestrator.experiment.spec": ("SpecError",),
+    "orchestrator.run.cluster": ("ClusterUnreachable",),
+    "orchestrator.planning.nodes": ("NodeError",),
+    "orchestrator.planning.rates": ("RateError",),
+    "workloads.models.errors": ("CheckpointError",),
+}
+# failures, in one line with exit 1: what was written is kept, and rerunning continues
+FAILURES = {
+    "builtins": ("OSError",),
+    "orchestrator.store": ("NoSpace",),
+    "orchestrator.run.sweep": ("EvaluatorsCannotStart",),
+}
+
+
+def _raised(error: Exception, errors: dict[str, tuple[str, ...]]) -> bool:
+    return any(isinstance(error, getattr(sys.modules[module], name))
+               for module, names in errors.items() if module in sys.modules for name in names)
+
+
+def one_line(error: Exception) -> click.ClickException | None:
+    """The one line (and exit code) a project's error ends a command with; None for any other (a bug: its
+    traceback is shown)."""
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        text = f"{error.filename}: {error.strerror}"
+    else:
+        text = str(error)
+    if _raised(error, BAD_INPUT):
+        return BadInput(text)
+    if _raised(error, FAILURES):
+        return click.ClickException(text)
+    return None
+
+
+class Commands(click.Group):
+    """unravel's commands, and the one place the project's errors become one line (``one_line``)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except Exception as e:
+            said = one_line(e)
+            if said is None:
+                raise
+            raise said from None
+
+
 class OutputPlace(click.ParamType):
     """OUT: a local folder, or a URI on object storage (s3://bucket/prefix, gs://..., any filesystem pyarrow
     or fsspec resolves). A URI's filesystem is reached once here, so an unknown scheme, a missing bucket,
-    missing credentials or an unreachable endpoint is one line (exit 2) before anything starts."""
+    missing credentials or an unreachable endpoint is one line (exit 2) before anything starts; with
+    ``experiment``, OUT must hold an experiment."""
     name = "folder|URI"
 
-    def __init__(self, exists: bool = False):
-        self.exists = exists
+    def __init__(self, experiment: bool = False):
+        self.experiment = experiment
 
     def convert(self, value, param, ctx):
-        from orchestrator.location import Location, LocationError
-        if not isinstance(value, str):
-            return value
         from orchestrator import store
-        try:
-            out = store.where(value)
-            if isinstance(out, Location):
-                out.check_reachable()
-                if self.exists and not out.is_dir():
-                    raise BadInput(f"{value}: holds nothing: OUT must be the folder of an unravel experiment")
-            elif self.exists and not out.is_dir():
-                raise BadInput(f"{value}: {'not a folder' if out.exists() else 'no such folder'}")
-            elif out.exists() and not out.is_dir():
-                raise BadInput(f"{value}: not a folder")
-        except LocationError as e:
-            raise BadInput(str(e)) from None
+        out = store.where(value)
+        out.check_reachable()
+        if self.experiment:
+            return store.experiment_folder(out)
+        if out.exists() and not out.is_dir():
+            raise BadInput(f"{value}: not a folder")
         return out
 
 
@@ -56,87 +102,44 @@ ADDRESS = click.option("--address", default=None, metavar="ADDR",
 OUT = click.option("--out", type=OutputPlace(), default=None,
                    help="Output folder, or a URI on object storage: s3://bucket/prefix, gs://bucket/prefix "
                         "(default: $UNRAVEL_OUT/<spec name> if UNRAVEL_OUT is set, else results/<spec name>).")
-EXPERIMENT = click.argument("out", type=OutputPlace(exists=True))
+EXPERIMENT = click.argument("out", type=OutputPlace(experiment=True))
 
 
 def _load(spec_path: str, check_files: bool = True):
     """The validated spec; with ``check_files``, the data and checkpoints it names exist too (without,
     a language model whose folder is absent is left out: spec.absent_models)."""
+    from orchestrator.experiment.spec import load_spec
     from orchestrator.run.preflight import check_inputs
-    from orchestrator.experiment.spec import SpecError, load_spec
-    try:
-        spec = load_spec(spec_path, model_folders=check_files)
-        if check_files:
-            check_inputs(spec)
-        return spec
-    except SpecError as e:
-        raise BadInput(str(e)) from None
+    spec = load_spec(spec_path, model_folders=check_files)
+    if check_files:
+        check_inputs(spec)
+    return spec
 
 
 def _connect(spec, address: str | None, parts: tuple[str, ...] = ("training", "studies")) -> str:
     """Ray (local or the named cluster), then check that every trial and evaluator fits on a node:
     an error on the local Ray; a warning on a cluster, whose autoscaler may still add the node."""
-    import os
-
     import ray
 
-    from orchestrator.run.cluster import ClusterUnreachable, connect
-    from orchestrator.run.preflight import check_resources
     from orchestrator.experiment.spec import SpecError
-    try:
-        where = connect(address)
-    except ClusterUnreachable as e:
-        raise BadInput(str(e)) from None
+    from orchestrator.run.cluster import connect
+    from orchestrator.run.preflight import check_resources
+    where = connect(address)
     try:
         check_resources(spec, [n["Resources"] for n in ray.nodes() if n.get("Alive")], parts)
     except SpecError as e:
         if not (address or os.environ.get("RAY_ADDRESS")):
-            raise BadInput(str(e)) from None
+            raise
         click.echo(f"warning: {e}; Ray will wait until the cluster adds such a node", err=True)
     return where
 
 
-@contextmanager
-def _writing(out: Path):
-    """Own OUT while writing: one writer at a time, leftovers of a killed writer removed, and the
-    ways a write can fail (a full disk, a corrupt file found) told in one line."""
-    from orchestrator.store import compaction
-    from orchestrator import store
-    fresh = not out.exists()
-    started = False
-    try:
-        try:
-            with store.writer_lock(out):
-                store.remove_temporaries(out)
-                compaction.settle(out)  # a compaction stopped between its two renames: finished first
-                started = True
-                yield
-        except BaseException:
-            if fresh:  # bad input found late (a checkpoint that does not fit): leave no folder behind
-                store.discard_if_unused(out)
-            raise
-    except store.OutputBusy as e:
-        raise BadInput(str(e)) from None
-    except store.CorruptResult as e:
-        raise BadInput(str(e)) from None
-    except OSError as e:
-        if store.is_disk_full(e):
-            raise click.ClickException(f"no space left on the device of {out}: every finished unit is kept; free "
-                                       f"space and rerun the same command to add the rest") from None
-        problem = BadInput if not started else click.ClickException  # OUT unusable: bad input; later: a failure
-        raise problem(f"{e.filename or out}: {e.strerror or e}") from None
-
-
-def _import(spec, out: Path) -> None:
+def _import(spec, out) -> None:
     """Bring the spec's ``models:`` (users' checkpoints) into OUT's runs table."""
     if not spec.models:
         return
     from orchestrator.run.imported import import_models
-    from orchestrator.experiment.spec import SpecError
-    try:
-        import_models(spec, out)
-    except SpecError as e:
-        raise BadInput(str(e)) from None
+    import_models(spec, out)
     click.echo(f"imported {len(spec.models)} model{'s' * (len(spec.models) != 1)}: "
                f"{', '.join(m.run_id for m in spec.models)}")
 
@@ -145,14 +148,12 @@ def _out(spec, out):
     """--out, else $UNRAVEL_OUT/<spec name> (cluster.yaml names the bucket there), else results/<spec name>."""
     if out is not None:
         return out
-    base = os.environ.get("UNRAVEL_OUT")
-    if not base:
-        return Path("results") / spec.name
     from orchestrator.location import join
-    return OutputPlace().convert(join(base, spec.name), None, None)
+    base = os.environ.get("UNRAVEL_OUT")
+    return OutputPlace().convert(join(base, spec.name) if base else os.path.join("results", spec.name), None, None)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="unravel")
 def main() -> None:
     """Reproduce 'Residual Networks Behave Like Ensembles of Relatively Shallow Networks' and
@@ -163,39 +164,20 @@ def main() -> None:
 
 
 @contextmanager
-def _experiment(experiment, out: Path, address: str | None, parts: tuple[str, ...]):
-    """OUT locked, claimed for this experiment and Ray connected, in that order: a second writer, another
+def _experiment(experiment, out, address: str | None, parts: tuple[str, ...]):
+    """OUT held for this experiment (``store.open_session``), then Ray connected: a second writer, another
     experiment's folder, or a corpus that changed since OUT's results were computed, is refused before Ray
     starts. The spec (and the data it reads) is recorded only once the cluster can run it, so bad input writes
     nothing."""
+    from orchestrator import store
     from orchestrator.run import data_record
-    from orchestrator import store
-    from orchestrator.experiment.spec import SpecError
-    with _writing(out):
-        _claim(experiment, out)
-        try:
-            record = data_record.checked(experiment, out)   # a corpus or tokenizer changed since: refused here
-        except SpecError as e:
-            raise BadInput(str(e)) from None
+    with store.open_session(out, store.Identity(experiment.name, experiment.data.dataset)) as session:
+        interrupts.writing(experiment, session.out)
+        record = data_record.checked(experiment, session.out)   # a corpus or tokenizer changed since: refused here
         where = _connect(experiment, address, parts)
-        store.save_spec(out, experiment.raw, experiment.path)
-        data_record.save(out, record)
+        session.record_spec(experiment.raw, experiment.path)
+        data_record.save(session.out, record)
         yield where
-
-
-def _claim(experiment, out: Path) -> None:
-    """OUT is new, or holds this same experiment (its spec may have evolved: see the README)."""
-    from orchestrator import store
-    recorded = store.read_spec(out)
-    if not recorded:
-        return
-    name = recorded.get("name")
-    if name != experiment.name:
-        raise BadInput(f"{out} holds experiment {name!r}, not {experiment.name!r}; use another --out")
-    dataset = (recorded.get("data") or {}).get("dataset", "digits")
-    if dataset != experiment.data.dataset:
-        raise BadInput(f"{out} holds experiment {name!r} on {dataset}; a spec on {experiment.data.dataset} is a "
-                       f"different experiment: use another --out")
 
 
 @main.command()
@@ -203,13 +185,14 @@ def _claim(experiment, out: Path) -> None:
 @ADDRESS
 @OUT
 @click.option("--resume", is_flag=True, hidden=True)  # kept for scripts: training always continues OUT
-@stoppable("trials")
-def train(spec: str, address: str | None, out: Path | None, resume: bool) -> None:
+@interrupts.stoppable("trials")
+def train(spec: str, address: str | None, out, resume: bool) -> None:
     """Train SPEC's networks as Ray Tune trials; write the runs and epochs tables.
 
     Continues what OUT holds: finished trials are kept, interrupted ones continue from their last
     checkpoint, and trials the spec gained (seeds, runs, variants) are trained.
     """
+    from orchestrator import store
     from orchestrator.run.training import run_training
     experiment = _load(spec)
     if not experiment.training.trials:
@@ -220,7 +203,7 @@ def train(spec: str, address: str | None, out: Path | None, resume: bool) -> Non
         click.echo(f"training {n} trial{'s' * (n != 1)} of '{experiment.name}' on {where}; results in {out}")
         outcome = run_training(experiment, out)
     _print_runs(outcome.runs)
-    click.echo(f"tables: {out / 'runs.parquet'}, {out / 'epochs.parquet'}  ({outcome.seconds:.0f} s)")
+    click.echo(f"tables: {store.table_path(out, 'runs')}, {store.table_path(out, 'epochs')}  ({outcome.seconds:.0f} s)")
     if outcome.failed:
         for run_id, error in outcome.failed.items():
             click.echo(f"FAILED {run_id}: {error.splitlines()[-1] if error else 'unknown error'}", err=True)
@@ -231,18 +214,20 @@ def train(spec: str, address: str | None, out: Path | None, resume: bool) -> Non
 @click.argument("spec", type=click.Path(dir_okay=False))
 @ADDRESS
 @OUT
-@stoppable("units")
-def lesion(spec: str, address: str | None, out: Path | None) -> None:
+@interrupts.stoppable("units")
+def lesion(spec: str, address: str | None, out) -> None:
     """Run SPEC's studies (deletions of blocks and of spans of layers, reorderings, gradients, gates) on the
     trained runs in OUT, and on the networks its models: section imports from checkpoint files.
 
     Resumable: units already written are skipped, so rerunning after a crash or Ctrl-C
     computes only what is missing.
     """
+    from orchestrator import store
     experiment = _load(spec)
     out = _out(experiment, out)
-    if experiment.training.trials and not (out / "runs.parquet").exists():
-        raise BadInput(f"{out / 'runs.parquet'} does not exist: train first (unravel train {spec} --out {out})")
+    runs = store.table_path(out, "runs")
+    if experiment.training.trials and not runs.exists():
+        raise BadInput(f"{runs} does not exist: train first (unravel train {spec} --out {out})")
     with _experiment(experiment, out, address, ("studies",)) as where:
         click.echo(f"studies of '{experiment.name}' on {where}; results in {out}")
         _import(experiment, out)
@@ -254,8 +239,8 @@ def lesion(spec: str, address: str | None, out: Path | None) -> None:
 @click.argument("spec", type=click.Path(dir_okay=False))
 @ADDRESS
 @OUT
-@stoppable("trials", "units")
-def run(spec: str, address: str | None, out: Path | None) -> None:
+@interrupts.stoppable("trials", "units")
+def run(spec: str, address: str | None, out) -> None:
     """Train SPEC's networks (and import its models:), then run its studies: the whole
     experiment, resumable; rerun it after changing the spec to add what changed."""
     from orchestrator.run.training import run_training
@@ -276,53 +261,59 @@ def run(spec: str, address: str | None, out: Path | None) -> None:
     sys.exit(1 if failed or code else 0)
 
 
-def _report(out: Path) -> None:
+def _report(out) -> None:
+    from orchestrator import store
     from orchestrator.analysis.report import write_report
-    report = write_report(out)
-    click.echo(f"report: {report} (and {out / 'report.html'}); figures in {out / 'figures'}")
+    write_report(out)
+    report, html = store.report_paths(out)
+    click.echo(f"report: {report} (and {html}); figures in {store.figures_folder(out)}")
     click.echo(f"query: unravel query {out} \"select study, count(*) from lesion group by study\"")
 
 
 @main.command()
 @EXPERIMENT
-def figures(out: Path) -> None:
+def figures(out) -> None:
     """Regenerate the figures and report.md / report.html of OUT from its tables."""
-    if not (out / "runs.parquet").exists():
-        raise BadInput(f"{out / 'runs.parquet'} does not exist: OUT must be the folder of an unravel experiment")
-    from orchestrator.store import CorruptResult
-    try:
-        _report(out)
-    except CorruptResult as e:
-        raise BadInput(str(e)) from None
+    _report(out)
 
 
-def _studies(experiment, out: Path) -> int:
+def _studies(experiment, out) -> int:
     """Run the studies; 1 if any unit failed (the rest is written), else 0."""
     from orchestrator import store
-    from orchestrator.run.sweep import EvaluatorsCannotStart, run_studies
-    try:
-        outcome = run_studies(experiment, out)
-    except FileNotFoundError as e:
-        raise BadInput(str(e)) from None
-    except EvaluatorsCannotStart as e:
-        raise click.ClickException(str(e)) from None
+    from orchestrator.run.sweep import run_studies
+    outcome = run_studies(experiment, out)
     counts = ", ".join(f"{k} {v}" for k, v in outcome.per_study.items())
     click.echo(f"units: {outcome.total} ({counts}); {outcome.skipped} already written, {outcome.computed} computed, "
                f"{outcome.failed} failed, in {outcome.seconds:.0f} s")
     for name in store.PART_SCHEMAS:
-        if (out / name).exists():
-            click.echo(f"  {out / name}{'' if store.remote(out) else '/'}")
+        folder = store.table_folder(out, name)
+        if folder.exists():
+            click.echo(f"  {folder}")
     if outcome.failed:
-        click.echo(f"{outcome.failed} units failed: see the errors table ({out / 'errors'})", err=True)
+        click.echo(f"{outcome.failed} units failed: see the errors table ({store.table_folder(out, 'errors')})",
+                   err=True)
         return 1
     return 0
+
+
+def _recorded(out):
+    """The experiment OUT's spec.json records: what status and prune count and keep."""
+    from orchestrator import store
+    from orchestrator.experiment.spec import SpecError, parse_spec
+    raw = store.read_spec(out)
+    if raw is None:
+        raise BadInput(f"{out / store.SPEC_FILE} does not exist: OUT must be the folder of an unravel experiment")
+    try:
+        return parse_spec(raw)
+    except SpecError as e:
+        raise SpecError(f"{out / store.SPEC_FILE}: not a spec this version of unravel reads ({e})") from None
 
 
 @main.command()
 @EXPERIMENT
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--by-run", is_flag=True, help="The table per run and study, not per study (JSON has both).")
-def status(out: Path, fmt: str, by_run: bool) -> None:
+def status(out, fmt: str, by_run: bool) -> None:
     """Units done, failed and left per study, for the experiment whose results are in OUT.
 
     \b
@@ -336,24 +327,13 @@ def status(out: Path, fmt: str, by_run: bool) -> None:
     written. Trials count as finished once the training sweep has written them to the runs table
     (when unravel train or run finishes training), as failed when training_errors names them.
     """
-    from orchestrator import store
-    from orchestrator.experiment.spec import SpecError, parse_spec
     from orchestrator.store.current import status as study_status, status_document
-    try:
-        raw = store.read_spec(out)
-        if raw is None:
-            raise BadInput(f"{out / store.SPEC_FILE} does not exist: OUT must be the folder of an unravel experiment")
-        try:
-            experiment = parse_spec(raw)
-        except SpecError as e:
-            raise BadInput(f"{out / store.SPEC_FILE}: not a spec this version of unravel reads ({e})") from None
-        if fmt == "json":
-            import json
-            click.echo(json.dumps(status_document(experiment, out), indent=1))
-            return
-        rows = study_status(experiment, out, by_run=by_run)
-    except store.CorruptResult as e:
-        raise BadInput(str(e)) from None
+    experiment = _recorded(out)
+    if fmt == "json":
+        import json
+        click.echo(json.dumps(status_document(experiment, out), indent=1))
+        return
+    rows = study_status(experiment, out, by_run=by_run)
     import pandas as pd
     click.echo(pd.DataFrame(rows).to_string(index=False) if rows else "no studies in this experiment")
 
@@ -420,33 +400,26 @@ def plan(spec: str, address: str | None, nodes: tuple[str, ...], fmt: str, rates
     import json
     import math
 
-    from orchestrator.planning.nodes import NodeError, cluster_nodes, local_nodes, parse_node
+    from orchestrator.planning.nodes import cluster_nodes, local_nodes, parse_node
     from orchestrator.planning.plan import make_plan
-    from orchestrator.planning.rates import Figures, RateError, check_names, parse_figures, read_figures
+    from orchestrator.planning.rates import Figures, check_names, parse_figures, read_figures
     from orchestrator.planning.table import render
     experiment = _load(spec, check_files=False)
-    try:
-        given = read_figures(rates_file) if rates_file else Figures()
-        options = parse_figures(train_rate, unit_rate)
-        check_names(experiment, options)
-        given.update(options)
-        if nodes and address:
-            raise BadInput("--node and --address: give one (the nodes to plan for)")
-        if not (math.isfinite(calibration_budget) and calibration_budget > 0):
-            raise BadInput(f"--calibration-budget {calibration_budget:g}: must be a number of seconds above 0")
-        address = address or (None if nodes else os.environ.get("RAY_ADDRESS"))
-        if nodes:
-            shapes, where = [n for text in nodes for n in parse_node(text)], "declared"
-        elif address:
-            from orchestrator.run.cluster import ClusterUnreachable
-            try:
-                shapes, where = cluster_nodes(address), f"the cluster at {address}"
-            except ClusterUnreachable as e:
-                raise BadInput(str(e)) from None
-        else:
-            shapes, where = local_nodes(), "this machine"
-    except (RateError, NodeError) as e:
-        raise BadInput(str(e)) from None
+    given = read_figures(rates_file) if rates_file else Figures()
+    options = parse_figures(train_rate, unit_rate)
+    check_names(experiment, options)
+    given.update(options)
+    if nodes and address:
+        raise BadInput("--node and --address: give one (the nodes to plan for)")
+    if not (math.isfinite(calibration_budget) and calibration_budget > 0):
+        raise BadInput(f"--calibration-budget {calibration_budget:g}: must be a number of seconds above 0")
+    address = address or (None if nodes else os.environ.get("RAY_ADDRESS"))
+    if nodes:
+        shapes, where = [n for text in nodes for n in parse_node(text)], "declared"
+    elif address:
+        shapes, where = cluster_nodes(address), f"the cluster at {address}"
+    else:
+        shapes, where = local_nodes(), "this machine"
     doc = make_plan(experiment, shapes, where, given, measure=calibrate, budget_s=calibration_budget,
                     log=lambda m: click.echo(m, err=True))
     click.echo(json.dumps(doc, indent=1) if fmt == "json" else render(doc))
@@ -459,37 +432,26 @@ def plan(spec: str, address: str | None, nodes: tuple[str, ...], fmt: str, rates
 @click.option("--allow-external", is_flag=True,
               help="Let the SQL reach beyond OUT's tables: read other files (read_parquet, read_csv), COPY ... TO, "
                    "ATTACH, extensions. By default it sees only OUT's tables.")
-def query(out: Path, sql: str, fmt: str, allow_external: bool) -> None:
+def query(out, sql: str, fmt: str, allow_external: bool) -> None:
     """Run SQL (DuckDB) over the tables in OUT, one view each: runs, epochs, training_errors,
     lesion, gradients, gates, errors (a table OUT has no rows of is an empty view).
 
     Example: unravel query results/digits "select run_id, k, avg(error) from lesion
     where study = 'random_deletion' group by all order by all"
     """
-    from orchestrator.store.query import QueryError, run
-    try:
-        text = run(out, sql, fmt, allow_external=allow_external)
-    except QueryError as e:
-        raise BadInput(str(e)) from None
-    click.echo(text, nl=False)
+    from orchestrator.store.query import run
+    click.echo(run(out, sql, fmt, allow_external=allow_external), nl=False)
 
 
 @main.command()
 @EXPERIMENT
-def prune(out: Path) -> None:
+def prune(out) -> None:
     """Remove from OUT's tables the rows of earlier settings: runs and units the current spec
     (OUT/spec.json) no longer asks for. Checkpoints and other files stay. Safe to interrupt and rerun."""
     from orchestrator import store
     from orchestrator.store.current import current_ids
-    from orchestrator.experiment.spec import SpecError, parse_spec
-    with _writing(out):
-        raw = store.read_spec(out)
-        if raw is None:
-            raise BadInput(f"{out / store.SPEC_FILE} does not exist: OUT must be the folder of an unravel experiment")
-        try:
-            runs, keys = current_ids(parse_spec(raw))
-        except SpecError as e:
-            raise BadInput(f"{out / store.SPEC_FILE}: not a spec this version of unravel reads ({e})") from None
+    with store.open_session(out):
+        runs, keys = current_ids(_recorded(out))
         removed = store.prune(out, runs, keys)
     total = sum(removed.values())
     each = ", ".join(f"{name} {n:,}" for name, n in removed.items() if n)
@@ -501,16 +463,13 @@ def prune(out: Path) -> None:
 @EXPERIMENT
 @click.option("--max-rows", type=click.IntRange(min=1), default=None, metavar="N",
               help="Split a folder's rows into files of at most N rows (default: one file per study and run).")
-def compact(out: Path, max_rows: int | None) -> None:
+def compact(out, max_rows: int | None) -> None:
     """Merge the many small files of OUT's study tables (one per batch) into one file per study and
     run, so queries open tens of files, not thousands. Each row is kept exactly once even if killed at any
     point: rerun it to finish. Takes OUT's writer lock; units stay done (reruns compute nothing)."""
     from orchestrator import store
-    if not any((out / p).exists() for p in (store.SPEC_FILE, *store.PART_SCHEMAS)):
-        raise BadInput(f"{out}: holds no unravel study tables (lesion/, gradients/, ...): OUT must be the folder of an "
-                       f"unravel experiment")
     from orchestrator.store.compaction import compact as merge
-    with _writing(out):
+    with store.open_session(out):
         done = merge(out, max_rows, progress=True)
     if not done.folders:
         click.echo(f"nothing to compact: {done.files_after:,} files, {done.rows:,} rows")

@@ -3,8 +3,8 @@
 
 A ``Location`` is a filesystem and a path in it; ``/`` names a file or folder below it, ``str()`` gives
 it back as the user wrote it. It pickles (the filesystem with it), so a Ray worker given one reads
-and writes the same place as the driver. Only the store (store.py) and the training sweep's Tune
-state use it to reach files; everyone else names files through the store.
+and writes the same place as the driver. An experiment's OUT is always a Location (``store.where``), a
+local folder too; everyone names OUT's files through the store.
 
 Object stores have no rename and no append: a file is written in one PUT (``write_bytes``), which
 makes it visible whole or not at all; an upload cut short is never listed. S3 options ride in the
@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+
+from orchestrator import faults
 
 
 class LocationError(ValueError):
@@ -47,8 +49,8 @@ class Location:
         text = str(where)
         if text.startswith("file://"):
             text = text[len("file://"):]
-        if not is_uri(text):
-            return cls(pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(text)), str(where))
+        if not is_uri(text):  # the real path, so paths another library reports (Tune's) are found inside OUT
+            return cls(pafs.LocalFileSystem(), os.path.realpath(os.path.expanduser(text)), str(where))
         scheme = urlsplit(text).scheme
         try:
             fs, path = pafs.FileSystem.from_uri(text)
@@ -118,15 +120,27 @@ class Location:
         return self.read_bytes().decode()
 
     def write_bytes(self, data: bytes) -> None:
-        """The whole file at once, or nothing: locally a temporary name fsynced and renamed into place;
-        on object storage one PUT (an upload cut short is never listed)."""
-        if self.local:
-            _write_local(Path(self.path), data)
+        """The whole file at once, or nothing: the one way a file is written. Locally a temporary name beside
+        it (never read: a dot name ending .tmp), fsynced and renamed into place, the folder fsynced so the
+        rename survives a power cut; on object storage one PUT (an upload cut short is never listed)."""
+        if not self.local:
+            faults.kill_point("kill_before_rename")
+            with self.fs.open_output_stream(self.path) as f:
+                f.write(data)
             return
-        from orchestrator import faults
-        faults.kill_point("kill_before_rename")
-        with self.fs.open_output_stream(self.path) as f:
-            f.write(data)
+        path = Path(self.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            faults.kill_point("kill_before_rename")
+            os.replace(tmp, path)
+            sync_folder(path.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode())
@@ -207,25 +221,13 @@ def _fsspec(text: str, scheme: str, arrow_error: Exception) -> tuple[pafs.FileSy
     return pafs.PyFileSystem(handler), cls._strip_protocol(split_protocol(text)[1] and text)
 
 
-def _write_local(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+def sync_folder(folder: Path) -> None:
+    """fsync a local folder, so the renames in it survive a power cut."""
+    fd = os.open(folder, os.O_RDONLY)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        from orchestrator import faults
-        faults.kill_point("kill_before_rename")
-        os.replace(tmp, path)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        os.fsync(fd)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        os.close(fd)
 
 
 def _first_line(e: BaseException) -> str:

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from orchestrator.store import compaction
 from orchestrator.store import current
 from orchestrator import faults
-from orchestrator.store import query
+from orchestrator.store import layout, listing, query
 from orchestrator import store
 from orchestrator.cli import main
 from orchestrator.experiment.spec import parse_spec
@@ -75,13 +75,13 @@ def snapshot(out: Path) -> tuple:
 
 
 def folder_files(out: Path) -> dict[str, list[str]]:
-    return {str(f.relative_to(out)): sorted(p.name for p in store.files_in(f))
-            for t in store.PART_SCHEMAS for f in store.partition_folders(out, t)}
+    return {str(f.relative_to(out)): sorted(p.name for p in listing.files_in(f))
+            for t in store.PART_SCHEMAS for f in listing.partition_folders(out, t)}
 
 
 def assert_compact(out: Path) -> None:
     assert all(len(names) == 1 for names in folder_files(out).values()) and not compaction.pending(out)
-    assert not (out / store.COMPACTION).exists() and not list(out.rglob("*.tmp"))
+    assert not (out / layout.COMPACTION).exists() and not list(out.rglob("*.tmp"))
 
 
 class Killed(BaseException):
@@ -141,12 +141,12 @@ def test_a_write_between_the_two_renames_is_kept_with_the_staged_rows(out, monke
     kill_at(monkeypatch, "compact_absorbed", 1)
     with pytest.raises(Killed):
         compaction.compact(out)
-    (folder, _), = store.staged_in(out, "lesion")
+    (folder, _), = listing.staged_in(out, "lesion")
     study, run_id = (n.split("=", 1)[1] for n in folder.relative_to(out / "lesion").parts)
     store.write_part(out, "lesion", study, run_id, "later", [row("lesion", "later")])
     assert len(rows(out)["lesion"]) == len(before["lesion"]) + 1 and "later" in store.done_keys(out)
     compaction.settle(out)
-    assert len(store.files_in(folder)) == 2 and not (out / store.COMPACTION).exists()
+    assert len(listing.files_in(folder)) == 2 and not (out / layout.COMPACTION).exists()
     assert len(rows(out)["lesion"]) == len(before["lesion"]) + 1
 
 
@@ -158,7 +158,7 @@ def test_any_command_that_writes_out_first_finishes_an_interrupted_swap(out, mon
     assert globbed(out) < glob
     result = CliRunner().invoke(main, ["prune", str(out)])  # removes the gates and errors rows the spec lacks
     assert result.exit_code == 0, result.output
-    assert globbed(out) == glob and not (out / store.COMPACTION).exists()
+    assert globbed(out) == glob and not (out / layout.COMPACTION).exists()
 
 
 def test_sigkilled_while_writing_a_compacted_file_then_rerun(out):
@@ -168,7 +168,7 @@ def test_sigkilled_while_writing_a_compacted_file_then_rerun(out):
                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT),
                                                        faults.ENV: "kill_before_rename=2"})
     assert done.returncode == -signal.SIGKILL, done.stderr
-    assert len(list((out / store.COMPACTION).rglob(".compact-*.tmp"))) == 1  # written, fsynced, never renamed
+    assert len(list((out / layout.COMPACTION).rglob(".compact-*.tmp"))) == 1  # written, fsynced, never renamed
     assert snapshot(out) == before
     result = CliRunner().invoke(main, ["compact", str(out)])
     assert result.exit_code == 0, result.output
@@ -180,9 +180,9 @@ def test_parts_added_after_compaction_are_merged_and_pruned_like_the_rest(out):
     compaction.compact(out)
     store.write_part(out, "lesion", "intact", SPEC.runs[0].run_id, "more", [row("lesion", "old-setting")])
     folder = out / "lesion" / "study=intact" / f"run_id={SPEC.runs[0].run_id}"
-    assert len(store.files_in(folder)) == 2 and "old-setting" in store.done_keys(out)
+    assert len(listing.files_in(folder)) == 2 and "old-setting" in store.done_keys(out)
     done = compaction.compact(out, max_rows=1)
-    assert done.folders == 1 and len(store.files_in(folder)) == len(store.read_parts(out, "lesion").query(
+    assert done.folders == 1 and len(listing.files_in(folder)) == len(store.read_parts(out, "lesion").query(
         f"study == 'intact' and run_id == '{SPEC.runs[0].run_id}'"))
     runs, keys = current.current_ids(SPEC)
     assert store.prune(out, runs, keys | {"gate0", "gate1", "failed0", "failed1"})["lesion"] == 1
@@ -199,7 +199,7 @@ def test_compact_is_refused_while_another_process_writes_out(out):
 
 def test_a_folder_that_is_no_experiment_is_one_line(tmp_path):
     result = CliRunner().invoke(main, ["compact", str(tmp_path)])
-    assert result.exit_code == 2 and "holds no unravel study tables" in result.output
+    assert result.exit_code == 2 and "holds no unravel experiment" in result.output
     assert len(result.output.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
 
 
@@ -210,12 +210,12 @@ def test_a_reader_listing_while_a_folder_is_swapped_in_misses_no_row(out, monkey
     kill_at(monkeypatch, "compact_absorbed", 1)
     with pytest.raises(Killed):
         compaction.compact(out)
-    listing, swapped = store.staged_in, []
+    listed, swapped = listing.staged_in, []
 
     def staging_listed_after_the_swap(out, table):
         if table == "lesion" and not swapped:
             swapped.append(True)
             compaction.settle(out)  # compaction's step 3, between the reader's two listings
-        return listing(out, table)
-    monkeypatch.setattr(store, "staged_in", staging_listed_after_the_swap)
+        return listed(out, table)
+    monkeypatch.setattr(listing, "staged_in", staging_listed_after_the_swap)
     assert rows(out) == before and swapped

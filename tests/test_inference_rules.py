@@ -181,7 +181,7 @@ def test_parts_written_before_the_test_rule_column_still_read(tmp_path):
     row = {"unit_key": "old", "k": 1, "draw": 0, "deleted": [0], "order": [0, 1], "kendall_tau": 1.0,
            "active_blocks": 1, "error": 0.5, "loss": 1.0, "examples": 10, "precision": "fp32",
            "bn_recalibrated": False, "seconds": 0.1}
-    path = store.part_path(tmp_path, "lesion", "intact", "a", "old")  # the first file: its schema is the older
+    path = store.part_path(tmp_path, "lesion", "intact", "a", "old").local_path  # the first file: the older schema
     path.parent.mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist([row], schema=old_schema), path)
     store.write_part(tmp_path, "lesion", "intact", "b", "new", [{**row, "unit_key": "new", "test_rule": "scaled", "metric": "classification", "perplexity": float("nan")}])

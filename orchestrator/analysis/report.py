@@ -5,7 +5,6 @@ Built from the tables alone; every number in it is computed here from them.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import markdown
 import numpy as np
@@ -23,6 +22,8 @@ from orchestrator.analysis.language import language_section
 from orchestrator.analysis.prose import markdown_table, plural
 from orchestrator.analysis.results import CRITICAL_RISE, NEXT_TOKEN_LOSS, Results, variant_text
 from orchestrator.analysis.spans import span_section
+from orchestrator.location import Location
+from orchestrator import store
 
 CAPTIONS = {
     "F3": "Error after deleting each single block; dotted lines: the intact networks; the strip above marks each "
@@ -159,26 +160,27 @@ def critical_blocks_section(results: Results) -> list[str]:
 def figures_section(figures: dict[str, str], words: dict[str, str] = CAPTIONS) -> list[str]:
     lines = ["## Figures", ""]
     for key, path in figures.items():
-        lines += [f"### {key}", "", f"![{key}](figures/{path})", "", words.get(key, ""),
-                  f"(PDF: `figures/{path[:-4]}.pdf`)", ""]
+        lines += [f"### {key}", "", f"![{key}]({store.FIGURES}/{path})", "", words.get(key, ""),
+                  f"(PDF: `{store.FIGURES}/{path[:-4]}.pdf`)", ""]
     missing = [key for key in CAPTIONS if key not in figures and key not in OPTIONAL_FIGURES]
     if missing:
         lines += [f"Not drawn, as the tables hold no data for them: {', '.join(missing)}.", ""]
     return lines
 
 
-def write_report(out: str | Path) -> Path:
+def write_report(out) -> Location:
     """report.md and report.html in OUT, the sections in order (each function returns its Markdown lines)."""
     out = store.where(out)
     results = Results.load(out)
-    figures = all_figures(results, out / "figures")
+    figures = all_figures(results, store.figures_folder(out))
     md = "\n".join(header(results) + what_was_run(results) + language_section(results)
                    + claims_section(all_claims(results)) + critical_blocks_section(results) + span_section(results)
                    + t1_section(results) + im_section(results) + h_section(results)
                    + figures_section(figures, captions(results)))
-    store.write_file(out / "report.md", md.encode())
-    store.write_file(out / "report.html", markdown_to_html(md).encode())
-    return out / "report.md"
+    report, html = store.report_paths(out)
+    store.write_file(report, md.encode())
+    store.write_file(html, markdown_to_html(md).encode())
+    return report
 
 
 def markdown_to_html(md: str) -> str:

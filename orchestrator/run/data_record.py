@@ -59,7 +59,7 @@ def _digest(source: str, how: str) -> str:
 def checked(spec: ExperimentSpec, out) -> dict[str, str]:
     """OUT's record with this spec's data added; SpecError (one line) if some of it changed since OUT's results
     were computed from it. Nothing is written: ``save`` writes the record once the command goes ahead."""
-    path = store.where(out) / store.DATA_RECORD
+    path = store.data_record_path(out)
     try:
         record = json.loads(path.read_text()) if path.exists() else {}
     except (OSError, ValueError) as e:
@@ -83,4 +83,4 @@ def checked(spec: ExperimentSpec, out) -> dict[str, str]:
 
 def save(out, record: dict[str, str]) -> None:
     if record:
-        store.write_file(store.where(out) / store.DATA_RECORD, json.dumps(record, indent=1, sort_keys=True).encode())
+        store.write_file(store.data_record_path(out), json.dumps(record, indent=1, sort_keys=True).encode())

@@ -28,9 +28,6 @@ from workloads.models.registry import ADAPTED
 from orchestrator import store
 from orchestrator.experiment.spec import ExperimentSpec, SpecError, Trial
 
-SOURCE_FILE = "source.json"   # the source file's path and sha256, to refuse a changed source
-
-
 def _fitted(model: Trial, index: int, source: Path):
     """(units, the library's model or None) of a source, with its adapter proven on a batch."""
     name = str(source)
@@ -99,7 +96,7 @@ def import_models(spec: ExperimentSpec, out: str | Path) -> pd.DataFrame:
         except OSError as e:
             raise SpecError(f"models[{i}].checkpoint: cannot read {source} ({e.strerror})") from None
         target = store.imported_checkpoint(out, model.run_id)
-        record = target.parent / SOURCE_FILE
+        record = store.imported_source(out, model.run_id)
         kept = json.loads(record.read_text())["sha256"] if record.exists() else None
         if kept is not None and kept != digest:
             raise SpecError(f"models[{i}].checkpoint: {model.checkpoint} changed since it was imported into {out} "
@@ -118,7 +115,7 @@ def import_models(spec: ExperimentSpec, out: str | Path) -> pd.DataFrame:
         torch.save(checkpoint_of(model.net_config, net, original, dataset=spec.data.dataset,
                                  source=str(Path(model.checkpoint).expanduser().resolve())), converted)
         store.write_file(target, converted.getvalue())
-        store.write_file(target.parent / SOURCE_FILE, json.dumps(
+        store.write_file(store.imported_source(out, model.run_id), json.dumps(
             {"source": str(Path(model.checkpoint).expanduser().resolve()), "sha256": digest}).encode())
     rows = []
     for model in spec.models:

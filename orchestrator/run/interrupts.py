@@ -46,7 +46,8 @@ HURRY_AFTER_S = 60.0    # a stop that takes longer (a cluster that no longer ans
 _active = False                 # handlers installed by a running command (main thread only)
 _received: int | None = None    # the first signal received, if any
 _in_tune = False                # inside Tuner.fit: ask Tune to stop rather than unwind it
-_command: tuple = ()            # (spec path, out, parts) of the running command, for the summary
+_parts: tuple[str, ...] = ()    # what the running command makes: "trials", "units" or both
+_writing: tuple = ()            # (the experiment, OUT) the running command writes, once it holds OUT
 _gcs: tuple[str, int] | None = None   # the Ray this command connected to, to notice it is gone
 _ending = threading.Lock()      # taken by whoever says the last line and ends the process
 _shutting_down: float | None = None   # when the main thread began shutting Ray down itself
@@ -126,6 +127,13 @@ def tune_stops_gracefully():
         _install()
 
 
+def writing(experiment, out) -> None:
+    """The command holds OUT for ``experiment``: a signal from now on says what of it OUT holds."""
+    global _writing
+    if _active:
+        _writing = (experiment, out)
+
+
 def raise_if_interrupted() -> None:
     """After Tune stopped on a signal (and the finished trials were written): stop the command."""
     if _active and _received is not None:
@@ -134,16 +142,16 @@ def raise_if_interrupted() -> None:
 
 def stoppable(*parts: str):
     """Decorate a command (train: "trials"; lesion: "units"; run: both) so that SIGINT and SIGTERM stop
-    it as described above. The command's ``spec`` and ``out`` arguments name what the summary counts."""
+    it as described above. The summary counts what ``writing`` names."""
 
     def decorate(command):
         @functools.wraps(command)
         def wrapper(*args, **kwargs):
-            global _active, _received, _command, _gcs, _ending, _shutting_down
+            global _active, _received, _parts, _writing, _gcs, _ending, _shutting_down
             if threading.current_thread() is not threading.main_thread():
                 return command(*args, **kwargs)  # signals reach the main thread only
             _active, _received, _gcs, _ending, _shutting_down = True, None, None, threading.Lock(), None
-            _command = (kwargs.get("spec"), kwargs.get("out"), parts)
+            _parts, _writing = parts, ()
             previous = {s: signal.getsignal(s) for s in SIGNALS}
             _install()
             try:
@@ -215,7 +223,7 @@ def _end(ending: threading.Lock, hurried: bool) -> None:
         while True:  # the watchdog is saying it and ending the process
             time.sleep(1)
     signum = _received
-    kept = _kept(*_command)
+    kept = _kept(*_writing, _parts) if _writing else ""
     try:
         sys.stdout.flush()
         sys.stderr.write("\n" if hurried else "")  # a progress bar may be left open mid-line
@@ -229,25 +237,19 @@ def _end(ending: threading.Lock, hurried: bool) -> None:
     sys.exit(128 + signum)
 
 
-def _kept(spec_path, out, parts) -> str:
+def _kept(experiment, out, parts) -> str:
     """'2 of 4 trials finished, 120 of 400 units written', counted from OUT itself ('' if it cannot be)."""
+    from orchestrator.store import current  # the experiment's modules import torch: `unravel --help` does not
     try:
-        from orchestrator import store
-        from orchestrator.cli import _out
-        from orchestrator.experiment.spec import load_spec
-        experiment = load_spec(spec_path)
-        out = _out(experiment, out)
         said = []
-        trials = {t.run_id for t in experiment.training.trials}
-        if "trials" in parts and trials:
-            finished = len(trials & set(store.read_table(out, "runs")["run_id"]))
-            said.append(f"{finished} of {len(trials)} trial{'s' * (len(trials) != 1)} finished")
+        trials = current.trial_status(experiment, out) if "trials" in parts else {"trials": 0}
+        if trials["trials"]:
+            said.append(f"{trials['finished']} of {trials['trials']} trial{'s' * (trials['trials'] != 1)} finished")
         if "units" in parts:
-            from orchestrator.experiment.units import expand
-            units = {u.key for u in expand(experiment)}
+            studies = current.status(experiment, out)
+            units, done = sum(s["units"] for s in studies), sum(s["done"] for s in studies)
             if units:
-                done = store.done_keys(out)
-                said.append(f"{len(units & done)} of {len(units)} unit{'s' * (len(units) != 1)} written")
+                said.append(f"{done} of {units} unit{'s' * (units != 1)} written")
         return ", ".join(said)
-    except Exception:  # an unreadable spec or table: the line still says how to continue
+    except Exception:  # an unreadable table: the line still says how to continue
         return ""

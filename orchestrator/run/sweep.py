@@ -75,7 +75,7 @@ def _check_runs_exist(spec: ExperimentSpec, out: Path, runs, todo: list[Unit]) -
     if missing:
         imported = {m.run_id for m in spec.models}
         how = "unravel lesion or run imports it" if missing[0] in imported else "train first (unravel train, or run)"
-        raise FileNotFoundError(f"no run {missing[0]} in {out / 'runs.parquet'}: {how}")
+        raise FileNotFoundError(f"no run {missing[0]} in {store.table_path(out, 'runs')}: {how}")
 
 
 class _Dispatcher:
@@ -144,7 +144,7 @@ class _Dispatcher:
         attempt at the units of the batch that met it."""
         store.write_errors(self.out, batch.key, [store.error_row(u, error, traceback) for u in batch.units])
         raise EvaluatorsCannotStart(f"the evaluators cannot start: {error} (its traceback is in the errors table, "
-                                    f"{self.out / 'errors'})")
+                                    f"{store.table_folder(self.out, 'errors')})")
 
     def write(self, batch: Batch, rows: list[dict], errors: list[dict]) -> None:
         if rows:

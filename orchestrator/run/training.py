@@ -126,11 +126,11 @@ def _params(trial_dir: Location) -> dict | None:
         return None
 
 
-def earlier_checkpoints(tune_root: "Path | Location") -> dict[str, Location]:
+def earlier_checkpoints(tune_root: Location) -> dict[str, Location]:
     """The newest checkpoint folder of each run id over every earlier attempt (by the state's
     iteration count: a later attempt may hold an older state than the one it resumed from), from one
     listing of the Tune state."""
-    root = Location.of(tune_root)
+    root = tune_root
     trials: dict[str, list[str]] = {}   # attempt-N/<trial> -> its checkpoint folders holding a state
     for info in root.files():
         parts = root.relative(info.path).split("/")
@@ -156,8 +156,8 @@ def earlier_checkpoints(tune_root: "Path | Location") -> dict[str, Location]:
     return {run_id: folder for run_id, (_, folder) in newest.items()}
 
 
-def _next_attempt(tune_root: "Path | Location") -> str:
-    names = [PurePosixPath(i.path).name for i in Location.of(tune_root).children()]
+def _next_attempt(tune_root: Location) -> str:
+    names = [PurePosixPath(i.path).name for i in tune_root.children()]
     numbers = [int(n.split("-", 1)[1]) for n in names if n.startswith("attempt-") and n.split("-", 1)[1].isdigit()]
     return f"attempt-{max(numbers, default=0) + 1}"
 
@@ -182,7 +182,7 @@ def run_training(spec: ExperimentSpec, out: str | Path, progress: bool = True) -
     return outcome
 
 
-def _fit(spec: ExperimentSpec, trials: list[Trial], found: dict[str, Location], tune_root: "Path | Location",
+def _fit(spec: ExperimentSpec, trials: list[Trial], found: dict[str, Location], tune_root: Location,
          progress: bool) -> list[tuple[Trial, Location | None, str | None]]:
     """One new Tune experiment over ``trials``: (trial, final checkpoint folder or None, error)."""
     resources = spec.training.resources
@@ -192,9 +192,8 @@ def _fit(spec: ExperimentSpec, trials: list[Trial], found: dict[str, Location], 
     configs = [{"trial": t.to_dict(), "resume_from": str(found[t.run_id] / STATE_FILE) if t.run_id in found else ""}
                for t in trials]
     bar = _Progress(len(trials)) if progress else None
-    root = Location.of(tune_root)
-    storage = {"storage_path": str(tune_root)} if root.local else {"storage_path": root.path,
-                                                                   "storage_filesystem": root.fs}
+    root = tune_root
+    storage = {"storage_path": root.path} if root.local else {"storage_path": root.path, "storage_filesystem": root.fs}
     tuner = tune.Tuner(
         trainable,
         param_space={**common, "run": tune.grid_search(configs)},
@@ -223,7 +222,7 @@ def _fit(spec: ExperimentSpec, trials: list[Trial], found: dict[str, Location], 
     return results
 
 
-def _collect(spec: ExperimentSpec, out: "Path | Location", results: list, seconds: float) -> TrainingOutcome:
+def _collect(spec: ExperimentSpec, out: Location, results: list, seconds: float) -> TrainingOutcome:
     """The tables, with this command's runs added to those already there (never replacing others')."""
     runs, epochs, failed = [], [], {}
     for trial, folder, error in results:
@@ -237,7 +236,7 @@ def _collect(spec: ExperimentSpec, out: "Path | Location", results: list, second
             trial, dataset=final["dataset"], iterations=int(final["iterations"]), epochs=len(final["history"]),
             test_error=float(final["test_error"]), test_loss=float(final["test_loss"]), num_blocks=shape.num_blocks,
             parameters=sum(p.numel() for p in shape.parameters()),
-            checkpoint=store.relative(out, _in_out(folder / MODEL_FILE)),
+            checkpoint=store.relative(out, folder / MODEL_FILE),
             train_seconds=float(final["train_seconds"])))
         epochs += store.epoch_rows(trial.run_id, final["history"])
     all_runs = store.replace_runs(out, runs)
@@ -247,8 +246,3 @@ def _collect(spec: ExperimentSpec, out: "Path | Location", results: list, second
                        attempted)
     wanted = {t.run_id for t in spec.training.trials}
     return TrainingOutcome(all_runs[all_runs["run_id"].isin(wanted)].reset_index(drop=True), failed, seconds)
-
-
-def _in_out(path: Location) -> "Path | Location":
-    """A file of the Tune state as the store names files of OUT (a Path on local disk)."""
-    return Path(path.path) if path.local else path

@@ -40,8 +40,8 @@ def sources(out: str | Path) -> dict[str, pa.Table | ds.Dataset | ds.Scanner]:
     for name in store.TABLES:
         if name in store.SCHEMAS:
             schema, path = store.SCHEMAS[name], store.table_path(out, name)
-            source, fs = store.arrow_source(path)
-            data = ds.dataset([source], schema=schema, format="parquet", filesystem=fs) if path.is_file() else None
+            data = ds.dataset([path.path], schema=schema, format="parquet",
+                              filesystem=path.fs) if path.is_file() else None
         else:  # the data files store lists (study and run_id from their folders; errors rows carry their own)
             schema, data = store.read_schema(name), store.dataset(out, name)
         found[name] = schema.empty_table() if data is None else _with_added_columns(name, data)
@@ -61,11 +61,7 @@ def _with_added_columns(name: str, data: ds.Dataset) -> ds.Dataset | ds.Scanner:
 
 def connect(out: str | Path, allow_external: bool = False) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with a view per table of OUT; sandboxed unless ``allow_external``."""
-    out = store.where(out)
-    if not any((out / p).exists() for p in (store.SPEC_FILE, store.LOCK_FILE, *store.TABLES,
-                                            *(f"{t}.parquet" for t in store.TABLES))):
-        raise QueryError(f"{out}: holds no unravel tables (runs.parquet, lesion/, ...): OUT must be the folder "
-                         f"of an unravel experiment")
+    out = store.experiment_folder(out)
     try:
         tables = sources(out)
     except (OSError, pa.ArrowException) as e:  # a file gone, or unreadable, while being listed

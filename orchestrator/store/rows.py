@@ -1,0 +1,59 @@
+"""The row constructors: the one place each table's rows are made, from the objects that produced them
+(a trial, a plan and its result, a gradient, a gate, a failure)."""
+from __future__ import annotations
+
+import math
+import time
+
+from orchestrator.store.schemas import SCHEMAS
+
+
+def run_row(trial, *, dataset: str, iterations: int, epochs: int, test_error: float, test_loss: float,
+            num_blocks: int, parameters: int, checkpoint: str, train_seconds: float) -> dict:
+    """A runs row for a trial (``orchestrator.experiment.spec.Trial``), trained here or imported."""
+    return {"run_id": trial.run_id, "label": trial.label, "network": trial.network, "variant": trial.variant,
+            "mode": trial.mode, "seed": trial.seed, "dataset": dataset, "iterations": iterations, "epochs": epochs,
+            "test_error": test_error, "test_loss": test_loss, "num_blocks": num_blocks, "parameters": parameters,
+            "checkpoint": checkpoint, "train_seconds": train_seconds, "net_config": trial.net_config.to_json(),
+            "train_config": trial.train_config.to_json() if trial.train_config else ""}
+
+
+def epoch_rows(run_id: str, history: list[dict]) -> list[dict]:
+    """The epochs rows of one run, from the history its training loop kept."""
+    return [{"run_id": run_id, **{k: m[k] for k in SCHEMAS["epochs"].names if k != "run_id"}} for m in history]
+
+
+def lesion_row(unit, plan, result, *, test_rule: str, precision: str, bn_recalibrated: bool, seconds: float,
+               metric: str = "classification") -> dict:
+    """A lesion row: one plan (``workloads.surgery.Plan``) evaluated on the test set, under the run's test-time
+    rule ("" where its mode needs none). ``metric`` next_token: error, loss and examples count the predicted
+    tokens of a text (error = 1 - next-token accuracy), and perplexity is exp(loss)."""
+    language = metric == "next_token"
+    return {"unit_key": unit.key, "k": unit.k, "draw": unit.draw, "deleted": sorted(plan.deleted),
+            "order": list(plan.order), "kendall_tau": plan.kendall_tau, "active_blocks": plan.active_blocks,
+            "error": result.error, "loss": result.loss, "examples": result.examples, "precision": precision,
+            "bn_recalibrated": bn_recalibrated, "seconds": seconds, "test_rule": test_rule, "metric": metric,
+            "perplexity": math.exp(min(result.loss, 700.0)) if language else float("nan")}
+
+
+def gradient_row(unit, result, *, seconds: float) -> dict:
+    """A gradients row: one draw's log10 gradient norm at path length k."""
+    return {"unit_key": unit.key, "k": result.k, "draw": unit.draw, "chosen": list(result.chosen),
+            "log10_norm": result.log10_norm, "batch_size": result.batch_size, "seconds": seconds}
+
+
+def gate_row(unit, stats, *, seconds: float) -> dict:
+    """A gates row: one gated block's gate over the test set (``workloads.surgery.GateStatistics``);
+    ``seconds`` is the row's share of its unit, so a run's rows sum to the time of its one pass."""
+    return {"unit_key": unit.key, "block": stats.block, "stage": stats.stage, "changes_shape": stats.changes_shape,
+            "gate_mean": stats.mean, "gate_std": stats.std, "gate_p10": stats.p10, "gate_p90": stats.p90,
+            "branch_weight": stats.branch_weight, "shortcut_weight": stats.shortcut_weight,
+            "examples": stats.examples, "seconds": seconds}
+
+
+def error_row(unit, exc: BaseException | str, traceback: str = "") -> dict:
+    """An errors row: one failed attempt at a unit (errors are history: attempts add rows); ``exc`` an exception,
+    or its 'SomeError: message' line as text (one raised in another process)."""
+    error = exc if isinstance(exc, str) else f"{type(exc).__name__}: {str(exc)[:2000]}"
+    return {"unit_key": unit.key, "run_id": unit.run_id, "study": unit.study, "k": unit.k, "draw": unit.draw,
+            "error": error[:2100], "traceback": traceback[-4000:], "time": time.time()}
