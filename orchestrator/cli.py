@@ -178,7 +178,7 @@ def _experiment(experiment, out: Path, address: str | None, parts: tuple[str, ..
         except SpecError as e:
             raise BadInput(str(e)) from None
         where = _connect(experiment, address, parts)
-        store.save_spec(out, experiment.raw, experiment.path)
+        store.save_spec(out, experiment)
         data_record.save(out, record)
         yield where
 
@@ -289,10 +289,11 @@ def figures(out: Path) -> None:
     """Regenerate the figures and report.md / report.html of OUT from its tables."""
     if not (out / "runs.parquet").exists():
         raise BadInput(f"{out / 'runs.parquet'} does not exist: OUT must be the folder of an unravel experiment")
+    from orchestrator.experiment.messages import SpecError
     from orchestrator.store import CorruptResult
     try:
         _report(out)
-    except CorruptResult as e:
+    except (CorruptResult, SpecError) as e:
         raise BadInput(str(e)) from None
 
 
@@ -337,22 +338,18 @@ def status(out: Path, fmt: str, by_run: bool) -> None:
     (when unravel train or run finishes training), as failed when training_errors names them.
     """
     from orchestrator import store
-    from orchestrator.experiment.spec import SpecError, parse_spec
-    from orchestrator.store.current import status as study_status, status_document
+    from orchestrator.experiment.messages import SpecError
+    from orchestrator.store.current import recorded_experiment, status as study_status, status_document
     try:
-        raw = store.read_spec(out)
-        if raw is None:
+        experiment = recorded_experiment(out)
+        if experiment is None:
             raise BadInput(f"{out / store.SPEC_FILE} does not exist: OUT must be the folder of an unravel experiment")
-        try:
-            experiment = parse_spec(raw)
-        except SpecError as e:
-            raise BadInput(f"{out / store.SPEC_FILE}: not a spec this version of unravel reads ({e})") from None
         if fmt == "json":
             import json
             click.echo(json.dumps(status_document(experiment, out), indent=1))
             return
         rows = study_status(experiment, out, by_run=by_run)
-    except store.CorruptResult as e:
+    except (store.CorruptResult, SpecError) as e:
         raise BadInput(str(e)) from None
     import pandas as pd
     click.echo(pd.DataFrame(rows).to_string(index=False) if rows else "no studies in this experiment")
@@ -505,16 +502,16 @@ def prune(out: Path) -> None:
     """Remove from OUT's tables the rows of earlier settings: runs and units the current spec
     (OUT/spec.json) no longer asks for. Checkpoints and other files stay. Safe to interrupt and rerun."""
     from orchestrator import store
-    from orchestrator.store.current import current_ids
-    from orchestrator.experiment.spec import SpecError, parse_spec
+    from orchestrator.experiment.messages import SpecError
+    from orchestrator.store.current import current_ids, recorded_experiment
     with _writing(out):
-        raw = store.read_spec(out)
-        if raw is None:
-            raise BadInput(f"{out / store.SPEC_FILE} does not exist: OUT must be the folder of an unravel experiment")
         try:
-            runs, keys = current_ids(parse_spec(raw))
+            experiment = recorded_experiment(out)
         except SpecError as e:
-            raise BadInput(f"{out / store.SPEC_FILE}: not a spec this version of unravel reads ({e})") from None
+            raise BadInput(str(e)) from None
+        if experiment is None:
+            raise BadInput(f"{out / store.SPEC_FILE} does not exist: OUT must be the folder of an unravel experiment")
+        runs, keys = current_ids(experiment)
         removed = store.prune(out, runs, keys)
     total = sum(removed.values())
     each = ", ".join(f"{name} {n:,}" for name, n in removed.items() if n)
@@ -553,7 +550,7 @@ def schema() -> None:
     """
     import json
 
-    from orchestrator.experiment.spec import json_schema
+    from orchestrator.experiment.document import json_schema
     click.echo(json.dumps(json_schema(), indent=1))
 
 

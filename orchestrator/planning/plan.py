@@ -16,7 +16,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 from orchestrator.planning.rates import Rates, calibrate, group_of, train_keys, unit_keys, unit_test_size
-from orchestrator.experiment.spec import ExperimentSpec, Resources
+from orchestrator.experiment.document import Resources
+from orchestrator.experiment.resolved import ExperimentSpec
 from orchestrator.experiment.units import unit_groups
 
 

@@ -26,7 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.experiment.spec import ExperimentSpec, Resources, Trial
+from orchestrator.experiment.document import Resources
+from orchestrator.experiment.resolved import ExperimentSpec, Trial
 
 PLANS_TIMED = 8             # lesion plans per timed engine batch
 CPU_GRADIENT_BATCH = 32     # on CPU, a gradient batch is timed at this size and scaled (CPU time is linear in it)

@@ -19,7 +19,8 @@ from orchestrator.run.data_cache import files_of
 from orchestrator.run.imported import content_digest
 from orchestrator.location import Location, LocationError, is_uri
 from orchestrator.run.preflight import _CIFAR_FOLDERS   # dataset -> (its title, the folder torchvision reads under data.root)
-from orchestrator.experiment.spec import ExperimentSpec, SpecError
+from orchestrator.experiment.messages import SpecError
+from orchestrator.experiment.resolved import ExperimentSpec
 
 # a tokenizer folder may be a model's: its weights are guarded by the import (imported.py), and not hashed twice
 WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")

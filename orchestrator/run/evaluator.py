@@ -30,7 +30,8 @@ from workloads.train.inference_rules import apply_test_rule
 
 from orchestrator import store
 from orchestrator.run.data_cache import local_root
-from orchestrator.experiment.spec import DataSpec, Resources, StudiesSpec
+from orchestrator.experiment.document import Resources
+from orchestrator.experiment.resolved import Data, Studies
 from orchestrator.experiment.units import Batch, plan_for
 
 STREAM_CHUNK = 256  # images decoded per step of a streamed test set
@@ -52,14 +53,14 @@ class StartFailure:
 
 
 class Evaluator:
-    def __init__(self, data: DataSpec, studies: StudiesSpec, cache_size: int = 4):
+    def __init__(self, data: Data, studies: Studies, cache_size: int = 4):
         self.failure: StartFailure | None = None
         try:
             self._start(data, studies, cache_size)
         except Exception as e:  # noqa: BLE001 - whatever a node's files raise, told once by run()
             self.failure = StartFailure.of(e)
 
-    def _start(self, data: DataSpec, studies: StudiesSpec, cache_size: int) -> None:
+    def _start(self, data: Data, studies: Studies, cache_size: int) -> None:
         set_threads(studies.evaluators.threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.data_spec, self.test_examples = data, studies.test_examples

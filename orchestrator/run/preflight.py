@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from orchestrator.experiment.spec import ExperimentSpec, SpecError
+from orchestrator.experiment.messages import SpecError
+from orchestrator.experiment.resolved import ExperimentSpec
 
 
 def _fail(where: str, problem: str) -> None:

@@ -33,7 +33,7 @@ from orchestrator import store
 from orchestrator.run.cluster import quiet_tune
 from orchestrator.run.data_cache import local_root
 from orchestrator.location import Location
-from orchestrator.experiment.spec import ExperimentSpec, Trial
+from orchestrator.experiment.resolved import ExperimentSpec, Trial
 
 STATE_FILE = "state.pt"     # the whole training state, to resume
 MODEL_FILE = "model.pt"     # the final network: state_dict + configs + history

@@ -29,7 +29,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pandas as pd
 import pyarrow as pa
@@ -38,6 +38,9 @@ import pyarrow.parquet as pq
 
 from orchestrator import faults
 from orchestrator.location import Location, is_uri
+
+if TYPE_CHECKING:
+    from orchestrator.experiment.resolved import ExperimentSpec
 
 SCHEMA_VERSION = "1"
 # tables whose schema grew since version 1: lesion 2 added test_rule (how an effective-paths run was evaluated),
@@ -765,21 +768,34 @@ def discard_if_unused(out: str | Path) -> None:
 
 # -- the other files of an experiment ----------------------------------------------------------------
 
-def save_spec(out: str | Path, raw: dict, path: str = "") -> None:
-    """Keep the spec beside its results, so `unravel status OUT` and the report know what was asked."""
-    text = json.dumps({"path": path, "spec": raw}, indent=1, sort_keys=True)
+def save_spec(out: str | Path, experiment: "ExperimentSpec") -> None:
+    """Keep the spec beside its results, as written and as resolved (every trial with its network config and
+    blocks, every study's runs, the data's paths), so that `unravel status OUT`, the figures, the report and
+    prune read OUT alone: never the spec's YAML, its data or its model folders."""
+    text = json.dumps({"path": experiment.path, "spec": experiment.raw, "experiment": experiment.record()},
+                      sort_keys=True)
     write_file(where(out) / SPEC_FILE, text.encode())
 
 
-def read_spec(out: str | Path) -> dict | None:
-    """The spec document that made OUT (None if OUT holds none)."""
+def read_spec_file(out: str | Path) -> dict | None:
+    """OUT's spec.json (None if OUT holds none): ``spec``, the document; ``path``, where it was read;
+    ``experiment``, the resolved experiment's record (absent where an earlier unravel wrote the file)."""
     path = where(out) / SPEC_FILE
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())["spec"]
+        recorded = json.loads(path.read_text())
+        if not isinstance(recorded, dict) or not isinstance(recorded["spec"], dict):
+            raise ValueError("not a mapping with the spec in it")
+        return recorded
     except (OSError, ValueError, KeyError) as e:
         raise CorruptResult(f"{path}: unreadable ({e}); rerun unravel lesion or run to write it again") from None
+
+
+def read_spec(out: str | Path) -> dict | None:
+    """The spec document that made OUT (None if OUT holds none)."""
+    recorded = read_spec_file(out)
+    return recorded["spec"] if recorded else None
 
 
 def imported_checkpoint(out: str | Path, run_id: str) -> Path:
