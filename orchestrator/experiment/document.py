@@ -13,7 +13,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, create_model, model_validator
 from pydantic_core import PydanticCustomError
 
-from workloads.data import DATASETS, STREAMED
+from workloads.data import STREAMED, DataConfig
 from workloads.fields import STRICT, Amount, Between, Flag, Text, count
 from workloads.models import NETWORKS, NetConfig
 from workloads.train.modes import MODES
@@ -41,11 +41,12 @@ class Section(BaseModel):
     model_config = STRICT
 
 
-def _partial(config: type, exclude: set[str], name: str) -> type[BaseModel]:
+def _partial(config: type, exclude: set[str], name: str, base: type[BaseModel] = Section) -> type[BaseModel]:
     """The fields of a config dataclass a spec may set, with the dataclass's own types, bounds and
-    defaults (so each lives in one place); ``model_dump(exclude_unset=True)`` gives what was set."""
+    defaults (so each lives in one place), on ``base`` (its rules); ``model_dump(exclude_unset=True)``
+    gives what was set."""
     fields = {n: (info.annotation, info) for n, info in config.__pydantic_fields__.items() if n not in exclude}
-    return create_model(name, __config__=STRICT, **fields)
+    return create_model(name, __base__=base, **fields)
 
 
 # what the data section decides, never set by hand: channels, classes and size come from the data
@@ -80,23 +81,11 @@ _IMAGE_FOLDER_KEYS = {"image_size", "resize", "num_classes", "workers"}
 _TEXT_KEYS = {"tokenizer", "sequence_length", "column"}
 
 
-class DataSpec(Section):
-    dataset: Literal[DATASETS] = "digits"
-    root: Text = "data"
-    download: Flag = False
-    image_size: count(16, 4096) = 224              # imagenet: centre crop
-    resize: count(16, 8192) | None = None          # imagenet: shorter side before the crop (default 256/224 of it)
-    num_classes: count(2, 10**6) = 1000            # imagenet: class folders under val/
-    workers: count(0, 256) = 0                     # imagenet: DataLoader processes per evaluator
-    # text (root: a .txt or .parquet corpus): the tokenizer's folder (default: each model's own folder), the
-    # tokens per sequence the model reads (each sequence predicts its next sequence_length tokens), and the
-    # text column of a Parquet corpus
-    tokenizer: Text | None = None
-    sequence_length: count(2, 1_000_000) = 128
-    column: Text = "text"
+class _DataRules(Section):
+    """The rules between the data section's fields (the fields are DataConfig's: DataSpec below)."""
 
     @model_validator(mode="after")
-    def _image_folder_settings(self) -> "DataSpec":
+    def _image_folder_settings(self) -> "_DataRules":
         if self.dataset != "text":
             for key in sorted(_TEXT_KEYS & self.model_fields_set):
                 raise rule(key, f"applies only to dataset text, not {self.dataset}")
@@ -114,6 +103,9 @@ class DataSpec(Section):
         elif self.resize is not None and self.resize < self.image_size:
             raise rule("resize", f"must be at least data.image_size ({self.image_size}), got {self.resize}")
         return self
+
+
+DataSpec = _partial(DataConfig, set(), "DataSpec", _DataRules)
 
 
 class Resources(Section):

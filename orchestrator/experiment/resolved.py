@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from workloads.data import STREAMED
+from workloads.data import STREAMED, DataConfig
 from workloads.models import BlockInfo, NetConfig
 from workloads.train.recipe import TrainConfig
 
@@ -137,13 +137,11 @@ class Data:
             return next(iter(self.tokenizers.values()), "")
         return self.tokenizers[run_id]
 
-    def loader_options(self, run_id: str | None = None) -> dict:
-        """Keyword arguments of ``workloads.data.load_dataset`` beyond name, root and download, for the run
-        ``run_id`` (text: cut by that run's tokenizer; None: the first run's)."""
-        if self.text:
-            return {"tokenizer": self.tokenizer_of(run_id), "sequence_length": self.sequence_length,
-                    "column": self.column}
-        return {"image_size": self.image_size, "resize": self.resize, "workers": self.workers}
+    def loader_config(self, run_id: str | None, root: str) -> DataConfig:
+        """The config ``workloads.data.load_dataset`` reads for the run ``run_id`` (text: cut by that run's
+        tokenizer; None: the first run's), its files at ``root`` (this node's copy of the data)."""
+        settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(DataConfig)}
+        return DataConfig(**{**settings, "root": root, "tokenizer": self.tokenizer_of(run_id) if self.text else None})
 
 
 class AbsentModel(NamedTuple):

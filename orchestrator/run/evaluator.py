@@ -81,11 +81,10 @@ class Evaluator:
         each model's own tokenizer (unless the spec names one), so it is loaded once per tokenizer. Data a node
         cannot read raises in the constructor (the first run's) and is kept as the evaluator's failure later
         (another model's tokenizer): either way every later batch gets the StartFailure, not a reload."""
-        options = self.data_spec.loader_options(run_id)
-        key = options.get("tokenizer", "")
+        config = self.data_spec.loader_config(run_id, local_root(self.data_spec.resolved_root))
+        key = config.tokenizer or ""
         if key not in self.datasets:
-            d = self.data_spec
-            data = load_dataset(d.dataset, local_root(d.resolved_root), d.download, **options)
+            data = load_dataset(config)
             test = None
             if not data.streamed:  # resident: the test set moves to the device once
                 chunk = next(data.test_chunks(self.test_examples))
