@@ -13,7 +13,11 @@ import yaml
 from click.testing import CliRunner
 
 from language_cases import save_gpt2, save_word_tokenizer, write_corpus
+from orchestrator import store
 from orchestrator.cli import main
+from orchestrator.experiment.spec import load_spec
+from orchestrator.experiment.units import unit_groups
+from orchestrator.store.current import recorded_experiment
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OLD = FIXTURES / "old-digits"                  # written by `unravel run old-digits.yaml` at commit f470018
@@ -48,6 +52,30 @@ def _read_alone(out: Path) -> None:
     assert compacted.exit_code == 0, compacted.output
     assert _units_done(out) == units                       # compacted, every unit still done, once
     assert len(pd.read_parquet(out / "lesion")) == units["done"]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "experiments").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_the_record_gives_back_the_experiment_and_what_its_unit_keys_are_made_of(path, shipped_cwd, tmp_path):
+    spec = load_spec(path)
+    store.save_spec(tmp_path, spec)
+    back = recorded_experiment(tmp_path)
+    assert back == spec and back.blocks == spec.blocks
+    assert unit_groups(back) == unit_groups(spec)       # what every unit key is made of (veit2016's 881,390 units)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda doc: doc["experiment"].update(version=99), "record version 99"),
+    (lambda doc: doc["experiment"].pop("studies"), "the recorded experiment is damaged"),
+])
+def test_a_record_this_version_cannot_read_is_one_line(old_out, change, message):
+    store.save_spec(old_out, load_spec(OLD_SPEC))
+    doc = json.loads((old_out / "spec.json").read_text())
+    change(doc)
+    (old_out / "spec.json").write_text(json.dumps(doc))
+    for command in ("status", "figures", "prune"):
+        result = _invoke(command, old_out)
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
 
 
 # -- a language model: its folder, tokenizer and corpus moved away ------------------------------------
