@@ -16,7 +16,7 @@ from workloads.data import STREAMED, DataConfig
 from workloads.models import BlockInfo, NetConfig
 from workloads.train.recipe import TrainConfig
 
-from orchestrator.experiment.document import DataSpec, Evaluators, Resources, StudiesSpec
+from orchestrator.experiment.document import Evaluators, Resources, StudiesSpec
 from orchestrator.experiment.messages import SpecError
 
 RECORD_VERSION = 1   # of ``ExperimentSpec.record``: a reader refuses a record of a later version in one line
