@@ -57,6 +57,8 @@ def _data(section: DataSpec) -> Data:
     fields = {f.name: getattr(section, f.name) for f in dataclasses.fields(Data)
               if f.name not in ("resolved_root", "tokenizers")}
     return Data(**fields, resolved_root=section.root if is_uri(section.root) else _local(section.root))
+
+
 def _trials(section: TrainingSection, data: Data) -> TrainingSpec:
     if data.text:
         _fail("training", "dataset text is evaluated, not trained here; list language models under models: "
