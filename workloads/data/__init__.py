@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from workloads.data.augment import augment
-from workloads.data.config import DATASETS, STREAMED, TEXT_DATASETS, DataConfig
+from workloads.data.config import DATASETS, STREAMED, DataConfig
 from workloads.data.dataset import DataNotFound, TensorDataset
 
 if TYPE_CHECKING:
@@ -60,5 +60,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["DATASETS", "DataConfig", "SPLITS", "STREAMED", "TEXT_DATASETS", "DataNotFound", "StreamedImageFolder", "TensorDataset",
+__all__ = ["DATASETS", "DataConfig", "SPLITS", "STREAMED", "DataNotFound", "StreamedImageFolder", "TensorDataset",
            "augment", "load_cifar", "load_dataset", "load_digits", "load_text_corpus"]

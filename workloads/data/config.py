@@ -12,7 +12,6 @@ from pydantic.dataclasses import dataclass
 from workloads.fields import FORBID, Flag, JsonConfig, Text, count
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "text")
-TEXT_DATASETS = ("text",)   # token sequences for language models (text.py)
 STREAMED = ("imagenet",)   # evaluated from disk in chunks; not trainable here
 
 
