@@ -175,7 +175,7 @@ def _experiment(experiment, out, address: str | None, parts: tuple[str, ...]):
         interrupts.writing(experiment, session.out)
         record = data_record.checked(experiment, session.out)   # a corpus or tokenizer changed since: refused here
         where = _connect(experiment, address, parts)
-        session.record_spec(experiment.raw, experiment.path)
+        session.record_spec(experiment)
         data_record.save(session.out, record)
         yield where
 
@@ -299,14 +299,11 @@ def _studies(experiment, out) -> int:
 def _recorded(out):
     """The experiment OUT's spec.json records: what status and prune count and keep."""
     from orchestrator import store
-    from orchestrator.experiment.spec import SpecError, parse_spec
-    raw = store.read_spec(out)
-    if raw is None:
+    from orchestrator.store.current import recorded_experiment
+    experiment = recorded_experiment(out)
+    if experiment is None:
         raise BadInput(f"{out / store.SPEC_FILE} does not exist: OUT must be the folder of an unravel experiment")
-    try:
-        return parse_spec(raw)
-    except SpecError as e:
-        raise SpecError(f"{out / store.SPEC_FILE}: not a spec this version of unravel reads ({e})") from None
+    return experiment
 
 
 @main.command()
@@ -487,7 +484,7 @@ def schema() -> None:
     """
     import json
 
-    from orchestrator.experiment.spec import json_schema
+    from orchestrator.experiment.document import json_schema
     click.echo(json.dumps(json_schema(), indent=1))
 
 

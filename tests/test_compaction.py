@@ -43,7 +43,7 @@ def write_sweep(out: Path) -> None:
         store.write_part(out, "gates", "gates", "gated", f"g{b}", [row("gates", f"gate{b}", block=k) for k in range(3)])
     for b in range(2):
         store.write_errors(out, f"e{b}", [row("errors", f"failed{b}")])
-    store.save_spec(out, BASE)
+    store.save_spec(out, SPEC)
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ from orchestrator.store import query
 from orchestrator import store
 from orchestrator.analysis.effective_paths import t1_claim, t1_section
 from orchestrator.analysis.results import Results
-from orchestrator.experiment.spec import SpecError, Trial, parse_spec
+from orchestrator.experiment.resolved import Trial
+from orchestrator.experiment.spec import SpecError, parse_spec
 from orchestrator.experiment.units import batches, expand
 from workloads.surgery import draw_batch, gradient_norms
 from workloads.train.inference_rules import apply_test_rule

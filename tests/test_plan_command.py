@@ -19,7 +19,8 @@ from orchestrator import store
 from orchestrator.cli import main
 from orchestrator.planning.nodes import Node, NodeError, fit_at_once, parse_node
 from orchestrator.planning.table import render
-from orchestrator.experiment.spec import Evaluators, Resources, load_spec, parse_spec
+from orchestrator.experiment.document import Evaluators, Resources
+from orchestrator.experiment.spec import load_spec, parse_spec
 from orchestrator.experiment.units import batches, expand
 from workloads.models import skeleton
 
@@ -331,7 +332,7 @@ def test_status_json_per_study_and_run(tmp_path):
     """On an OUT made by hand: one run's single deletions written, one unit failed, one trial finished."""
     out = tmp_path / "out"
     spec = parse_spec(TINY)
-    store.save_spec(out, TINY)
+    store.save_spec(out, spec)
     units = expand(spec)
     run = next(u.run_id for u in units if u.study == "single_deletion")
     written = [u for u in units if u.study == "single_deletion" and u.run_id == run]

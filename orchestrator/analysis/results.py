@@ -20,7 +20,8 @@ from workloads.train.inference_rules import TEST_RULES
 
 from orchestrator import store
 from orchestrator.analysis.stats import mean_interval
-from orchestrator.experiment.spec import block_infos
+from orchestrator.experiment.networks import block_infos
+from orchestrator.store.current import current_rows, recorded_experiment
 
 # the two thresholds that define a run's facts (claims.py states the ones that decide verdicts)
 CRITICAL_RISE = 10.0        # error points: a non-downsampling block whose deletion costs more is "critical"
@@ -32,8 +33,8 @@ SUBLAYER_KINDS = {"attention": "attention", "mlp": "MLP"}   # a transformer's un
 
 @dataclass(frozen=True)
 class Structure:
-    """What analysis needs of a network's blocks, read from its meta-device skeleton (no weights; the spec's
-    cache of block infos, so a network the spec already counted is not built again)."""
+    """What analysis needs of a network's blocks: as OUT's spec.json records them, else (a run the record does
+    not hold) from the network's meta-device skeleton, which has no weights."""
 
     num_blocks: int
     downsampling: tuple[int, ...]   # 0-based positions of the blocks that change shape
@@ -48,8 +49,8 @@ class Structure:
             object.__setattr__(self, "paths", self.num_blocks)
 
     @classmethod
-    def of(cls, cfg: NetConfig) -> "Structure":
-        infos = block_infos(cfg)
+    def of(cls, cfg: NetConfig, infos: tuple | None = None) -> "Structure":
+        infos = block_infos(cfg) if infos is None else infos
         layer_of = {b: layer for layer, units in enumerate(layer_units(infos)) for b in units}
         return cls(len(infos), tuple(i.index for i in infos if i.changes_shape), cfg.arch == "plain",
                    tuple(layer_of[i.index] for i in infos), sum(i.residual for i in infos),
@@ -151,21 +152,25 @@ class Results:
     _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     stale: dict = field(default_factory=dict)   # table -> rows of earlier settings, left out
+    rules: dict = field(default_factory=dict)   # run id -> its test-time rules, as the spec lists them
+    blocks: dict = field(default_factory=dict)  # NetConfig -> its blocks, as spec.json records them
 
     @classmethod
     def load(cls, out: str | Path) -> "Results":
-        """OUT's tables, restricted to the rows the current spec (spec.json) asks for: rows of earlier
-        settings stay on disk (``unravel prune`` removes them) and are counted in ``stale``."""
+        """OUT's tables, restricted to the rows the current spec (as OUT/spec.json records it) asks for: rows of
+        earlier settings stay on disk (``unravel prune`` removes them) and are counted in ``stale``. Reads OUT
+        alone; SpecError if its spec.json cannot be read."""
         out = store.where(out)
-        raw = store.read_spec(out) or {}
+        experiment = recorded_experiment(out)
         tables = {name: store.read_table(out, name) for name in ("runs", "epochs")}
         tables.update({name: store.read_parts(out, name) for name in (*store.STUDY_TABLES, "errors")})
         stale = {}
-        if raw:
-            from orchestrator.store.current import current_rows
-            tables, stale = current_rows(raw, tables)
-        return cls(out, tables["runs"], tables["epochs"], tables["lesion"], tables["gradients"], tables["errors"], raw,
-                   tables["gates"], stale=stale)
+        if experiment is not None:
+            tables, stale = current_rows(experiment, tables)
+        return cls(out, tables["runs"], tables["epochs"], tables["lesion"], tables["gradients"], tables["errors"],
+                   experiment.raw if experiment else {}, tables["gates"], stale=stale,
+                   rules={t.run_id: t.test_rules for t in experiment.runs} if experiment else {},
+                   blocks=experiment.blocks if experiment else {})
 
     @functools.cached_property
     def _runs_by_id(self) -> pd.DataFrame:
@@ -179,8 +184,9 @@ class Results:
 
     @_once
     def _structure(self, net_config: str) -> Structure:
-        # keyed by the config, so seeds of one network share one skeleton
-        return Structure.of(NetConfig.from_json(net_config))
+        # keyed by the config, so seeds of one network share one structure
+        cfg = NetConfig.from_json(net_config)
+        return Structure.of(cfg, self.blocks.get(cfg))
 
     @_once
     def study(self, name: str) -> pd.DataFrame:
@@ -190,18 +196,11 @@ class Results:
     def test_rules(self, run_id: str) -> tuple[str, ...]:
         """The test-time rules an effective-paths run was evaluated under, the one its studies use first
         (the spec's order; without a spec, the order of TEST_RULES); () for other modes."""
-        listed = self._spec_rules().get(run_id)
+        listed = self.rules.get(run_id)
         if listed is not None:
             return listed
         rows = self.lesion[(self.lesion["run_id"] == run_id) & (self.lesion["study"] == "intact")]
         return tuple(r for r in TEST_RULES if r in set(rows["test_rule"]))
-
-    @_once
-    def _spec_rules(self) -> dict[str, tuple[str, ...]]:
-        if not self.spec:
-            return {}
-        from orchestrator.experiment.spec import parse_spec
-        return {t.run_id: t.test_rules for t in parse_spec(self.spec).runs}
 
     @_once
     def intact_error(self, run_id: str, rule: str | None = None) -> float:

@@ -1,4 +1,4 @@
-"""pydantic's validation errors in the house's words: one line, 'field.path: problem'.
+"""A spec's mistakes in the house's words: one line, 'field.path: problem' (SpecError), pydantic's included.
 
 The corpus of bad specs (tests/bad_specs) pins these words; pydantic's own wording ("Input
 should be a valid integer") may change between releases, and is translated here only.
@@ -11,6 +11,10 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
+
+
+class SpecError(ValueError):
+    """A spec that cannot run; the message names the field and the problem."""
 
 
 def rule(at: str, message: str) -> PydanticCustomError:

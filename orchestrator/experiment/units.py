@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from workloads.surgery import deletion_pool, layer_spans, random_deletion, random_swaps
 from workloads.train.modes import scaled_active_count
 
-from orchestrator.experiment.spec import ExperimentSpec, StudySpec, Trial, block_infos
+from orchestrator.experiment.resolved import ExperimentSpec, StudySpec, Trial
 
 ENGINE_VERSION = "1"   # bump when a change to workloads.surgery changes results
 
@@ -74,11 +74,12 @@ def settings_of(spec: ExperimentSpec, study: str, run_id: str | None = None) -> 
     return text
 
 
-def train_active(trial: Trial) -> int:
-    """m of an effective-paths run: the blocks each training mini-batch ran (0 for other modes)."""
+def train_active(trial: Trial, blocks: int) -> int:
+    """m of an effective-paths run of ``blocks`` blocks: the blocks each training mini-batch ran (0 for other
+    modes)."""
     if not trial.test_rules:
         return 0
-    return trial.train_config.active_blocks or scaled_active_count(len(block_infos(trial.net_config)))
+    return trial.train_config.active_blocks or scaled_active_count(blocks)
 
 
 def _studied_rule(trial: Trial) -> str:
@@ -94,6 +95,7 @@ class UnitGroup:
     study: str
     settings: str
     rule: str
+    active: int                               # train_active of the trial
     pairs: tuple[tuple[int, int], ...] = ()   # (k, draw) of each unit; gradients: see draws and lengths
     draws: int = 0                            # gradients: draws, each of path lengths 1..lengths
     lengths: int = 0
@@ -109,14 +111,12 @@ class UnitGroup:
     def units(self) -> list[Unit]:
         pairs = ([(k, d) for d in range(self.draws) for k in range(1, self.lengths + 1)]
                  if self.study == "gradients" else self.pairs)
-        active = train_active(self.trial)
         settings = f"{self.settings}|rule={self.rule}" if self.rule else self.settings  # no rule: the keys of old
         return [Unit(unit_key(self.trial.run_id, self.study, k, d, settings),
-                     self.trial.run_id, self.study, k, d, self.rule, active) for k, d in pairs]
+                     self.trial.run_id, self.study, k, d, self.rule, self.active) for k, d in pairs]
 
 
-def _lesion_pairs(trial: Trial, study: StudySpec) -> tuple[tuple[int, int], ...]:
-    infos = block_infos(trial.net_config)
+def _lesion_pairs(infos, study: StudySpec) -> tuple[tuple[int, int], ...]:
     if study.study == "single_deletion":
         return tuple((1, b) for b in deletion_pool(infos))
     if study.study == "span_deletion":
@@ -131,20 +131,20 @@ def unit_groups(spec: ExperimentSpec) -> list[UnitGroup]:
     trials = {t.run_id: t for t in spec.runs}
     lesioned = {r for s in spec.studies.studies if s.study not in ("gradients", "gates") for r in s.runs}
     ruled = {t.run_id for t in spec.runs if t.test_rules}
-    groups = [UnitGroup(trials[r], "intact", settings_of(spec, "intact", r), rule, ((0, 0),))
+    active = {t.run_id: train_active(t, len(spec.blocks_of(t))) for t in spec.runs}
+    groups = [UnitGroup(trials[r], "intact", settings_of(spec, "intact", r), rule, active[r], ((0, 0),))
               for r in sorted(lesioned | ruled) for rule in (trials[r].test_rules or ("",))]
     for study in spec.studies.studies:
         for run_id in study.runs:
             trial = trials[run_id]
-            rule = _studied_rule(trial)
-            settings = settings_of(spec, study.study, run_id)
+            infos = spec.blocks_of(trial)
+            head = (trial, study.study, settings_of(spec, study.study, run_id), _studied_rule(trial), active[run_id])
             if study.study == "gradients":  # path lengths 1..n over the residual units
-                n = sum(i.residual for i in block_infos(trial.net_config))
-                groups.append(UnitGroup(trial, "gradients", settings, rule, draws=study.draws, lengths=n))
+                groups.append(UnitGroup(*head, draws=study.draws, lengths=sum(i.residual for i in infos)))
             elif study.study == "gates":
-                groups.append(UnitGroup(trial, "gates", settings, rule, ((0, 0),)))
+                groups.append(UnitGroup(*head, ((0, 0),)))
             else:
-                groups.append(UnitGroup(trial, study.study, settings, rule, _lesion_pairs(trial, study)))
+                groups.append(UnitGroup(*head, _lesion_pairs(infos, study)))
     return groups
 
 

@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
-from orchestrator.experiment.spec import ExperimentSpec, Resources, Trial
+from orchestrator.experiment.document import Resources
+from orchestrator.experiment.resolved import ExperimentSpec, Trial
 from orchestrator.planning.rates import RateKey
 
 PLANS_TIMED = 8             # lesion plans per timed engine batch

@@ -6,7 +6,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from orchestrator.experiment.spec import Resources
+from orchestrator.experiment.document import Resources
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from orchestrator.experiment.spec import ExperimentSpec, Resources, Trial
+from orchestrator.experiment.document import Resources
+from orchestrator.experiment.resolved import ExperimentSpec, Trial
 from orchestrator.experiment.units import unit_groups
 from orchestrator.planning.calibration import Calibration, calibrate, unit_test_size
 from orchestrator.planning.nodes import Node, fit_at_once

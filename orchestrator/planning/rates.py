@@ -17,7 +17,7 @@ from typing import Literal, NamedTuple
 
 from workloads.models import NETWORKS
 
-from orchestrator.experiment.spec import ExperimentSpec, Trial
+from orchestrator.experiment.resolved import ExperimentSpec, Trial
 
 
 class RateError(ValueError):

@@ -20,7 +20,9 @@ from orchestrator import store   # store.DATA_RECORD: {source: digest} of the da
 from orchestrator.run.data_cache import files_of
 from orchestrator.run.imported import content_digest
 from orchestrator.location import Location, LocationError, is_uri
-from orchestrator.experiment.spec import ExperimentSpec, SpecError
+
+from orchestrator.experiment.messages import SpecError
+from orchestrator.experiment.resolved import ExperimentSpec
 
 # a tokenizer folder may be a model's: its weights are guarded by the import (imported.py), and not hashed twice
 WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")

@@ -30,7 +30,8 @@ from workloads.train.inference_rules import apply_test_rule
 
 from orchestrator import store
 from orchestrator.run.data_cache import local_root
-from orchestrator.experiment.spec import DataSpec, Resources, StudiesSpec
+from orchestrator.experiment.document import Resources
+from orchestrator.experiment.resolved import Data, Studies
 from orchestrator.experiment.units import Batch, plan_for
 
 # networks an evaluator keeps loaded, each (run, test-time rule) its own: an effective-paths run is evaluated under
@@ -55,14 +56,14 @@ class StartFailure:
 
 
 class Evaluator:
-    def __init__(self, data: DataSpec, studies: StudiesSpec):
+    def __init__(self, data: Data, studies: Studies):
         self.failure: StartFailure | None = None
         try:
             self._start(data, studies)
         except Exception as e:  # noqa: BLE001 - whatever a node's files raise, told once by run()
             self.failure = StartFailure.of(e)
 
-    def _start(self, data: DataSpec, studies: StudiesSpec) -> None:
+    def _start(self, data: Data, studies: Studies) -> None:
         set_threads(studies.evaluators.threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.data_spec, self.test_examples = data, studies.test_examples
@@ -82,11 +83,10 @@ class Evaluator:
         each model's own tokenizer (unless the spec names one), so it is loaded once per tokenizer. Data a node
         cannot read raises in the constructor (the first run's) and is kept as the evaluator's failure later
         (another model's tokenizer): either way every later batch gets the StartFailure, not a reload."""
-        options = self.data_spec.loader_options(run_id)
-        key = options.get("tokenizer", "")
+        config = self.data_spec.loader_config(run_id, local_root(self.data_spec.resolved_root))
+        key = config.tokenizer or ""
         if key not in self.datasets:
-            d = self.data_spec
-            data = load_dataset(d.dataset, local_root(d.resolved_root), d.download, **options)
+            data = load_dataset(config)
             test = None
             if not data.streamed:  # resident: the test set moves to the device once
                 chunk = next(data.test_chunks(self.test_examples))

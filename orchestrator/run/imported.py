@@ -26,7 +26,8 @@ from workloads.models.checkpoint import adapted_from_weights, checkpoint_of, net
 from workloads.models.registry import ADAPTED
 
 from orchestrator import store
-from orchestrator.experiment.spec import ExperimentSpec, SpecError, Trial
+from orchestrator.experiment.messages import SpecError
+from orchestrator.experiment.resolved import ExperimentSpec, Trial
 
 def _fitted(model: Trial, index: int, source: Path):
     """(units, the library's model or None) of a source, with its adapter proven on a batch."""

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from workloads.data.cifar import CIFAR_FOLDERS
 
-from orchestrator.experiment.spec import ExperimentSpec, SpecError
+from orchestrator.experiment.messages import SpecError
+from orchestrator.experiment.resolved import ExperimentSpec
 
 
 def _fail(where: str, problem: str) -> None:

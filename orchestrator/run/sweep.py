@@ -19,7 +19,7 @@ from tqdm import tqdm
 from orchestrator.run import interrupts
 from orchestrator import store
 from orchestrator.run.evaluator import StartFailure, evaluator_actor
-from orchestrator.experiment.spec import ExperimentSpec
+from orchestrator.experiment.resolved import ExperimentSpec
 from orchestrator.experiment.units import Batch, Unit, batches, expand
 
 # an evaluator that died, or whose node did: Ray restarts the actor elsewhere, the batch is resubmitted

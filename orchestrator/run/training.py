@@ -33,7 +33,7 @@ from orchestrator import store
 from orchestrator.run.cluster import quiet_tune
 from orchestrator.run.data_cache import local_root
 from orchestrator.location import Location
-from orchestrator.experiment.spec import ExperimentSpec, Trial
+from orchestrator.experiment.resolved import ExperimentSpec, Trial
 
 STATE_FILE = "state.pt"     # the whole training state, to resume
 MODEL_FILE = "model.pt"     # the final network: state_dict + configs + history
@@ -44,7 +44,7 @@ def train_trial(config: dict) -> None:
     trial = Trial.from_dict(config["run"]["trial"])
     set_threads(max(1, int(config.get("cpu", 1))))
     use_gpu = config.get("gpu", 0) > 0 and torch.cuda.is_available()
-    data = load_dataset(config["dataset"], local_root(config["data_root"]), config["download"])
+    data = load_dataset(config["dataset"], local_root(config["data_root"]), download=config["download"])
     trainer = Trainer(trial.net_config, trial.train_config, data, "cuda" if use_gpu else "cpu")
     checkpoint = tune.get_checkpoint()  # this attempt's own, after a failure Tune retried
     if checkpoint is not None:

@@ -1,9 +1,10 @@
-"""Which rows of an experiment's tables belong to its current spec.
+"""Which rows of an experiment's tables belong to its current spec, as OUT records it.
 
 A spec evolves (seeds added, a setting changed): units of other settings have other keys, and
 runs of other settings other run ids. Their rows stay on disk, since nothing is deleted
 silently, but the report, the figures, the verdicts and ``unravel status`` use only the
-current spec's; ``unravel prune`` removes the rest when asked.
+current spec's; ``unravel prune`` removes the rest when asked. The current spec is the resolved
+experiment OUT/spec.json records, so all of this reads OUT alone.
 """
 from __future__ import annotations
 
@@ -12,11 +13,34 @@ from pathlib import Path
 import pandas as pd
 
 from orchestrator import store
-from orchestrator.experiment.spec import ExperimentSpec, parse_spec
+from orchestrator.experiment.messages import SpecError
+from orchestrator.experiment.resolved import ExperimentSpec
+from orchestrator.experiment.spec import parse_spec
 from orchestrator.experiment.units import expand
 
 PER_RUN = ("runs", "epochs", "training_errors")
 PER_UNIT = (*store.STUDY_TABLES, "errors")
+
+
+def recorded_experiment(out: str | Path) -> ExperimentSpec | None:
+    """The experiment whose results OUT holds, as its spec.json records it (None if OUT holds none); SpecError
+    naming the file if it cannot be read. A spec.json of an earlier unravel holds the document alone: it is
+    resolved again, which reads the model folders it names, until the next train, lesion or run records it."""
+    recorded = store.read_spec_file(out)
+    if recorded is None:
+        return None
+    name = store.where(out) / store.SPEC_FILE
+    try:
+        if "experiment" in recorded:
+            return ExperimentSpec.from_record(recorded["experiment"], recorded["spec"], recorded.get("path", ""))
+        return parse_spec(recorded["spec"], recorded.get("path", ""))
+    except SpecError as e:
+        written = "" if "experiment" in recorded else " (written by an earlier unravel: rerun unravel lesion or run " \
+                                                       "with its spec to record the experiment in it)"
+        raise SpecError(f"{name}: not a spec this version of unravel reads{written}: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise SpecError(f"{name}: the recorded experiment is damaged ({type(e).__name__}: {e}); rerun unravel "
+                        f"lesion or run with its spec to write it again") from None
 
 
 def current_ids(spec: ExperimentSpec) -> tuple[set[str], set[str]]:
@@ -24,9 +48,10 @@ def current_ids(spec: ExperimentSpec) -> tuple[set[str], set[str]]:
     return {t.run_id for t in spec.runs}, {u.key for u in expand(spec)}
 
 
-def current_rows(raw: dict, tables: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
-    """``tables`` restricted to the spec document ``raw``'s runs and units, and how many rows each lost."""
-    runs, keys = current_ids(parse_spec(raw))
+def current_rows(spec: ExperimentSpec,
+                 tables: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
+    """``tables`` restricted to the runs and units ``spec`` asks for, and how many rows each lost."""
+    runs, keys = current_ids(spec)
     kept, stale = {}, {}
     for name, frame in tables.items():
         column, wanted = ("run_id", runs) if name in PER_RUN else ("unit_key", keys)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from orchestrator.location import Location
 from orchestrator.store import layout
@@ -20,6 +20,9 @@ from orchestrator.store.files import is_disk_full
 from orchestrator.store.lock import writer_lock
 from orchestrator.store.schemas import PART_SCHEMAS
 from orchestrator.store.spec_file import read_spec, save_spec
+
+if TYPE_CHECKING:
+    from orchestrator.experiment.resolved import ExperimentSpec
 
 
 class OtherExperiment(ValueError):
@@ -47,9 +50,9 @@ class Session:
     """OUT, held by this command (``open_session``)."""
     out: Location
 
-    def record_spec(self, raw: dict, path: str = "") -> None:
-        """The spec this command runs, kept beside its results."""
-        save_spec(self.out, raw, path)
+    def record_spec(self, experiment: "ExperimentSpec") -> None:
+        """The experiment this command runs, as written and as resolved, kept beside its results."""
+        save_spec(self.out, experiment)
 
 
 @contextmanager

@@ -10,42 +10,43 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from workloads.data.augment import augment
+from workloads.data.config import DATASETS, STREAMED, DataConfig
 from workloads.data.dataset import DataNotFound, TensorDataset
 
 if TYPE_CHECKING:
     from workloads.data.imagefolder import StreamedImageFolder
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "text")
-TEXT_DATASETS = ("text",)   # token sequences for language models (text.py)
-STREAMED = ("imagenet",)   # evaluated from disk in chunks; not trainable here
 # (training images, test images, augmentation) of each resident dataset, as its loader makes it: known
 # without the files, so `unravel plan` counts with them where the data is not present
 SPLITS = {"digits": (1347, 450, "shift1"), "cifar10": (50_000, 10_000, "cifar"), "cifar100": (50_000, 10_000, "cifar")}
 
 
-def load_dataset(name: str, root: str | Path = "data", download: bool = False, *, image_size: int = 224,
-                 resize: int | None = None, workers: int = 0, tokenizer: str | Path | None = None,
-                 sequence_length: int | None = None, column: str = "text") -> TensorDataset | StreamedImageFolder:
-    """A dataset by name: ``digits`` needs nothing on disk; CIFAR reads torchvision's files under root;
-    ``imagenet`` reads an ImageFolder tree (root/val, root/train) lazily; ``text`` tokenises the corpus file
-    at root (.txt, or a .parquet ``column``) with the tokenizer in the folder ``tokenizer`` into sequences of
-    ``sequence_length`` tokens."""
+def load_dataset(config: DataConfig | str, root: str | Path | None = None,
+                 **settings) -> TensorDataset | StreamedImageFolder:
+    """A dataset by its config, or by name with ``root`` and any other field of DataConfig (the rest its
+    defaults): ``digits`` needs nothing on disk; CIFAR reads torchvision's files under root; ``imagenet`` reads
+    an ImageFolder tree (root/val, root/train) lazily; ``text`` tokenises the corpus file at root (.txt, or a
+    .parquet ``column``) with the tokenizer in the folder ``tokenizer`` into sequences of ``sequence_length``
+    tokens."""
+    if isinstance(config, str):
+        if config not in DATASETS:
+            raise ValueError(f"unknown dataset {config!r}; known: {', '.join(DATASETS)}")
+        given = {"dataset": config, **({"root": root} if root is not None else {}), **settings}
+        config = DataConfig(**{k: str(v) if isinstance(v, Path) else v for k, v in given.items()})
+    name = config.dataset
     if name == "digits":
         from workloads.data.digits import load_digits
         return load_digits()
     if name in ("cifar10", "cifar100"):
         from workloads.data.cifar import load_cifar
-        return load_cifar(root, name, download)
+        return load_cifar(config.root, name, config.download)
     if name == "imagenet":
         from workloads.data.imagefolder import StreamedImageFolder
-        return StreamedImageFolder(root, image_size, resize, workers)
-    if name == "text":
-        from workloads.data.text import TextDataError, load_text_corpus
-        if tokenizer is None or sequence_length is None:
-            raise TextDataError("dataset 'text' needs tokenizer (a folder holding the model's tokenizer) and "
-                                "sequence_length")
-        return load_text_corpus(root, tokenizer, sequence_length, column=column)
-    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS + TEXT_DATASETS)}")
+        return StreamedImageFolder(config.root, config.image_size, config.resize, config.workers)
+    from workloads.data.text import TextDataError, load_text_corpus
+    if config.tokenizer is None:
+        raise TextDataError("dataset 'text' needs tokenizer (a folder holding the model's tokenizer)")
+    return load_text_corpus(config.root, config.tokenizer, config.sequence_length, column=config.column)
 
 
 _LAZY = {"load_cifar": ".cifar", "load_digits": ".digits", "StreamedImageFolder": ".imagefolder",
@@ -59,5 +60,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["DATASETS", "SPLITS", "STREAMED", "TEXT_DATASETS", "DataNotFound", "StreamedImageFolder", "TensorDataset",
+__all__ = ["DATASETS", "DataConfig", "SPLITS", "STREAMED", "DataNotFound", "StreamedImageFolder", "TensorDataset",
            "augment", "load_cifar", "load_dataset", "load_digits", "load_text_corpus"]
