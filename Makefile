@@ -1,4 +1,4 @@
-# Two entry points a new user needs: `make demo` and `make test`.
+# Two entry points a new user needs: `make demo` and `make test` (`make test-fast`: the quick loop while working).
 # Each creates the virtualenv and installs unravel into it when missing.
 PYTHON ?= python3
 VENV   := .venv
@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # glibc malloc otherwise mmaps and page-faults every large activation on CPU (2-3x slower).
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736
 
-.PHONY: demo test install clean
+.PHONY: demo test test-fast install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/unravel run experiments/digits.yaml
 
+# two pytest-xdist workers (the Ray tests wait on subprocesses much of the time); loadgroup: a sweep that
+# several tests share runs once, on one worker (tests/conftest.py, SHARED_SWEEPS)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2  # two pytest-xdist workers: the Ray tests wait on subprocesses much of the time
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
+# every test but those marked slow (each starts Ray or a process of its own)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny networks with non-trivial BatchNorm statistics, and tiny data."""
+"""Shared fixtures (tiny networks with non-trivial BatchNorm statistics, tiny data, the session's Ray and its
+trained sweep) and the suite's rules: a test that starts Ray is marked slow; a sweep tests share runs once."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from registry_cases import single_thread
 from workloads.models import build_network
 
 
@@ -14,6 +16,39 @@ from workloads.models import build_network
 # Ray starts so its workers inherit them, and no instance-metadata lookup (no traffic beyond loopback)
 os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
                   AWS_EC2_METADATA_DISABLED="true")
+# the tests start Rays of their own: never attach to a cluster the shell names (cluster.connect reads this)
+os.environ.pop("RAY_ADDRESS", None)
+
+
+# the session fixtures that run a sweep (made once per pytest-xdist worker): `make test` runs
+# `--dist loadgroup`, so that all the tests of each go to one worker and the sweep runs once, not once a worker
+SHARED_SWEEPS = ("trained", "demo", "evolved", "experiment")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        shared = [name for name in SHARED_SWEEPS if name in item.fixturenames]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """A test that starts Ray is marked slow (`make test-fast` leaves those out): one that is not fails, in its
+    setup (a fixture) or its body, naming the mark."""
+    if item.get_closest_marker("slow"):
+        yield
+        return
+    import ray
+    started = ray.init
+
+    def refused(*args, **kwargs):
+        pytest.fail(f"{item.nodeid} starts Ray: mark it @pytest.mark.slow", pytrace=False)
+    ray.init = refused
+    try:
+        yield
+    finally:
+        ray.init = started
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +101,14 @@ def tiny(name: str, seed: int = 0, **overrides):
 
 
 @pytest.fixture
+def one_thread():
+    """Torch on one intra-op thread for the test (registry_cases.single_thread says why): the modules of
+    tiny-network tests ask for it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    with single_thread():
+        yield
+
+
+@pytest.fixture
 def images():
     g = torch.Generator().manual_seed(1)
     return torch.randn(40, 3, 16, 16, generator=g), torch.randint(0, 10, (40,), generator=g)
@@ -73,16 +116,13 @@ def images():
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One private local Ray for the whole test session (never one per test)."""
+    """One private local Ray for the whole test session (never one per test), started as a command starts
+    it: its GCS address, for the tests that attach commands to it as to a cluster."""
     import ray
 
-    from orchestrator.run.cluster import worker_env
-    import os
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    from orchestrator.run.cluster import connect
     # one declared GPU: GPU evaluators are scheduled as on a cluster, then run on the CPU
-    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False,
-             runtime_env={"env_vars": worker_env()}, log_to_driver=False)
+    connect(num_cpus=2, num_gpus=1, dashboard=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

@@ -1,8 +1,10 @@
 """The small two-run experiment the sweep, fault and cluster tests share (trained once per session,
-by the ``trained`` fixture in conftest.py)."""
+by the ``trained`` fixture in conftest.py), and what those tests check of a sweep's tables."""
 from __future__ import annotations
 
 from pathlib import Path
+
+import yaml
 
 from orchestrator import store
 
@@ -31,3 +33,15 @@ def with_studies(**changes) -> dict:
 
 def table_keys(out: Path) -> list[str]:
     return store.read_parts(out, "lesion")["unit_key"].tolist() + store.read_parts(out, "gradients")["unit_key"].tolist()
+
+
+def write_spec(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def assert_exactly_once(out: Path, total: int) -> None:
+    keys = table_keys(out)  # reading every part: each is a whole Parquet file
+    assert len(keys) == len(set(keys)) == total
+    assert not list(out.rglob(".*.tmp")), "a temporary file was left behind"

@@ -78,6 +78,7 @@ def _run_twice(spec: dict, folder):
     return out, lesion
 
 
+@pytest.mark.slow
 def test_a_torchvision_vit_on_an_image_folder(ray_session, vit_files, tmp_path):
     images, checkpoint = vit_files
     out, lesion = _run_twice(vit_spec(images, checkpoint), tmp_path)
@@ -93,6 +94,7 @@ def test_a_torchvision_vit_on_an_image_folder(ray_session, vit_files, tmp_path):
     assert (out / "figures" / "span_deletion.png").exists() and "Span deletion" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_gpt2_on_a_text_file(ray_session, gpt2_files, tmp_path):
     model, tokenizer, corpus = gpt2_files
     out, lesion = _run_twice(gpt2_spec(model, tokenizer, corpus), tmp_path)
@@ -176,6 +178,7 @@ def test_bad_language_model_input_is_one_line(gpt2_files, tmp_path, change, mess
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_model_that_is_not_residual_or_does_not_fit_is_one_line(ray_session, vit_files, tmp_path):
     images, checkpoint = vit_files
     cases = [({"network": "timm", "overrides": {"timm_arch": "vgg11"}}, "VGG is not a residual network"),

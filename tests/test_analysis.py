@@ -174,6 +174,7 @@ def test_the_report_builds_no_weights_and_each_skeleton_once(known, monkeypatch)
     assert ranges == Counter(calls=1)  # one residual run has gradients
 
 
+@pytest.mark.slow
 def test_figures_leave_the_matplotlib_backend_and_style_alone(known):
     """A notebook's backend and style are the user's: importing and drawing select and change neither
     (run in a fresh interpreter, where the backend is still unresolved)."""

@@ -273,6 +273,7 @@ if __name__ == "__main__":  # pragma: no cover
     ({"training": {**VALID["training"], "resources": {"cpu": 64}}},
      "training.resources.cpu: asks for 64 CPU and 0 GPU per worker"),
 ])
+@pytest.mark.slow
 def test_a_spec_asking_for_more_than_any_node_has_is_refused(change, message, ray_session, tmp_path, monkeypatch):
     """The session's Ray has one node with 2 CPUs and 1 (declared) GPU."""
     path = tmp_path / "spec.yaml"

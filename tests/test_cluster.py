@@ -15,6 +15,8 @@ import yaml
 
 from sweep_cases import BASE
 
+pytestmark = pytest.mark.slow  # every test here starts Ray or a process
+
 HERE = Path(__file__).parent
 
 
@@ -24,7 +26,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_job_submitted_to_a_ray_start_head(tmp_path):
     """`ray start --head` on 127.0.0.1, the digits-shaped spec submitted with `ray job submit`.
     Only this test's Ray processes are ended (`ray stop` would end every Ray on the machine)."""

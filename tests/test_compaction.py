@@ -9,7 +9,6 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -20,30 +19,10 @@ from orchestrator import faults
 from orchestrator.store import layout, listing, query
 from orchestrator import store
 from orchestrator.cli import main
-from orchestrator.experiment.spec import parse_spec
-from orchestrator.experiment.units import batches, expand
-from sweep_cases import BASE
+from orchestrator.experiment.units import expand
+from compaction_cases import SPEC, Killed, kill_at, row, rows, snapshot, write_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
-SPEC = parse_spec(BASE)
-VALUES = {pa.string(): "x", pa.int64(): 3, pa.float64(): 0.25, pa.bool_(): False, pa.list_(pa.int64()): [1, 4]}
-
-
-def row(table: str, key: str, **values) -> dict:
-    return {f.name: values.get(f.name, VALUES[f.type]) for f in store.PART_SCHEMAS[table]} | {"unit_key": key}
-
-
-def write_sweep(out: Path) -> None:
-    """A part per batch of the spec's units, as the sweep writes them; gates (a row per block, one unit key
-    per run) and two errors parts."""
-    for i, batch in enumerate(batches(expand(SPEC), 5)):
-        rows = [row(batch.table, u.key, k=u.k, draw=u.draw, error=i / 100) for u in batch.units]
-        store.write_part(out, batch.table, batch.study, batch.run_id, batch.key, rows)
-    for b in range(2):
-        store.write_part(out, "gates", "gates", "gated", f"g{b}", [row("gates", f"gate{b}", block=k) for k in range(3)])
-    for b in range(2):
-        store.write_errors(out, f"e{b}", [row("errors", f"failed{b}")])
-    store.save_spec(out, SPEC)
 
 
 @pytest.fixture
@@ -52,26 +31,11 @@ def out(tmp_path):
     return tmp_path / "out"
 
 
-def rows(out: Path) -> dict[str, list[str]]:
-    """Every partitioned table's rows as a sorted list (a multiset), read by read_parts."""
-    return {t: sorted(map(repr, store.read_parts(out, t).itertuples(index=False))) for t in store.PART_SCHEMAS}
-
-
-def queried(out: Path) -> str:
-    sql = "select study, run_id, count(*), round(sum(error), 9) from lesion group by all order by all"
-    return query.run(out, sql, "csv")
-
-
 def globbed(out: Path) -> tuple[int, int]:
     """Lesion rows as plain readers count them: pandas over the folder, DuckDB over a glob."""
     pandas = len(pd.read_parquet(out / "lesion")) if (out / "lesion").exists() else 0
     glob = duckdb.sql(f"select count(*) from read_parquet('{out}/lesion/*/*/*.parquet', hive_partitioning=true)")
     return pandas, glob.fetchall()[0][0]
-
-
-def snapshot(out: Path) -> tuple:
-    """What unravel's readers see: rows, the resume index, `unravel status`, a query view."""
-    return rows(out), store.done_keys(out), current.status(SPEC, out), queried(out)
 
 
 def folder_files(out: Path) -> dict[str, list[str]]:
@@ -82,20 +46,6 @@ def folder_files(out: Path) -> dict[str, list[str]]:
 def assert_compact(out: Path) -> None:
     assert all(len(names) == 1 for names in folder_files(out).values()) and not compaction.pending(out)
     assert not (out / layout.COMPACTION).exists() and not list(out.rglob("*.tmp"))
-
-
-class Killed(BaseException):
-    """A kill, in-process: nothing after the point runs (compaction has no cleanup a kill would skip)."""
-
-
-def kill_at(monkeypatch, name: str, nth: int) -> None:
-    seen = []
-
-    def point(at: str) -> None:
-        seen.append(at)
-        if seen.count(name) == nth and at == name:
-            raise Killed(at)
-    monkeypatch.setattr(faults, "kill_point", point)
 
 
 def test_compacted_folders_read_as_before_and_a_rerun_computes_nothing(out):
@@ -161,6 +111,7 @@ def test_any_command_that_writes_out_first_finishes_an_interrupted_swap(out, mon
     assert globbed(out) == glob and not (out / layout.COMPACTION).exists()
 
 
+@pytest.mark.slow
 def test_sigkilled_while_writing_a_compacted_file_then_rerun(out):
     """A real SIGKILL (UNRAVEL_FAULTS) between writing the second compacted file and renaming it into place."""
     before = snapshot(out)

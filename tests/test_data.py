@@ -17,6 +17,7 @@ def test_digits_split_is_fixed_and_normalised():
     assert a.augmentation == "shift1" and a.in_channels == 1 and a.num_classes == 10
 
 
+@pytest.mark.slow
 def test_digits_split_is_cached_and_the_cache_is_the_split(tmp_path, monkeypatch):
     """Workers load digits from the cache without importing scikit-learn; a damaged cache is made again."""
     import subprocess

@@ -4,16 +4,13 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny
-from registry_cases import params, registry_cases, single_thread
+from registry_cases import params, registry_cases
 from workloads.surgery import (PlanTrie, delete_blocks, delete_span, deletion_pool, evaluate_plans, forward_plan,
                                intact, layer_spans, random_deletion, random_swaps, recalibrated_copy, swap_pairs)
 from workloads.surgery.trie import naive_block_runs
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def study_plans(infos, swaps=2, draws=3, singles=None):

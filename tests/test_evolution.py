@@ -51,6 +51,7 @@ def evolved(ray_session, tmp_path_factory):
     return out, before, second.output, grown
 
 
+@pytest.mark.slow
 def test_added_seeds_are_trained_beside_the_finished_runs(evolved):
     out, before, output, _ = evolved
     runs = pd.read_parquet(out / "runs.parquet")
@@ -63,6 +64,7 @@ def test_added_seeds_are_trained_beside_the_finished_runs(evolved):
     assert "0 failed" in output
 
 
+@pytest.mark.slow
 def test_the_report_and_status_use_exactly_the_current_spec(evolved):
     out, _, _, grown = evolved
     lesion = pd.read_parquet(out / "lesion")
@@ -79,6 +81,7 @@ def test_the_report_and_status_use_exactly_the_current_spec(evolved):
     assert [int(x) for x in single.split()[1:]] == [18, 18, 0, 0]   # 2 runs x 9 blocks, all done, current only
 
 
+@pytest.mark.slow
 def test_prune_removes_exactly_the_earlier_rows_once(evolved, tmp_path):
     out = tmp_path / "pruned"
     shutil.copytree(evolved[0], out)
@@ -94,6 +97,7 @@ def test_prune_removes_exactly_the_earlier_rows_once(evolved, tmp_path):
     assert figures.exit_code == 0 and "rows from earlier settings" not in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_another_experiment_is_refused_before_anything_is_written(evolved, tmp_path):
     out = evolved[0]
     other = {**SPEC, "name": "someone-else"}
@@ -110,6 +114,7 @@ def test_another_experiment_is_refused_before_anything_is_written(evolved, tmp_p
     assert result.exit_code == 2 and "holds experiment 'evolving' on digits" in result.output, result.output
 
 
+@pytest.mark.slow
 def test_a_moved_results_folder_reads_its_own_checkpoints(evolved, tmp_path):
     moved = tmp_path / "elsewhere" / "out"
     shutil.copytree(evolved[0], tmp_path / "copy")

@@ -18,17 +18,14 @@ import torch
 from torch import nn
 
 from conftest import randomise_bn
-from registry_cases import assert_engine_equals_forward, single_thread
+from registry_cases import assert_engine_equals_forward
 from workloads.models.adapters.check import AdapterError, check_adapter, describe
 from workloads.models.adapters import ADAPTERS, TIMM_FAMILIES, TORCHVISION_BUILDERS, adapt
 from workloads.surgery import (delete_blocks, gradient_norms, intact,
                                naive_gradient_norm, random_deletion, random_swaps, swap_pairs)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @dataclass(frozen=True)

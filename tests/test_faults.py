@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from click.testing import CliRunner
 
 from orchestrator import store
@@ -21,37 +20,12 @@ from orchestrator.cli import main
 from orchestrator.experiment.spec import parse_spec
 from orchestrator.run.sweep import run_studies
 from orchestrator.experiment.units import expand
-from sweep_cases import BASE, table_keys, with_studies
+from processes import cli, finish
+from sweep_cases import BASE, assert_exactly_once, table_keys, with_studies, write_spec
+
+pytestmark = pytest.mark.slow  # every test here starts Ray or a process
 
 HERE = Path(__file__).parent
-
-
-def cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.Popen:
-    """The real CLI in its own process group (a SIGKILL ends it and nothing else)."""
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": str(HERE.parent), **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    return proc.returncode, err
-
-
-def write_spec(tmp_path: Path, raw: dict) -> Path:
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def assert_exactly_once(out: Path, total: int) -> None:
-    keys = table_keys(out)  # reading every part: each is a whole Parquet file
-    assert len(keys) == len(set(keys)) == total
-    assert not list(out.rglob(".*.tmp")), "a temporary file was left behind"
 
 
 def evaluator_pids(busy: bool) -> list[int]:
@@ -225,7 +199,6 @@ def test_damaged_result_files_are_named_never_read_as_data(out, tmp_path):
     assert pq.read_table(next((out / "lesion").rglob("part-*.parquet"))).num_rows > 0  # results untouched
 
 
-@pytest.mark.slow
 def test_an_evaluator_that_cannot_start_on_its_node_is_one_line_with_its_traceback_kept(bucket, tmp_path):
     """Data on object storage that the preflight finds (the folder is there) and each node copies: a damaged file
     in it is met only by the evaluators' constructors, on their nodes. One line on the terminal, exit 1, none

@@ -192,6 +192,7 @@ def test_gates_with_no_gated_run_is_one_line():
 
 # -- end to end ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_gated_experiment_end_to_end_exactly_once(ray_session, tmp_path):
     spec = tmp_path / "gates.yaml"
     gated_only = {**SPEC, "training": {**SPEC["training"], "runs": SPEC["training"]["runs"][:1]}}  # train only these

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import tiny
-from registry_cases import params, registry_cases, single_thread
+from registry_cases import params, registry_cases
 from workloads.surgery import PlanError, choose_blocks, gradient_norms, naive_gradient_norm
 
 
@@ -21,10 +21,7 @@ def tolerance(k: int) -> float:
     return 2e-5 if k <= 54 else 1e-4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("case", params([c for c in CASES if c.residual]))  # the rest: see test_plain_net_...

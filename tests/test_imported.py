@@ -122,6 +122,7 @@ def spec_for(folder, checkpoint, **studies) -> dict:
                         "plans_per_batch": 4, **studies}}
 
 
+@pytest.mark.slow
 def test_torchvision_checkpoint_lesioned_on_an_image_folder_through_the_cli(ray_session, folder, tmp_path):
     model = tv_model()
     checkpoint = saved(model.state_dict(), tmp_path / "r18.pth")
@@ -179,6 +180,7 @@ def test_torchvision_checkpoint_lesioned_on_an_image_folder_through_the_cli(ray_
     (lambda s, f, c: s["data"].update(resize=16), "data.resize: must be at least"),
     (lambda s, f, c: s["studies"]["evaluators"].update(gpu=2, cpu=0), "studies.evaluators.gpu: asks for 0 CPU and 2 GPU"),
 ])
+@pytest.mark.slow
 def test_imagenet_spec_mistakes_are_one_line_exit_2_and_nothing_written(change, message, ray_session, folder,
                                                                         tmp_path):
     checkpoint = saved(tv_model().state_dict(), tmp_path / "r18.pth")

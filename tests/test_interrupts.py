@@ -24,8 +24,10 @@ from click.testing import CliRunner
 from orchestrator.cli import main
 from orchestrator.experiment.spec import parse_spec
 from orchestrator.experiment.units import expand
-from sweep_cases import table_keys
-from test_faults import assert_exactly_once, cli, write_spec
+from processes import cli
+from sweep_cases import assert_exactly_once, table_keys, write_spec
+
+pytestmark = pytest.mark.slow  # every test here starts Ray or a process
 
 SPEC = {
     "name": "interrupted",

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from language_cases import VOCAB, WORDS, save_word_tokenizer
-from registry_cases import single_thread
 from workloads.data import DataNotFound, load_dataset
 from workloads.data.text import TextDataError, check_sequence_length, check_vocabulary, load_text_corpus
 from workloads.models import BlockNetwork, CheckpointError
@@ -45,10 +44,7 @@ def _configs() -> dict:
             "qwen2": Qwen2Config(**llama, use_sliding_window=True, sliding_window=4, max_window_layers=1)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -295,6 +291,7 @@ def test_text_corpus_and_its_errors(tmp_path, folders, corpus, tokenizer_folder)
     refused(TextDataError, lambda: check_vocabulary(model, data), "beyond the model's vocabulary of 50")
 
 
+@pytest.mark.slow
 def test_image_datasets_never_import_transformers():
     probe = ("import sys; from workloads.data import load_dataset; import workloads.models, workloads.surgery; "
              "load_dataset('digits'); print('transformers' in sys.modules)")

@@ -15,15 +15,14 @@ import torch
 from click.testing import CliRunner
 
 from orchestrator.store import compaction
-from orchestrator.store import current
 from orchestrator import store
 from orchestrator.cli import main
 from orchestrator.location import Location
 from orchestrator.experiment.spec import parse_spec
 from orchestrator.experiment.units import expand
-from sweep_cases import BASE
-from test_compaction import Killed, SPEC, kill_at, queried, rows, write_sweep
-from test_faults import cli, write_spec
+from compaction_cases import SPEC, Killed, kill_at, snapshot, write_sweep
+from processes import cli
+from sweep_cases import BASE, write_spec
 
 
 @pytest.fixture(params=["folder", "s3"])
@@ -32,10 +31,6 @@ def place(request, tmp_path):
     if request.param == "folder":
         return tmp_path / "out"
     return store.where(request.getfixturevalue("bucket")("out"))
-
-
-def snapshot(out) -> tuple:
-    return rows(out), store.done_keys(out), current.status(SPEC, out), queried(out)
 
 
 def objects(uri: str) -> list[str]:
@@ -346,6 +341,7 @@ def strict_s3_server(tmp_path):
         server.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("credentials", ["missing", "unknown"])
 def test_credentials_the_store_refuses_are_one_line_exit_2_and_nothing_written(credentials, strict_s3_server,
                                                                               tmp_path, monkeypatch):

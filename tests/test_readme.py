@@ -120,6 +120,7 @@ def demo(ray_session, tmp_path_factory):
     return out, load_spec(spec), result.output
 
 
+@pytest.mark.slow
 def test_the_demo_spec_runs_end_to_end(demo):
     out, spec, output = demo
     original = load_spec(demo_spec_path())
@@ -141,6 +142,7 @@ def test_the_demo_spec_runs_end_to_end(demo):
     assert "0 failed" in output
 
 
+@pytest.mark.slow
 def test_the_demo_report_is_computed_from_its_tables(demo):
     """The report's numbers are the tables' numbers (the demo run's report, written by `unravel run`)."""
     out, _, output = demo
@@ -190,6 +192,7 @@ def provided(tmp_path: Path) -> dict:
     return names
 
 
+@pytest.mark.slow
 def test_python_blocks_run_in_order(demo, tmp_path, bucket):
     out, spec, _ = demo
     namespace = provided(tmp_path)
@@ -241,6 +244,7 @@ def bash_commands(text: str) -> list[list[str]]:
     return commands
 
 
+@pytest.mark.slow
 def test_bash_blocks_unravel_lines_run_through_the_cli(demo):
     out, spec, _ = demo
     commands = [c for block in fenced_blocks("bash") for c in bash_commands(substituted(block, out))]

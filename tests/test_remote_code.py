@@ -106,7 +106,8 @@ def _lesion(spec: Path, out: Path, in_a_process: bool) -> tuple[int, str]:
     return result.exit_code, result.output.strip()
 
 
-@pytest.mark.parametrize("case,in_a_process", [("data.tokenizer", True), ("model config.json", False),
+@pytest.mark.parametrize("case,in_a_process", [pytest.param("data.tokenizer", True, marks=pytest.mark.slow),
+                                               ("model config.json", False),
                                                ("tokenizer in the model's folder", False)])
 def test_a_folder_with_its_own_code_is_refused_in_one_line_before_ray(case, in_a_process, clean, tmp_path):
     marker = tmp_path / "marker"

@@ -246,6 +246,7 @@ def test_a_text_report_of_two_models_draws_their_spans_in_nats(tmp_path, monkeyp
 
 # -- end to end ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_span_sweep_through_the_cli_writes_each_unit_exactly_once_and_prunes_a_shorter_bound(out, tmp_path):
     """BASE's trained runs (the session's): spans of up to 2 layers on the ResNet (9 + 8) and the plain net,
     named (3 runs of 4 deletable layers: 12 + 9), each unit once across a rerun; max_length 1 leaves the

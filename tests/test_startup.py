@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from orchestrator import store
+
+pytestmark = pytest.mark.slow  # every test here starts a fresh interpreter
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "torchvision", "ray", "sklearn", "scipy")

@@ -15,6 +15,7 @@ from orchestrator.run.sweep import run_studies
 from sweep_cases import BASE, table_keys, with_studies
 
 
+@pytest.mark.slow
 def test_units_per_study_and_tables(out):
     spec = parse_spec(BASE)
     outcome = run_studies(spec, out, progress=False)
@@ -38,6 +39,7 @@ def test_units_per_study_and_tables(out):
     assert len(set(table_keys(out))) == len(table_keys(out)) == 51
 
 
+@pytest.mark.slow
 def test_rerun_skips_everything_and_new_draws_compute_only_the_new_units(out):
     spec = parse_spec(BASE)
     run_studies(spec, out, progress=False)
@@ -50,6 +52,7 @@ def test_rerun_skips_everything_and_new_draws_compute_only_the_new_units(out):
     assert len(keys) == len(set(keys)) == grown.total
 
 
+@pytest.mark.slow
 def test_a_lost_part_is_recomputed_and_nothing_duplicated(out):
     spec = parse_spec(BASE)
     run_studies(spec, out, progress=False)
@@ -62,6 +65,7 @@ def test_a_lost_part_is_recomputed_and_nothing_duplicated(out):
     assert len(keys) == len(set(keys)) == redo.total
 
 
+@pytest.mark.slow
 def test_gpu_evaluators_schedule_on_declared_gpus_without_cpus(out):
     """gpu: 0.25 and no CPU: evaluators share the session's one declared GPU (two: each evaluator's start-up
     imports torch, and a third or fourth shows nothing more about scheduling)."""
@@ -94,6 +98,7 @@ def _damage(kind: str, good: str, other: str, path: Path) -> None:
     ("other_shape", "its weights are not those of plain15"),
     ("pickled_object", "refused, it holds pickled Python objects such as pathlib"),
 ])
+@pytest.mark.slow
 def test_a_damaged_checkpoint_becomes_error_rows_naming_it_not_a_crash(kind, message, out):
     """The first kind runs every study (the good run's units still computed, a repaired rerun computes exactly
     the failed units); the others, whose path through the sweep is the same, only the broken run's deletions."""
@@ -135,6 +140,7 @@ def test_study_spec_errors_name_the_field(change, message):
         parse_spec(with_studies(**change))
 
 
+@pytest.mark.slow
 def test_cli_lesion_and_status(out, tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text(yaml.safe_dump(BASE))

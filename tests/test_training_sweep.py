@@ -2,6 +2,7 @@
 and resumed from its checkpoints: test_object_storage.py, on the S3 server.)"""
 import duckdb
 import pyarrow.parquet as pq
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -27,6 +28,7 @@ ALL_KINDS = {
 }
 
 
+@pytest.mark.slow
 def test_every_network_kind_and_mode_trains_through_tune(ray_session, tmp_path):
     spec = parse_spec(ALL_KINDS)
     outcome = run_training(spec, tmp_path, progress=False)
@@ -55,6 +57,7 @@ TINY = {
 }
 
 
+@pytest.mark.slow
 def test_cli_train_again_retrains_nothing(ray_session, tmp_path):
     spec = tmp_path / "tiny.yaml"
     spec.write_text(yaml.safe_dump(TINY))

@@ -9,16 +9,13 @@ import math
 import pytest
 import torch
 
-from registry_cases import assert_engine_equals_forward, single_thread
+from registry_cases import assert_engine_equals_forward
 from workloads.models.adapters.vit import AdapterError, check_adapter, from_torchvision_vit
 from workloads.surgery import (delete_blocks, delete_span, gradient_norms, intact,
                                layer_spans, layer_units, naive_gradient_norm, random_deletion, random_swaps)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_vit(seed: int = 0, layers: int = 3):
