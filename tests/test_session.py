@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from orchestrator import cli, store
 from orchestrator.cli import main
 from orchestrator.store import layout
-from test_compaction import write_sweep
+from compaction_cases import write_sweep
 
 SPEC = {"name": "mine", "data": {"dataset": "digits"}}
 MINE = store.Identity("mine", "digits")
