@@ -26,14 +26,14 @@ class BadInput(click.ClickException):
 # The project's errors that mean bad input: one line, exit 2, nothing written. Named by module, not imported, so
 # a command imports only what it uses; an error can only come from a module already imported.
 BAD_INPUT = {
-    "builtins": ("FileNotFoundError",),   # a file the command was given, or needs, is not there
     "orchestrator.location": ("LocationError",),
     "orchestrator.store": ("CorruptResult", "NotAnExperiment", "OtherExperiment", "OutputBusy", "UnusableOutput"),
     "orchestrator.store.query": ("QueryError",),
-    "orchestrator.experiment.spec": ("SpecError",),
+    "orchestrator.experiment.messages": ("SpecError",),
     "orchestrator.run.cluster": ("ClusterUnreachable",),
     "orchestrator.planning.nodes": ("NodeError",),
     "orchestrator.planning.rates": ("RateError",),
+    "orchestrator.run.sweep": ("RunNotTrained",),
     "workloads.models.errors": ("CheckpointError",),
 }
 # failures, in one line with exit 1: what was written is kept, and rerunning continues
@@ -296,16 +296,6 @@ def _studies(experiment, out) -> int:
     return 0
 
 
-def _recorded(out):
-    """The experiment OUT's spec.json records: what status and prune count and keep."""
-    from orchestrator import store
-    from orchestrator.store.current import recorded_experiment
-    experiment = recorded_experiment(out)
-    if experiment is None:
-        raise BadInput(f"{out / store.SPEC_FILE} does not exist: OUT must be the folder of an unravel experiment")
-    return experiment
-
-
 @main.command()
 @EXPERIMENT
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
@@ -325,7 +315,8 @@ def status(out, fmt: str, by_run: bool) -> None:
     (when unravel train or run finishes training), as failed when training_errors names them.
     """
     from orchestrator.store.current import status as study_status, status_document
-    experiment = _recorded(out)
+    from orchestrator.store.recorded import recorded_experiment
+    experiment = recorded_experiment(out, required=True)
     if fmt == "json":
         import json
         click.echo(json.dumps(status_document(experiment, out), indent=1))
@@ -447,8 +438,9 @@ def prune(out) -> None:
     (OUT/spec.json) no longer asks for. Checkpoints and other files stay. Safe to interrupt and rerun."""
     from orchestrator import store
     from orchestrator.store.current import current_ids
+    from orchestrator.store.recorded import recorded_experiment
     with store.open_session(out):
-        runs, keys = current_ids(_recorded(out))
+        runs, keys = current_ids(recorded_experiment(out, required=True))
         removed = store.prune(out, runs, keys)
     total = sum(removed.values())
     each = ", ".join(f"{name} {n:,}" for name, n in removed.items() if n)

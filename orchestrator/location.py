@@ -152,13 +152,6 @@ class Location:
         except FileNotFoundError:
             pass
 
-    def delete_tree(self) -> None:
-        """Remove a folder and everything under it (no error if it is gone)."""
-        try:
-            self.fs.delete_dir(self.path)
-        except FileNotFoundError:
-            pass
-
     def files(self, recursive: bool = True) -> list[pafs.FileInfo]:
         """The files below this folder (none if it does not exist)."""
         selector = pafs.FileSelector(self.path, recursive=recursive, allow_not_found=True)

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from orchestrator.store import compaction
 from orchestrator.store import current
 from orchestrator import faults
-from orchestrator.store import layout, listing, query
+from orchestrator.store import layout, listing
 from orchestrator import store
 from orchestrator.cli import main
 from orchestrator.experiment.units import expand

@@ -1,4 +1,4 @@
-"""Hugging Face causal language models as residual units (hf_adapter.py), loaded from local folders
+"""Hugging Face causal language models as residual units (hf.py), loaded from local folders
 (hf_loading.py) and evaluated on a local text corpus (data/text.py): the adapter checks itself against the
 model's own tensors; the engine equals one full forward per plan on next-token loss and error; gradients by
 path length equal a float64 backward; every bad folder, tokenizer or corpus is refused in one line.

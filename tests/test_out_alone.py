@@ -17,7 +17,7 @@ from orchestrator import store
 from orchestrator.cli import main
 from orchestrator.experiment.spec import load_spec
 from orchestrator.experiment.units import unit_groups
-from orchestrator.store.current import recorded_experiment
+from orchestrator.store.recorded import recorded_experiment
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OLD = FIXTURES / "old-digits"                  # written by `unravel run old-digits.yaml` at commit f470018

@@ -1,4 +1,4 @@
-"""torchvision's Vision Transformer as residual units at sublayer granularity (vit_adapter.py): the adapter
+"""torchvision's Vision Transformer as residual units at sublayer granularity (vit.py): the adapter
 checks itself against the model's own tensors, a span of layers deletes both units of each, the engine equals one
 full forward per plan (deleting attention or MLP sublayers, whole layers, spans of layers, reordering units of a
 kind), and gradients by path length equal a float64 backward with the other branches detached. A tiny ViT with

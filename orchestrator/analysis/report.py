@@ -23,7 +23,6 @@ from orchestrator.analysis.prose import markdown_table, plural
 from orchestrator.analysis.results import CRITICAL_RISE, NEXT_TOKEN_LOSS, Results, variant_text
 from orchestrator.analysis.spans import span_section
 from orchestrator.location import Location
-from orchestrator import store
 
 CAPTIONS = {
     "F3": "Error after deleting each single block; dotted lines: the intact networks; the strip above marks each "

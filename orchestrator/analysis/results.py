@@ -21,9 +21,10 @@ from workloads.train.inference_rules import TEST_RULES
 from orchestrator import store
 from orchestrator.analysis.stats import mean_interval
 from orchestrator.experiment.networks import block_infos
-from orchestrator.store.current import current_rows, recorded_experiment
+from orchestrator.store.current import current_rows
+from orchestrator.store.recorded import recorded_experiment
 
-# the two thresholds that define a run's facts (claims.py states the ones that decide verdicts)
+# the two thresholds that define a run's facts (veit_claims.py states the ones that decide verdicts)
 CRITICAL_RISE = 10.0        # error points: a non-downsampling block whose deletion costs more is "critical"
 EFFECTIVE_MASS = 0.9        # F6c: the range of path lengths holding this share of the gradient
 

@@ -32,10 +32,6 @@ class Interval:
     def known(self) -> bool:
         return bool(np.isfinite(self.lo) and np.isfinite(self.hi))
 
-    @property
-    def half_width(self) -> float:
-        return (self.hi - self.lo) / 2 if self.known else float("nan")
-
     def above(self, threshold: float) -> bool:
         """The whole interval lies above ``threshold``."""
         return self.known and self.lo > threshold
@@ -133,9 +129,3 @@ def share_interval(successes: int, trials: int) -> Interval:
     return Interval(successes / trials, float(ci.low), float(ci.high), trials)
 
 
-def mannwhitney_less(a, b) -> float:
-    """One-sided Mann-Whitney p-value that ``a`` tends to be smaller than ``b`` (nan below 2 each)."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(a) < 2 or len(b) < 2:
-        return float("nan")
-    return float(stats.mannwhitneyu(a, b, alternative="less").pvalue)

@@ -26,6 +26,7 @@ from orchestrator.experiment.units import Batch, Unit, batches, expand
 EVALUATOR_LOST = tuple(getattr(ray.exceptions, name) for name in (
     "RayActorError", "ActorUnavailableError", "ObjectLostError", "NodeDiedError") if hasattr(ray.exceptions, name))
 MAX_BATCH_RETRIES = 3  # resubmissions of a batch whose evaluator died (on top of Ray's own task retries)
+STOP_GRACE_S = 10.0     # how long a stopping driver waits for batches still out before it kills the evaluators
 
 
 @dataclass
@@ -75,7 +76,7 @@ def _check_runs_exist(spec: ExperimentSpec, out: Path, runs, todo: list[Unit]) -
     if missing:
         imported = {m.run_id for m in spec.models}
         how = "unravel lesion or run imports it" if missing[0] in imported else "train first (unravel train, or run)"
-        raise FileNotFoundError(f"no run {missing[0]} in {store.table_path(out, 'runs')}: {how}")
+        raise RunNotTrained(f"no run {missing[0]} in {store.table_path(out, 'runs')}: {how}")
 
 
 class _Dispatcher:
@@ -161,8 +162,15 @@ class _Dispatcher:
     def stop(self) -> None:
         if interrupts.received():  # they end with this driver's job, without Ray printing each killed batch
             return
+        if self.in_flight:  # batches still out (every evaluator that cannot start answers at once): let them
+            #                 settle first, or Ray prints a retry of each as its evaluator is killed under it
+            ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=STOP_GRACE_S)
         for ev in self.evaluators:
             ray.kill(ev)
+
+
+class RunNotTrained(ValueError):
+    """A study names a run OUT's runs table does not hold yet: bad input, found before any batch is sent."""
 
 
 class EvaluatorsCannotStart(RuntimeError):

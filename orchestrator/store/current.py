@@ -13,34 +13,10 @@ from pathlib import Path
 import pandas as pd
 
 from orchestrator import store
-from orchestrator.experiment.messages import SpecError
 from orchestrator.experiment.resolved import ExperimentSpec
-from orchestrator.experiment.spec import parse_spec
 from orchestrator.experiment.units import expand
 
 PER_RUN = ("runs", "epochs", "training_errors")
-PER_UNIT = (*store.STUDY_TABLES, "errors")
-
-
-def recorded_experiment(out: str | Path) -> ExperimentSpec | None:
-    """The experiment whose results OUT holds, as its spec.json records it (None if OUT holds none); SpecError
-    naming the file if it cannot be read. A spec.json of an earlier unravel holds the document alone: it is
-    resolved again, which reads the model folders it names, until the next train, lesion or run records it."""
-    recorded = store.read_spec_file(out)
-    if recorded is None:
-        return None
-    name = store.where(out) / store.SPEC_FILE
-    try:
-        if "experiment" in recorded:
-            return ExperimentSpec.from_record(recorded["experiment"], recorded["spec"], recorded.get("path", ""))
-        return parse_spec(recorded["spec"], recorded.get("path", ""))
-    except SpecError as e:
-        written = "" if "experiment" in recorded else " (written by an earlier unravel: rerun unravel lesion or run " \
-                                                       "with its spec to record the experiment in it)"
-        raise SpecError(f"{name}: not a spec this version of unravel reads{written}: {e}") from None
-    except (KeyError, TypeError, ValueError) as e:
-        raise SpecError(f"{name}: the recorded experiment is damaged ({type(e).__name__}: {e}); rerun unravel "
-                        f"lesion or run with its spec to write it again") from None
 
 
 def current_ids(spec: ExperimentSpec) -> tuple[set[str], set[str]]:

@@ -10,7 +10,7 @@ from orchestrator.store.schemas import SCHEMAS
 
 def run_row(trial, *, dataset: str, iterations: int, epochs: int, test_error: float, test_loss: float,
             num_blocks: int, parameters: int, checkpoint: str, train_seconds: float) -> dict:
-    """A runs row for a trial (``orchestrator.experiment.spec.Trial``), trained here or imported."""
+    """A runs row for a trial (``orchestrator.experiment.resolved.Trial``), trained here or imported."""
     return {"run_id": trial.run_id, "label": trial.label, "network": trial.network, "variant": trial.variant,
             "mode": trial.mode, "seed": trial.seed, "dataset": dataset, "iterations": iterations, "epochs": epochs,
             "test_error": test_error, "test_loss": test_loss, "num_blocks": num_blocks, "parameters": parameters,

@@ -16,7 +16,7 @@ def save_spec(out, experiment: "ExperimentSpec") -> None:
     blocks, every study's runs, the data's paths), so that `unravel status OUT`, the figures, the report and
     prune read OUT alone: never the spec's YAML, its data or its model folders."""
     text = json.dumps({"path": experiment.path, "spec": experiment.raw, "experiment": experiment.record()},
-                      sort_keys=True)
+                      indent=1, sort_keys=True)
     write_file(layout.spec_path(out), text.encode())
 
 

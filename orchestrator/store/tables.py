@@ -139,8 +139,8 @@ def prune(out, run_ids: set[str], unit_keys: set[str]) -> dict[str, int]:
     """Remove the rows of runs and units not in ``run_ids`` / ``unit_keys``; rows removed per table.
 
     Each file is rewritten whole (or deleted when nothing of it stays), so a prune killed at any point
-    leaves every file whole, and running it again finishes the job. A compacted file emptied is kept,
-    empty: on object storage deleting it would leave its set incomplete and hide its other files' rows."""
+    leaves every file whole, and running it again finishes the job. On object storage a compacted file emptied
+    is kept, empty: deleting it would leave its set incomplete and hide its other files' rows."""
     removed = {}
     for table in PART_SCHEMAS:
         count = 0
@@ -150,7 +150,7 @@ def prune(out, run_ids: set[str], unit_keys: set[str]) -> dict[str, int]:
             dropped = len(keep) - sum(keep.to_pylist())
             if not dropped:
                 continue
-            if dropped == len(keep) and not part.name.startswith("compact-"):
+            if dropped == len(keep) and (part.local or not part.name.startswith("compact-")):
                 part.delete()
             else:
                 write_parquet(data.filter(keep), part)

@@ -28,8 +28,3 @@ def mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(*positions(logits, labels))
 
 
-def error_and_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """(error, mean loss) of one batch: how a plan's full forward is scored."""
-    loss, correct = summed(logits, labels)
-    count = labels.numel()
-    return 1.0 - int(correct) / count, float(loss) / count

@@ -23,7 +23,7 @@ import torch
 
 from workloads.models.errors import AdapterError, CheckpointError
 
-# config.json's model_type -> the causal LM class the adapter (hf_adapter.py) reproduces
+# config.json's model_type -> the causal LM class the adapter (hf.py) reproduces
 MODEL_TYPES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                "qwen2": "Qwen2ForCausalLM"}
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")

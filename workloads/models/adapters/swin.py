@@ -1,5 +1,5 @@
 """torchvision's Swin Transformers, V1 (swin_t, swin_s, swin_b) and V2 (swin_v2_t, swin_v2_s, swin_v2_b), seen
-as residual units at sublayer granularity, like the ViT (vit_adapter.py).
+as residual units at sublayer granularity, like the ViT (vit.py).
 
 Each Swin block is two units, its (shifted-)window attention and its MLP, as torchvision computes them:
 V1 is pre-norm, x + sd(attn(norm1(x))) then x + sd(mlp(norm2(x))); V2 is res-post-norm,

@@ -1,6 +1,6 @@
 """timm's Vision Transformers (``timm.models.vision_transformer.VisionTransformer`` built from its pre-norm
 ``Block``: ViT, DeiT, DeiT-III, most CLIP and DINOv2 image towers) seen as residual units at sublayer
-granularity, like torchvision's (vit_adapter.py).
+granularity, like torchvision's (vit.py).
 
 Each Block is two units, as timm computes them: x + drop_path1(ls1(attn(norm1(x)))) (kind "attention") then
 x + drop_path2(ls2(mlp(norm2(x)))) (kind "mlp"); ls is the layer scale and drop_path the stochastic depth (both
