@@ -390,11 +390,11 @@ def plan(spec: str, address: str | None, nodes: tuple[str, ...], fmt: str, rates
 
     from orchestrator.planning.nodes import cluster_nodes, local_nodes, parse_node
     from orchestrator.planning.plan import make_plan
-    from orchestrator.planning.rates import Figures, check_names, parse_figures, read_figures
+    from orchestrator.planning.rates import GivenRates, check_names, parse_given_rates, read_given_rates
     from orchestrator.planning.table import render
     experiment = _load(spec, check_files=False)
-    given = read_figures(rates_file) if rates_file else Figures()
-    options = parse_figures(train_rate, unit_rate)
+    given = read_given_rates(rates_file) if rates_file else GivenRates()
+    options = parse_given_rates(train_rate, unit_rate)
     check_names(experiment, options)
     given.update(options)
     if nodes and address:

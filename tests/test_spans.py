@@ -21,7 +21,7 @@ from orchestrator.analysis.report import write_report
 from orchestrator.analysis.results import Results
 from orchestrator.cli import main
 from orchestrator.planning.plan import Node, make_plan
-from orchestrator.planning.rates import Figures
+from orchestrator.planning.rates import GivenRates
 from orchestrator.experiment.spec import SpecError, load_spec, parse_spec
 from orchestrator.experiment.units import expand, plan_for
 from sweep_cases import BASE
@@ -94,7 +94,7 @@ def test_a_unit_per_span_with_k_its_length_and_draw_its_first_layer():
     named = expand(parse_spec(with_spans(max_length=3, runs=["res", "plain"])))
     assert sum(u.run_id == plain and u.study == "span_deletion" for u in named) == 3 * (4 + 3 + 2)
     assert parse_spec(with_spans()).studies.study("span_deletion").max_length == 4   # the default
-    plan = make_plan(parse_spec(with_spans(runs=["res", "plain"])), [Node(2, 0)], "test", Figures(),
+    plan = make_plan(parse_spec(with_spans(runs=["res", "plain"])), [Node(2, 0)], "test", GivenRates(),
                      measure=False)
     rows = {r["study"]: r for r in plan["studies"]["per_study"]}
     assert rows["span_deletion"] == {"study": "span_deletion", "runs": 2, "units": 9 + 8 + 7 + 6 + 3 * 10,

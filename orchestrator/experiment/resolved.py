@@ -16,7 +16,7 @@ from workloads.data import STREAMED, DataConfig
 from workloads.models import BlockInfo, NetConfig
 from workloads.train.recipe import TrainConfig
 
-from orchestrator.experiment.document import Evaluators, Resources, StudiesSpec
+from orchestrator.experiment.document import Evaluators, Resources, StudiesSpec, TrainingSection
 from orchestrator.experiment.messages import SpecError
 
 RECORD_VERSION = 1   # of ``ExperimentSpec.record``: a reader refuses a record of a later version in one line
@@ -65,7 +65,7 @@ class Trial:
 class TrainingSpec:
     trials: tuple[Trial, ...] = ()
     resources: Resources = Resources()
-    max_failures: int = 2
+    max_failures: int = TrainingSection.model_fields["max_failures"].default   # the document's default, one home
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from orchestrator.experiment.resolved import ExperimentSpec, Trial
 from orchestrator.experiment.units import unit_groups
 from orchestrator.planning.calibration import Calibration, calibrate, unit_test_size
 from orchestrator.planning.nodes import Node, fit_at_once
-from orchestrator.planning.rates import Figures, Rate, RateKey
+from orchestrator.planning.rates import GivenRates, Rate, RateKey
 
 
 def _hours(seconds: float | None) -> float | None:
@@ -40,7 +40,7 @@ def _sum(values) -> float | None:
     return None if any(v is None for v in values) else float(sum(values))
 
 
-def make_plan(spec: ExperimentSpec, nodes: list[Node], where: str, given: Figures, *, measure: bool = False,
+def make_plan(spec: ExperimentSpec, nodes: list[Node], where: str, given: GivenRates, *, measure: bool = False,
               budget_s: float = 60.0, log=None) -> dict:
     """The plan as one JSON-ready document (its fields: `unravel plan --help`)."""
     units = [g for g in unit_groups(spec) if g.size]   # counted, not made: a spec may have a million
@@ -83,7 +83,7 @@ def make_plan(spec: ExperimentSpec, nodes: list[Node], where: str, given: Figure
         "device_hours": _sum([training["device_hours"], studies["device_hours"]]),
         "wall_hours": _sum(walls),
         "estimate": _estimate(rates, calibration),
-        "rates": Figures.of(rates).to_dict(),
+        "rates": GivenRates.of(rates).to_dict(),
         "notes": _notes(spec, nodes, where, training["fit_at_once"], studies["fit_at_once"], units or unknown,
                         rates, calibration, measure),
     }

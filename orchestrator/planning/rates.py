@@ -3,7 +3,7 @@
 ``unravel plan`` turns counts into device time with two kinds of rate: training iterations per second of one
 trial (its per-epoch test evaluation included) and units per second of one evaluator. A rate is of a run group
 (``Trial.group``: runs that differ only in seed train and evaluate alike): of its training, or of its units of
-one study (``RateKey``). Figures are given by name (``Figures``): ``GROUP`` for training, ``GROUP:STUDY`` for
+one study (``RateKey``). Rates are given by name (``GivenRates``): ``GROUP`` for training, ``GROUP:STUDY`` for
 units, or a broader name (a setting, a label, a network, a study alone); the most specific name wins, so one
 figure can cover every run of a network.
 """
@@ -55,7 +55,7 @@ def unit_names(trial: Trial, study: str) -> list[str]:
 
 
 @dataclass
-class Figures:
+class GivenRates:
     """Rates by the names a user gives them under (the command line, a file, a plan's JSON)."""
 
     train: dict[str, float] = field(default_factory=dict)
@@ -67,13 +67,13 @@ class Figures:
         value = next((table[name] for name in names if name in table), None)
         return Rate(value, None if value is None else "given")
 
-    def update(self, other: Figures) -> Figures:
+    def update(self, other: GivenRates) -> GivenRates:
         self.train.update(other.train)
         self.units.update(other.units)
         return self
 
     @classmethod
-    def of(cls, rates: dict[RateKey, Rate]) -> Figures:
+    def of(cls, rates: dict[RateKey, Rate]) -> GivenRates:
         """The rates a plan used, under their keys' names: given back with --rates, they make the same plan."""
         known = {key: r.per_s for key, r in rates.items() if r.per_s is not None}
         return cls({k.name: r for k, r in known.items() if k.study is None},
@@ -83,7 +83,7 @@ class Figures:
         return {"train": dict(sorted(self.train.items())), "units": dict(sorted(self.units.items()))}
 
 
-def check_names(spec: ExperimentSpec, figures: Figures) -> None:
+def check_names(spec: ExperimentSpec, figures: GivenRates) -> None:
     """Every figure given on the command line names something of the spec (a typo would be ignored silently);
     RateError (one line) if not."""
     known_train = {name for t in spec.training.trials for name in train_names(t)}
@@ -119,9 +119,9 @@ def _rate(value, where: str) -> float:
     return rate
 
 
-def parse_figures(train: tuple[str, ...] = (), units: tuple[str, ...] = ()) -> Figures:
+def parse_given_rates(train: tuple[str, ...] = (), units: tuple[str, ...] = ()) -> GivenRates:
     """``--train-rate NAME=ITERATIONS_PER_S`` and ``--unit-rate NAME=UNITS_PER_S`` options."""
-    figures = Figures()
+    figures = GivenRates()
     for option, texts, table in (("--train-rate", train, figures.train), ("--unit-rate", units, figures.units)):
         for text in texts:
             name, sep, value = text.partition("=")
@@ -131,8 +131,8 @@ def parse_figures(train: tuple[str, ...] = (), units: tuple[str, ...] = ()) -> F
     return figures
 
 
-def read_figures(path: str | Path) -> Figures:
-    """Figures from a JSON file: ``{"train": {NAME: rate}, "units": {NAME: rate}}``, or the output of
+def read_given_rates(path: str | Path) -> GivenRates:
+    """Rates given in a JSON file: ``{"train": {NAME: rate}, "units": {NAME: rate}}``, or the output of
     ``unravel plan --format json`` (its ``rates``), e.g. measured on a machine like the cluster's."""
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -145,7 +145,7 @@ def read_figures(path: str | Path) -> Figures:
     if not isinstance(doc, dict) or not set(doc) <= {"train", "units"}:
         raise RateError(f"{path}: expected {{\"train\": {{KEY: rate}}, \"units\": {{KEY: rate}}}} or the output of "
                         f"unravel plan --format json")
-    figures = Figures()
+    figures = GivenRates()
     for kind, table in (("train", figures.train), ("units", figures.units)):
         entries = doc.get(kind) or {}
         if not isinstance(entries, dict):
