@@ -13,7 +13,9 @@ Which cases:
   depth, for each block kind (basic, bottleneck) at that kind's ``variant_depth``. Depth only
   repeats the same block, so the product is not repeated over the registered depths (ResNet-1001
   x 40 variants would cost minutes); each registered depth runs at its own settings.
-Two cases that build the same network (preact_resnet20 with unit a is resnet20) run once.
+Two cases that build the same network (preact_resnet20 with unit a is resnet20) run once. The deep
+networks (ResNet-1001 and its pre-activation twin) are shared out between the engine and gradient
+oracles (``registry_cases(deep_share=...)``): each runs at full depth in one of them.
 
 Large networks (``BIG_BLOCKS``, ``BIG_PARAMETERS``) still run, with fewer examples, plans and draws
 (``Budget``).
@@ -207,7 +209,24 @@ def single_thread():
         torch.set_num_threads(threads)
 
 
-def registry_cases() -> list[Case]:
+def deep(case: Case) -> bool:
+    """Deeper than STATISTICS_FROM_DATA_BLOCKS (ResNet-1001 and its pre-activation twin, 333 blocks)."""
+    return _size(case.name, case.variant)[0] > STATISTICS_FROM_DATA_BLOCKS
+
+
+def registry_cases(deep_share: tuple[int, int] = (0, 1)) -> list[Case]:
+    """The cases; of the deep ones (``deep``), in id order, those whose index is ``i`` modulo ``of`` for
+    ``deep_share=(i, of)``. The deep ones repeat a block kind their family's depth-164 and depth-29 cases
+    already run, and each costs the two oracles (engine, gradients) a minute or so together on a 2-core
+    machine: the oracles share them out, so each network is run at full depth (statistics from data, paths of
+    hundreds of blocks) by one oracle, and the other has the other network at full depth."""
+    i, of = deep_share
+    cases = _all_cases()
+    deep_ids = sorted(c.id for c in cases if deep(c))
+    return [c for c in cases if not deep(c) or deep_ids.index(c.id) % of == i]
+
+
+def _all_cases() -> list[Case]:
     cases = []
     for name in sorted(NETWORKS):
         fam_rule = rule(name)  # a family with no rule fails here, at collection, naming the network

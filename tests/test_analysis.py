@@ -215,24 +215,43 @@ def test_query_command_formats(known):
 
 # --- figures and report a paper can use --------------------------------------------------------------
 
-@pytest.fixture
-def drawn(monkeypatch):
-    """The Figure objects all_figures saves, by file name, drawn with Agg so their layout can be measured."""
+def _keep_figures(monkeypatch, write: bool) -> dict:
+    """The Figure objects all_figures saves, by file name, drawn with Agg so their layout can be measured;
+    without ``write``, finished as save finishes them (drawing.finish) but not written as PNG and PDF."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    from orchestrator.analysis import drawing
     from orchestrator.analysis import veit_figures as figures
 
     made = {}
     save = figures.save
 
     def keep(fig, folder, name):
-        path = save(fig, folder, name)
+        if write:
+            path = save(fig, folder, name)
+        else:
+            drawing.finish(fig)
+            path = f"{name}.png"
         FigureCanvasAgg(fig).draw()
         made[name] = fig
         return path
 
     monkeypatch.setattr(figures, "save", keep)
     return made
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """Veit's figures drawn with Agg as the PNG is, not written: these tests read the figures' layout and text;
+    writing them (PNG and PDF, two more renderings each) is test_report_and_figures_from_known_tables' and
+    test_a_cjk_label_draws_without_missing_glyphs'."""
+    return _keep_figures(monkeypatch, write=False)
+
+
+@pytest.fixture
+def saved(monkeypatch):
+    """Veit's figures written as PNG and PDF, as the report writes them, then drawn with Agg to be measured."""
+    return _keep_figures(monkeypatch, write=True)
 
 
 def _two_variants_two_seeds(known, label="v"):
@@ -321,7 +340,7 @@ def test_f7_legend_and_report_wording(known, drawn):
     assert "critical block 1 (+47.0 points)" in text
 
 
-def test_a_cjk_label_draws_without_missing_glyphs(known, drawn, caplog):
+def test_a_cjk_label_draws_without_missing_glyphs(known, saved, caplog):
     """Labels may be any alphanumeric text: the figures draw a character no installed font has as its
     code point (no boxes, no warning), and the report keeps the text itself."""
     import logging
@@ -339,7 +358,7 @@ def test_a_cjk_label_draws_without_missing_glyphs(known, drawn, caplog):
     assert not [str(w.message) for w in caught if "lyph" in str(w.message) or "font" in str(w.message).lower()]
     assert not [r.getMessage() for r in caplog.records if r.name.startswith("matplotlib")]
     assert "| 残差网络 |" in text
-    legend = legend_texts(drawn["f3_single_deletion"])
+    legend = legend_texts(saved["f3_single_deletion"])
     shown = drawable("残差网络")
     assert shown in legend and (shown == "残差网络" or shown.startswith("U+6B8B"))
 

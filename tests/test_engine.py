@@ -39,7 +39,7 @@ def naive(net, plans, x, y):
     return out
 
 
-@pytest.mark.parametrize("case", params(registry_cases()))
+@pytest.mark.parametrize("case", params(registry_cases(deep_share=(1, 2))))  # gradients: the other deep one
 def test_engine_equals_one_forward_per_plan(case, images):
     """Every registered network (and each unit and shortcut variant), made tiny by registry_cases."""
     budget = case.budget

@@ -80,10 +80,16 @@ def drawable(text: str, fonts: list[str] | None = None) -> str:
     return out
 
 
-def save(fig: Figure, folder, name: str) -> str:
-    """The figure as PNG and PDF in ``folder`` (of OUT: a local folder or object storage), each written whole."""
+def finish(fig: Figure) -> Figure:
+    """The figure as ``save`` draws it: each text's characters that no font has written as code points."""
     for text in fig.findobj(Text):
         text.set_text(drawable(text.get_text()))
+    return fig
+
+
+def save(fig: Figure, folder, name: str) -> str:
+    """The figure as PNG and PDF in ``folder`` (of OUT: a local folder or object storage), each written whole."""
+    finish(fig)
     for ext in ("png", "pdf"):
         buffer = io.BytesIO()
         fig.savefig(buffer, format=ext)

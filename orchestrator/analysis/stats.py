@@ -95,11 +95,16 @@ def spearman_interval(x, y) -> Interval:
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return Interval(float("nan"), float("nan"), float("nan"), len(x))
 
-    def rho(a, b):
-        return stats.spearmanr(a, b).statistic
+    def rho(a, b, axis=-1):
+        """spearmanr's statistic (Pearson's r of the tie-averaged ranks) along ``axis``: all resamples at once;
+        nan, as spearmanr says, for a resample with no spread."""
+        ra, rb = stats.rankdata(a, axis=axis), stats.rankdata(b, axis=axis)
+        ra, rb = ra - ra.mean(axis=axis, keepdims=True), rb - rb.mean(axis=axis, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (ra * rb).sum(axis=axis) / np.sqrt((ra * ra).sum(axis=axis) * (rb * rb).sum(axis=axis))
 
-    lo, hi = _bootstrap((x, y), rho, paired=True, vectorized=False)
-    return Interval(float(rho(x, y)), lo, hi, len(x))
+    lo, hi = _bootstrap((x, y), rho, paired=True)
+    return Interval(float(stats.spearmanr(x, y).statistic), lo, hi, len(x))
 
 
 def slope_interval(x, y) -> Interval:

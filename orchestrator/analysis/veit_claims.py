@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from workloads.surgery.paths import (contribution_fractions, effective_range, log10_mean, log10_total_contribution,
+from workloads.surgery.paths import (contribution_fractions, effective_range, log10_total_contribution,
                                      path_length_distribution, probability_in_range, surviving_fraction)
 
 from orchestrator.analysis.claim import ONE_SEED, Claim
@@ -198,8 +198,17 @@ def _draw_matrix(results: Results, run_id: str) -> pd.DataFrame:
 
 
 def _profile(matrix: np.ndarray) -> np.ndarray:
-    """Per k, the log10 of the mean norm over the rows (draws), as Results.gradient_profile computes it."""
-    return np.array([log10_mean(col[np.isfinite(col)]) if np.isfinite(col).any() else np.nan for col in matrix.T])
+    """Per k, the log10 of the mean norm over the rows' finite values (draws), as Results.gradient_profile
+    computes it (``log10_mean`` of each column), nan where a column has none. All columns at once: the
+    bootstrap calls this for each of its resamples."""
+    finite = np.isfinite(matrix)
+    any_finite = finite.any(axis=0)
+    values = np.where(finite, matrix, -np.inf)
+    top = np.where(any_finite, values.max(axis=0, initial=-np.inf), 0.0)
+    scaled = np.where(finite, 10.0 ** (values - top), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = scaled.sum(axis=0) / finite.sum(axis=0)
+        return np.where(any_finite, top + np.log10(mean), np.nan)
 
 
 def _slope_and_fit(ks: np.ndarray, profile: np.ndarray) -> tuple[float, float]:
