@@ -257,5 +257,5 @@ def _all_cases() -> list[Case]:
 
 
 def params(cases: list[Case]) -> list:
-    """pytest parameters with readable ids."""
-    return [pytest.param(c, id=c.id) for c in cases]
+    """pytest parameters with readable ids; the deep networks (hundreds of blocks: seconds each) marked slow."""
+    return [pytest.param(c, id=c.id, marks=[pytest.mark.slow] if deep(c) else []) for c in cases]

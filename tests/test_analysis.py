@@ -78,6 +78,7 @@ def test_claims_from_known_tables(known):
     assert prof["log10_mean"].tolist() == pytest.approx([-0.7 * k - 1 for k in range(1, 10)])
 
 
+@pytest.mark.slow
 def test_every_verdict_line_says_what_its_interval_is_over(known):
     """One trained network per run: intervals over its blocks, draws or layers say they leave training out; exact
     claims say they have none; the report's table and its one-line list carry it."""
@@ -114,6 +115,7 @@ def test_with_seeds_each_network_is_judged_on_each_seed(known):
     assert f3.over.endswith("each of 2 seeds per network judged on its own, every one must pass"), f3.over
 
 
+@pytest.mark.slow
 def test_report_and_figures_from_known_tables(known):
     report = write_report(known)
     text = report.read_text()
@@ -128,6 +130,7 @@ def test_report_and_figures_from_known_tables(known):
     assert "<table>" in html and "<img" in html and "partly reproduced" in html
 
 
+@pytest.mark.slow
 def test_report_sections_for_effective_paths_and_variants(known):
     """Veit et al. Table 1 and the Identity Mappings variants, beside the papers' numbers."""
     runs = store.read_table(known, "runs").to_dict("records")
@@ -145,6 +148,7 @@ def test_report_sections_for_effective_paths_and_variants(known):
     assert "| (c) ReLU before addition | 110 | 2 | 7.50 | 7.00-8.00 (IQR 7.25-7.75) | 7.84 |" in text
 
 
+@pytest.mark.slow
 def test_the_report_builds_no_weights_and_each_skeleton_once(known, monkeypatch):
     """Analysis needs a network's blocks, never its weights: one meta-device skeleton per network, and
     each fact (here the effective-path range) computed once for the claims, figures and report together."""
@@ -298,6 +302,7 @@ def test_runs_are_told_apart_by_variant_and_seed(known, drawn):
 
 
 @pytest.mark.parametrize("label", ["v", "残差网络-with-a-label-long-enough-to-crowd-a-legend"])
+@pytest.mark.slow
 def test_figures_are_readable_at_their_printed_size(known, drawn, label):
     """At most a page wide, no text under 7 pt, no text outside the figure or on other text, and the
     figure-level legends off the axes (long labels too: CJK is drawn as code points where no font has it)."""
@@ -309,6 +314,7 @@ def test_figures_are_readable_at_their_printed_size(known, drawn, label):
         assert_readable(name, fig)
 
 
+@pytest.mark.slow
 def test_f5a_band_is_the_bootstrap_interval_within_0_and_100(known, drawn):
     """Errors near 0 with a wide spread: the band is deletion_curve's 95% interval, never below 0%, and k
     has integer ticks."""
@@ -327,6 +333,7 @@ def test_f5a_band_is_the_bootstrap_interval_within_0_and_100(known, drawn):
     assert all(float(t).is_integer() for t in ax.get_xticks())
 
 
+@pytest.mark.slow
 def test_f7_legend_and_report_wording(known, drawn):
     """'1 block deleted', a signed cost ('-1.0 points', never '+-'), and one unit failed in the singular."""
     res = "res.normal.s0.x"
@@ -340,6 +347,7 @@ def test_f7_legend_and_report_wording(known, drawn):
     assert "critical block 1 (+47.0 points)" in text
 
 
+@pytest.mark.slow
 def test_a_cjk_label_draws_without_missing_glyphs(known, saved, caplog):
     """Labels may be any alphanumeric text: the figures draw a character no installed font has as its
     code point (no boxes, no warning), and the report keeps the text itself."""

@@ -107,6 +107,7 @@ def test_bad_rules_are_one_line(entry, message):
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_rules_leave_the_shipped_experiments_run_ids_alone(shipped_cwd):
     """No retraining: the same checkpoint is evaluated under each rule."""
     for path in sorted((ROOT / "experiments").glob("*.yaml")):

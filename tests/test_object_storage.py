@@ -50,6 +50,7 @@ def test_parts_are_listed_read_and_resumed_alike(place, request):
 
 
 @pytest.mark.parametrize("point", ["compact_staged", "compact_swapped"])
+@pytest.mark.slow
 def test_compaction_killed_at_each_step_then_rerun(place, monkeypatch, point):
     write_sweep(place)
     before = snapshot(place)
@@ -65,6 +66,7 @@ def test_compaction_killed_at_each_step_then_rerun(place, monkeypatch, point):
     assert len(partitions) == len(set(partitions))  # one file per study and run
 
 
+@pytest.mark.slow
 def test_an_incomplete_set_of_compacted_files_is_never_read_and_is_removed(bucket, monkeypatch):
     """Compaction into several files (--max-rows) killed after the first: its rows are not read, the parts are."""
     place = store.where(bucket())
@@ -300,6 +302,7 @@ def test_a_multi_node_sweep_losing_a_node_writes_only_to_the_bucket_exactly_once
     assert not left, left
 
 
+@pytest.mark.slow
 def test_prune_after_compaction_on_s3_keeps_every_other_row_of_a_compacted_set(bucket):
     """A compacted file emptied by prune stays (empty): deleting it would leave its set incomplete and hide the
     rows of the set's other files."""

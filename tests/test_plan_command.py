@@ -214,6 +214,7 @@ def test_workers_asking_for_a_gpu_are_not_calibrated_on_the_cpu(clean_cwd, tmp_p
     assert "device time: unknown, give --rates or calibrate on a node like the spec's (known: studies" in table.stdout
 
 
+@pytest.mark.slow
 def test_a_calibration_keeps_its_time_budget(clean_cwd, tmp_path):
     """Networks whose calibration takes seconds each, and a budget of half a second: it stops inside the
     first measurement, and what it did not measure stays unknown."""

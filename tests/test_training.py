@@ -35,6 +35,7 @@ def test_bad_recipes(bad, message):
         TrainConfig(**bad)
 
 
+@pytest.mark.slow
 def test_digits_reaches_well_below_chance(digits):
     trainer = Trainer(digits_net(), TrainConfig(iterations=150, seed=0), digits)
     history = trainer.run()
@@ -43,6 +44,7 @@ def test_digits_reaches_well_below_chance(digits):
     assert all(m["images_per_s"] > 0 for m in history)
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights_and_resume_is_seamless(digits):
     cfg = TrainConfig(iterations=24, seed=3, eval_every=8, mode="stochastic_depth")
     net = digits_net(stochastic_depth=True)
@@ -72,6 +74,7 @@ def test_final_checkpoint_loads_with_weights_only(digits, tmp_path):
         assert torch.allclose(net(digits.test_images[:4]), trainer.net.eval()(digits.test_images[:4]), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_effective_paths_training_learns_through_random_subsets(digits):
     """m of n blocks per mini-batch: the subnetworks it trains classify well below chance.
 
@@ -90,6 +93,7 @@ def test_effective_paths_training_learns_through_random_subsets(digits):
     assert sorted(errors)[2] < 0.5
 
 
+@pytest.mark.slow
 def test_effective_path_training_reports_its_error_under_the_scaled_rule(digits):
     """The runs table's test error of an effective-paths run is the network under the default test rule
     (each branch times m/n), not the unscaled network, which sits near chance."""
