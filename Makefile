@@ -20,12 +20,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/unravel run experiments/digits.yaml
 
-# two pytest-xdist workers (the Ray tests wait on subprocesses much of the time); loadgroup: a sweep that
-# several tests share runs once, on one worker (tests/conftest.py, SHARED_SWEEPS)
+# two pytest-xdist workers (the Ray tests wait on subprocesses much of the time). `--dist loadgroup` (each shared
+# sweep once, on one worker: tests/conftest.py's groups) was measured at 19.5 min here against 8-11 for this:
+# a group serialises its tests on one worker, which costs more than training a sweep twice
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -n 2
 
-# every test but those marked slow (each starts Ray or a process of its own)
+# every test but those marked slow (each starts Ray or a process, or takes many seconds alone)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 

@@ -20,18 +20,6 @@ os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", 
 os.environ.pop("RAY_ADDRESS", None)
 
 
-# the session fixtures that run a sweep (made once per pytest-xdist worker): `make test` runs
-# `--dist loadgroup`, so that all the tests of each go to one worker and the sweep runs once, not once a worker
-SHARED_SWEEPS = ("trained", "demo", "evolved", "experiment")
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        shared = [name for name in SHARED_SWEEPS if name in item.fixturenames]
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(shared[0]))
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     """A test that starts Ray is marked slow (`make test-fast` leaves those out): one that is not fails, in its
