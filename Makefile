@@ -20,9 +20,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/unravel run experiments/digits.yaml
 
-# two pytest-xdist workers (the Ray tests wait on subprocesses much of the time). `--dist loadgroup` (each shared
-# sweep once, on one worker: tests/conftest.py's groups) was measured at 19.5 min here against 8-11 for this:
-# a group serialises its tests on one worker, which costs more than training a sweep twice
+# two pytest-xdist workers (the Ray tests wait on subprocesses much of the time); by load: `--dist loadgroup`
+# (each shared sweep once, on one worker) measured 19.5 min on a fresh clone here, by load 16.5 min
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
 
