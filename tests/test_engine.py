@@ -86,11 +86,11 @@ def test_memory_holds_at_most_one_activation_per_branching_depth(images, monkeyp
     live, peak = [0], [0]
     original = ev._Walk.walk
 
-    def counting_walk(self, node, act, labels):
+    def counting_walk(self, node, act):
         live[0] += 1
         peak[0] = max(peak[0], live[0])
         try:
-            return original(self, node, act, labels)
+            return original(self, node, act)
         finally:
             live[0] -= 1
     monkeypatch.setattr(ev._Walk, "walk", counting_walk)

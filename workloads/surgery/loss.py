@@ -19,8 +19,14 @@ def positions(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
 def summed(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy (float64) and correct count of a batch, left on its device (no sync)."""
     logits, labels = positions(logits.float(), labels)
-    loss = F.cross_entropy(logits, labels, reduction="sum").double()
-    return loss, (logits.argmax(1) == labels).sum()
+    return summed_log_probs(F.log_softmax(logits, 1), logits.argmax(1), labels)
+
+
+def summed_log_probs(log_probs: torch.Tensor, predictions: torch.Tensor,
+                     labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``summed`` from log-probabilities [P, classes] a caller already has (and the logits' argmax [P]): the
+    cross-entropy exactly as F.cross_entropy computes it (log_softmax, then nll_loss), bit for bit."""
+    return F.nll_loss(log_probs, labels, reduction="sum").double(), (predictions == labels).sum()
 
 
 def mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
