@@ -68,7 +68,8 @@ def write_language_tables(out: Path, layers: dict[str, int], single: dict[int, f
         return {"unit_key": f"{run_id}-{study}-{k}-{draw}", "k": k, "draw": draw, "deleted": deleted, "order": [],
                 "kendall_tau": 1.0, "active_blocks": 0, "error": min(0.8 + (loss - 3.0) / 10, 1.0), "loss": loss,
                 "examples": 96, "precision": "fp32", "bn_recalibrated": False, "seconds": 0.01, "test_rule": "",
-                "metric": "next_token", "perplexity": math.exp(loss)}
+                "metric": "next_token", "perplexity": math.exp(loss), "kl_from_intact": None,
+                "agreement_with_intact": None, "entropy": None}
 
     runs = []
     for label, n in layers.items():

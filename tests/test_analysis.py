@@ -35,7 +35,8 @@ def _lesion(k, draw, deleted, error, order=None, tau=1.0):
     return {"unit_key": f"{k}-{draw}-{error}-{tau}", "k": k, "draw": draw, "deleted": deleted,
             "order": order or list(range(9)), "kendall_tau": tau, "active_blocks": 9 - len(deleted), "error": error,
             "loss": 1.0, "examples": 100, "precision": "fp32", "bn_recalibrated": False, "seconds": 0.01,
-            "test_rule": "", "metric": "classification", "perplexity": float("nan")}
+            "test_rule": "", "metric": "classification", "perplexity": float("nan"),
+            "kl_from_intact": None, "agreement_with_intact": None, "entropy": None}
 
 
 @pytest.fixture

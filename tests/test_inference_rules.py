@@ -186,7 +186,9 @@ def test_parts_written_before_the_test_rule_column_still_read(tmp_path):
     path = store.part_path(tmp_path, "lesion", "intact", "a", "old").local_path  # the first file: the older schema
     path.parent.mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist([row], schema=old_schema), path)
-    store.write_part(tmp_path, "lesion", "intact", "b", "new", [{**row, "unit_key": "new", "test_rule": "scaled", "metric": "classification", "perplexity": float("nan")}])
+    store.write_part(tmp_path, "lesion", "intact", "b", "new", [
+        {**row, "unit_key": "new", "test_rule": "scaled", "metric": "classification", "perplexity": float("nan"),
+         "kl_from_intact": None, "agreement_with_intact": None, "entropy": None}])
     frame = store.read_parts(tmp_path, "lesion").set_index("unit_key")
     assert frame.loc["old", "test_rule"] == "" and frame.loc["new", "test_rule"] == "scaled"
     assert store.read_parts(tmp_path, "lesion", columns=["test_rule"])["test_rule"].tolist() == ["", "scaled"]
@@ -194,7 +196,7 @@ def test_parts_written_before_the_test_rule_column_still_read(tmp_path):
     assert query.run(tmp_path, "select unit_key from lesion where test_rule = '' and study = 'intact'", "csv") == \
         "unit_key\nold\n"                            # the view reads it as the store does: "", not NULL
     assert pq.read_schema(store.part_path(tmp_path, "lesion", "intact", "b", "new")).metadata[
-        b"unravel.schema_version"] == b"3"
+        b"unravel.schema_version"] == b"4"
 
 
 # -- T1's verdict on tables built here ---------------------------------------------------------------
@@ -217,7 +219,8 @@ def _tables(tmp_path, effective: dict[str, list[float]], normal: list[float]) ->
     for s in range(seeds):
         rows = [{"unit_key": f"{s}{rule}", "k": 0, "draw": 0, "deleted": [], "order": list(range(9)),
                  "kendall_tau": 1.0, "active_blocks": 9, "error": errors[s] / 100, "loss": 1.0, "examples": 100,
-                 "precision": "fp32", "bn_recalibrated": False, "seconds": 0.01, "test_rule": rule, "metric": "classification", "perplexity": float("nan")}
+                 "precision": "fp32", "bn_recalibrated": False, "seconds": 0.01, "test_rule": rule, "metric": "classification", "perplexity": float("nan"),
+                 "kl_from_intact": None, "agreement_with_intact": None, "entropy": None}
                 for rule, errors in effective.items()]
         store.write_part(tmp_path, "lesion", "intact", f"res.effective_paths.s{s}", "p", rows)
     return Results.load(tmp_path)

@@ -121,6 +121,11 @@ def old_out(tmp_path):
 
 def test_a_folder_of_the_previous_version_is_read(old_out):
     assert _units_done(old_out) == {"units": OLD_UNITS, "done": OLD_UNITS, "failed": 0, "left": 0}
+    divergence = ["kl_from_intact", "agreement_with_intact", "entropy"]  # lesion version 4: its parts are 3
+    assert store.read_parts(old_out, "lesion")[divergence].isna().all().all()
+    nulls = _invoke("query", old_out, "select count(*) as n from lesion where kl_from_intact is null "
+                    "and agreement_with_intact is null and entropy is null", "--format", "json")
+    assert nulls.exit_code == 0 and json.loads(nulls.output) == [{"n": OLD_UNITS}], nulls.output
     figures = _invoke("figures", old_out)
     assert figures.exit_code == 0, figures.output
     assert "single" in (old_out / "report.md").read_text().lower()

@@ -340,7 +340,8 @@ def test_status_json_per_study_and_run(tmp_path):
     store.write_part(out, "lesion", "single_deletion", run, "b1", [
         {"unit_key": u.key, "k": 1, "draw": u.draw, "deleted": [u.draw], "order": [0], "kendall_tau": 1.0,
          "active_blocks": 1, "error": 0.5, "loss": 1.0, "examples": 64, "precision": "fp32",
-         "bn_recalibrated": False, "seconds": 0.1, "test_rule": "", "metric": "classification", "perplexity": float("nan")} for u in written])
+         "bn_recalibrated": False, "seconds": 0.1, "test_rule": "", "metric": "classification", "perplexity": float("nan"),
+         "kl_from_intact": None, "agreement_with_intact": None, "entropy": None} for u in written])
     failed = next(u for u in units if u.study == "random_deletion")
     store.write_errors(out, "b2", [store.error_row(failed, RuntimeError("boom"))])
     trial = spec.training.trials[0]

@@ -26,7 +26,8 @@ def _lesion(k: int, draw: int, deleted: list[int]) -> dict:
     return {"unit_key": f"{k}-{draw}", "k": k, "draw": draw, "deleted": deleted,
             "order": [b for b in range(9) if b not in deleted], "kendall_tau": 1.0, "active_blocks": 9 - len(deleted),
             "error": 0.1 * k, "loss": 1.0, "examples": 100, "precision": "fp32", "bn_recalibrated": False,
-            "seconds": 0.01, "test_rule": "", "metric": "classification", "perplexity": float("nan")}
+            "seconds": 0.01, "test_rule": "", "metric": "classification", "perplexity": float("nan"),
+            "kl_from_intact": None, "agreement_with_intact": None, "entropy": None}
 
 
 def clean_run(out):

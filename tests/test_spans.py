@@ -145,7 +145,8 @@ def _lesion(run_id: str, study: str, k: int, draw: int, error: float) -> dict:
     return {"unit_key": f"{run_id}-{study}-{k}-{draw}", "k": k, "draw": draw, "deleted": deleted,
             "order": list(range(9)), "kendall_tau": 1.0, "active_blocks": 9 - len(deleted), "error": error,
             "loss": 1.0, "examples": 100, "precision": "fp32", "bn_recalibrated": False, "seconds": 0.01,
-            "test_rule": "", "metric": "classification", "perplexity": float("nan")}
+            "test_rule": "", "metric": "classification", "perplexity": float("nan"),
+            "kl_from_intact": None, "agreement_with_intact": None, "entropy": None}
 
 
 def span_error(start: int, length: int, seed: int = 0) -> float:

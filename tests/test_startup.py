@@ -56,7 +56,8 @@ def test_query_imports_neither_torch_nor_ray(tmp_path):
     store.write_part(tmp_path, "lesion", "single_deletion", "r", "a", [
         {"unit_key": "u", "k": 1, "draw": 0, "deleted": [0], "order": [1, 2], "kendall_tau": 1.0, "active_blocks": 2,
          "error": 0.5, "loss": 1.0, "examples": 10, "precision": "fp32", "bn_recalibrated": False, "seconds": 0.1,
-         "test_rule": "", "metric": "classification", "perplexity": float("nan")}])
+         "test_rule": "", "metric": "classification", "perplexity": float("nan"),
+         "kl_from_intact": None, "agreement_with_intact": None, "entropy": None}])
     result = imported(["query", str(tmp_path), "select run_id, deleted from lesion", "--format", "csv"])
     assert result["ran"] == [{"code": 0, "output": 'run_id,deleted\nr,[0]\n'}], result
     assert result["heavy"] == []

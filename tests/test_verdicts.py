@@ -92,7 +92,8 @@ def test_identity_mapping_tables_in_the_report(tmp_path):
 def _lesion(run_id, study, k, draw, deleted, error, tau=1.0):
     return {"unit_key": f"{run_id}-{study}-{k}-{draw}", "k": k, "draw": draw, "deleted": deleted,
             "order": list(range(9)), "kendall_tau": tau, "active_blocks": 9 - len(deleted), "error": error,
-            "loss": 1.0, "examples": 100, "precision": "fp32", "bn_recalibrated": False, "test_rule": "", "seconds": 0.01, "metric": "classification", "perplexity": float("nan")}
+            "loss": 1.0, "examples": 100, "precision": "fp32", "bn_recalibrated": False, "test_rule": "", "seconds": 0.01, "metric": "classification", "perplexity": float("nan"),
+            "kl_from_intact": None, "agreement_with_intact": None, "entropy": None}
 
 
 def test_f5a_judges_the_mean_within_its_band(tmp_path):

@@ -27,13 +27,15 @@ def lesion_row(unit, plan, result, *, test_rule: str, precision: str, bn_recalib
                metric: str = "classification") -> dict:
     """A lesion row: one plan (``workloads.surgery.Plan``) evaluated on the test set, under the run's test-time
     rule ("" where its mode needs none). ``metric`` next_token: error, loss and examples count the predicted
-    tokens of a text (error = 1 - next-token accuracy), and perplexity is exp(loss)."""
+    tokens of a text (error = 1 - next-token accuracy), perplexity is exp(loss), and the result's divergence
+    from the intact model fills kl_from_intact, agreement_with_intact and entropy (None for images)."""
     language = metric == "next_token"
     return {"unit_key": unit.key, "k": unit.k, "draw": unit.draw, "deleted": sorted(plan.deleted),
             "order": list(plan.order), "kendall_tau": plan.kendall_tau, "active_blocks": plan.active_blocks,
             "error": result.error, "loss": result.loss, "examples": result.examples, "precision": precision,
             "bn_recalibrated": bn_recalibrated, "seconds": seconds, "test_rule": test_rule, "metric": metric,
-            "perplexity": math.exp(min(result.loss, 700.0)) if language else float("nan")}
+            "perplexity": math.exp(min(result.loss, 700.0)) if language else float("nan"),
+            "kl_from_intact": result.kl, "agreement_with_intact": result.agreement, "entropy": result.entropy}
 
 
 def gradient_row(unit, result, *, seconds: float) -> dict:

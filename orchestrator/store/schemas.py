@@ -8,9 +8,11 @@ import pyarrow.compute as pc
 
 SCHEMA_VERSION = "1"
 # tables whose schema grew since version 1: lesion 2 added test_rule (how an effective-paths run was evaluated),
-# lesion 3 metric and perplexity (language models: error and loss are next-token error and loss)
-TABLE_VERSIONS = {"lesion": "3"}
-# the value a column added later reads as in parts written before it existed
+# lesion 3 metric and perplexity (language models: error and loss are next-token error and loss), lesion 4
+# kl_from_intact, agreement_with_intact and entropy (language models against the intact model; null for images,
+# and in parts written before, which no ADDED_COLUMNS value stands for: they were never measured)
+TABLE_VERSIONS = {"lesion": "4"}
+# the value a column added later reads as in parts written before it existed (null when not named here)
 ADDED_COLUMNS: dict[str, dict[str, object]] = {
     "lesion": {"test_rule": "", "metric": "classification", "perplexity": float("nan")}}
 
@@ -42,6 +44,9 @@ PART_SCHEMAS: dict[str, pa.Schema] = {
         ("error", pa.float64()), ("loss", pa.float64()), ("examples", pa.int64()), ("precision", pa.string()),
         ("bn_recalibrated", pa.bool_()), ("seconds", pa.float64()), ("test_rule", pa.string()),
         ("metric", pa.string()), ("perplexity", pa.float64()),
+        # next_token only: means over the scored positions of KL(intact || plan) in nats, of the plan's argmax
+        # equal to the intact model's, and of the entropy of the plan's next-token distribution in nats
+        ("kl_from_intact", pa.float64()), ("agreement_with_intact", pa.float64()), ("entropy", pa.float64()),
     ]),
     "gradients": pa.schema([
         ("unit_key", pa.string()), ("k", pa.int64()), ("draw", pa.int64()), ("chosen", pa.list_(pa.int64())),
