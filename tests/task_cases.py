@@ -57,7 +57,7 @@ doc_to_text: "{{{{question}}}}"
 doc_to_choice: "{{{{choices}}}}"
 doc_to_target: answer
 metric_list:
-  - metric: acc
+  - {{metric: acc, aggregation: mean, higher_is_better: true}}
 """,
         "tiny_hellaswag": f"""task: tiny_hellaswag
 dataset_path: json
@@ -69,8 +69,8 @@ doc_to_text: "{{{{ctx}}}}"
 doc_to_choice: endings
 doc_to_target: label
 metric_list:
-  - metric: acc
-  - metric: acc_norm
+  - {{metric: acc, aggregation: mean, higher_is_better: true}}
+  - {{metric: acc_norm, aggregation: mean, higher_is_better: true}}
 """,
         "tiny_lambada": f"""task: tiny_lambada
 dataset_path: json
@@ -81,8 +81,8 @@ output_type: loglikelihood
 doc_to_text: "{{{{text.split(' ')[:-1]|join(' ')}}}}"
 doc_to_target: "{{{{' ' + text.split(' ')[-1]}}}}"
 metric_list:
-  - metric: perplexity
-  - metric: acc
+  - {{metric: perplexity, aggregation: perplexity, higher_is_better: false}}
+  - {{metric: acc, aggregation: mean, higher_is_better: true}}
 """,
         "tiny_wikitext": f"""task: tiny_wikitext
 dataset_path: json
@@ -93,9 +93,9 @@ output_type: loglikelihood_rolling
 doc_to_text: ""
 doc_to_target: "{{{{page}}}}"
 metric_list:
-  - metric: word_perplexity
-  - metric: byte_perplexity
-  - metric: bits_per_byte
+  - {{metric: word_perplexity, aggregation: weighted_perplexity, higher_is_better: false}}
+  - {{metric: byte_perplexity, aggregation: weighted_perplexity, higher_is_better: false}}
+  - {{metric: bits_per_byte, aggregation: bits_per_byte, higher_is_better: false}}
 """,
     }
     for name, text in yamls.items():
