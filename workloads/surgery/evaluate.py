@@ -149,9 +149,10 @@ class _TokenLeaves:
         head = self.net.head
         for start in range(0, len(self.y) if self.waiting else 0, self.step):
             end = start + self.step
-            reference = Reference.of(head(self.intact[None, start:end])) if self.intact is not None else None
+            reference = Reference.of(head, self.intact[None, start:end]) if self.intact is not None else None
             for plan, x in self.waiting:
-                self.sums[plan] += slice_sums(head(x[None, start:end]), self.y[start:end], reference)
+                self.sums[plan] += slice_sums(head, x[None, start:end], self.y[start:end], reference)
+            del reference  # before the next slice's is made: two would be four [S, V] tensors
         self.waiting.clear()
 
 
