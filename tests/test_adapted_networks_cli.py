@@ -91,6 +91,7 @@ def test_a_torchvision_vit_on_an_image_folder(ray_session, vit_files, tmp_path):
     for order in _rows(out, "reorder")["order"]:                      # attention moves only among attention
         assert [b % 2 for b in order] == [0, 1, 0, 1]
     assert set(lesion["metric"]) == {"classification"} and lesion["perplexity"].isna().all()
+    assert lesion[["kl_from_intact", "agreement_with_intact", "entropy"]].isna().all().all()   # text only
     assert (out / "figures" / "span_deletion.png").exists() and "Span deletion" in (out / "report.md").read_text()
 
 
@@ -111,6 +112,10 @@ def test_a_gpt2_on_a_text_file(ray_session, gpt2_files, tmp_path):
         logits = AutoModelForCausalLM.from_pretrained(model, local_files_only=True).eval()(data.test_images).logits
     want = torch.nn.functional.cross_entropy(logits.flatten(0, 1), data.test_labels.flatten()).item()
     assert intact["loss"] == pytest.approx(want, rel=1e-4)
+    assert intact["kl_from_intact"] == 0 and intact["agreement_with_intact"] == 1  # every plan against the model
+    lesioned = lesion[lesion["study"] != "intact"]
+    assert (lesioned["kl_from_intact"] > 0).all() and lesioned["agreement_with_intact"].between(0, 1).all()
+    assert (lesion["entropy"] > 0).all()
     assert sorted(_rows(out, "span_deletion")["k"]) == [1, 1, 2]
     report = (out / "report.md").read_text()
     assert "gpt2" in report and (out / "figures" / "f3_single_deletion.png").exists()

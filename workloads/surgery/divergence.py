@@ -6,9 +6,11 @@ accuracy (loss.py's definitions) read from the same log-probabilities, so one so
 A vocabulary of 256k tokens makes a chunk's logits larger than its activations by far, so they are never whole:
 the head runs on slices of ``slice_length(V, budget)`` positions (S x V <= budget logits for V <= budget). What
 one slice holds at its peak is five float32 [S, V] tensors (the intact model's log-probabilities and
-probabilities, the plan's logits, their log-probabilities, and one temporary: the logits' float32 copy under
-bf16, then the KL's, then the entropy's), i.e. at most 20 x max(budget, V) bytes, whatever the chunk, the number
-of plans and the vocabulary.
+probabilities, the plan's logits, log-probabilities and probabilities; then, the logits freed, one product at a
+time), i.e. at most 20 x max(budget, V) bytes, whatever the chunk, the number of plans and the vocabulary.
+Larger slices run the head faster (its weight is read once a slice: on a CPU 64 positions of a 128k vocabulary
+cost 2.3x as much per position as 512), hence a budget of the size a chunk's logits had before slicing
+(a Llama-8B's on a CPU).
 """
 from __future__ import annotations
 
@@ -16,11 +18,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from workloads.surgery.loss import summed_log_probs
 
-# logits per slice: 16 MiB (CPU: S=32 positions at a 128k vocabulary) or 128 MiB (GPU: S=256) a float32 tensor
-LOGIT_BUDGET = {"cpu": 1 << 22, "cuda": 1 << 25}
+# logits per slice: 64 MiB (CPU: S=128 positions at a 128k vocabulary) or 128 MiB (GPU: S=256) a float32 tensor
+LOGIT_BUDGET = {"cpu": 1 << 24, "cuda": 1 << 25}
 # the sums a slice gives, in this order (float64: a count is exact below 2**53)
 SUMS = ("loss", "correct", "kl", "agreement", "entropy")
 
@@ -41,30 +44,38 @@ class Reference:
     log_probs: torch.Tensor   # [S, V] float32
     probs: torch.Tensor       # [S, V] float32
     argmax: torch.Tensor      # [S]
+    plogp: torch.Tensor       # [S] float32: sum_v p_v log p_v, the first term of every plan's KL
 
     @classmethod
-    def of(cls, logits: torch.Tensor) -> "Reference":
-        logits = logits.flatten(0, -2).float()
-        log_probs = F.log_softmax(logits, 1)
-        return cls(log_probs, log_probs.exp(), logits.argmax(1))
+    def of(cls, head: nn.Module, hidden: torch.Tensor) -> "Reference":
+        """From the intact model's final hidden state of the slice."""
+        logits = head(hidden).flatten(0, -2)
+        argmax = logits.argmax(1)
+        logits = logits.float()
+        log_probs, probs = F.log_softmax(logits, 1), F.softmax(logits, 1)
+        del logits
+        return cls(log_probs, probs, argmax, (probs * log_probs).sum(1))
 
 
-def slice_sums(logits: torch.Tensor, labels: torch.Tensor, reference: Reference | None) -> torch.Tensor:
-    """The SUMS of one slice (logits [..., V] and labels of its positions) as a float64 tensor [5] left on the
-    device; kl, agreement and entropy are 0 without a reference (not asked for)."""
-    logits, labels = logits.flatten(0, -2), labels.flatten()
+def slice_sums(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
+               reference: Reference | None) -> torch.Tensor:
+    """The SUMS of one slice of positions (the plan's final hidden state there and the next tokens) as a float64
+    tensor [5] left on the device; kl, agreement and entropy are 0 without a reference (not asked for)."""
+    logits = head(hidden).flatten(0, -2)
+    labels = labels.flatten()
     predictions = logits.argmax(1)
-    log_probs = F.log_softmax(logits.float(), 1)
+    logits = logits.float()  # under bf16 a copy, the bf16 logits freed
+    log_probs = F.log_softmax(logits, 1)
+    probs = F.softmax(logits, 1) if reference is not None else None  # not exp(log_probs): denormals, 4x slower
+    del logits
     loss, correct = summed_log_probs(log_probs, predictions, labels)
     out = torch.zeros(len(SUMS), dtype=torch.float64, device=labels.device)
     out[0], out[1] = loss, correct
     if reference is None:
         return out
-    # KL(p || q) = sum_v p_v (log p_v - log q_v), per position in float32, then summed over positions in float64
-    gap = reference.log_probs - log_probs
-    out[2] = gap.mul_(reference.probs).sum(1).double().sum()
-    del gap
+    # KL(p || q) = sum_v p_v log p_v - sum_v p_v log q_v per position in float32 (exactly 0 where q is p), then
+    # summed over positions in float64; products elementwise, never a matmul a bf16 autocast would round
+    out[2] = (reference.plogp - (reference.probs * log_probs).sum(1)).double().sum()
     out[3] = (predictions == reference.argmax).sum()
-    plogp = log_probs.exp().mul_(log_probs)
-    out[4] = -plogp.sum(1).double().sum()
+    out[4] = -(probs * log_probs).sum(1).double().sum()
     return out

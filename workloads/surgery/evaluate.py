@@ -7,9 +7,9 @@ turns the activation into loss and correct counts for the plans that end there.
 
 Token data (labels [N, T]) is also scored against the intact model (divergence.py): per chunk one forward
 of the intact network to its final hidden state, whatever the number of plans (exactly the intact leaf's
-computation, so the intact plan's KL is 0 and its agreement 1); leaves wait until a chunk's worth of their
-activations is held, then the head runs slice by slice of positions over the intact state and each of them,
-so the intact model's log-probabilities of a slice are computed once for all of them.
+computation, so the intact plan's KL is 0 and its agreement 1); leaves wait, up to the logit budget's worth of
+their activations, then the head runs slice by slice of positions over the intact state and each of them, so
+the intact model's log-probabilities of a slice are computed once for all the leaves waiting.
 """
 from __future__ import annotations
 
@@ -149,9 +149,10 @@ class _TokenLeaves:
         head = self.net.head
         for start in range(0, len(self.y) if self.waiting else 0, self.step):
             end = start + self.step
-            reference = Reference.of(head(self.intact[None, start:end])) if self.intact is not None else None
+            reference = Reference.of(head, self.intact[None, start:end]) if self.intact is not None else None
             for plan, x in self.waiting:
-                self.sums[plan] += slice_sums(head(x[None, start:end]), self.y[start:end], reference)
+                self.sums[plan] += slice_sums(head, x[None, start:end], self.y[start:end], reference)
+            del reference  # before the next slice's is made: two would be four [S, V] tensors
         self.waiting.clear()
 
 
@@ -238,6 +239,9 @@ def evaluate_plans(net: BlockNetwork, plans: Sequence[Plan], images: torch.Tenso
     return results
 
 
+_MEANS = ("loss", "kl", "agreement", "entropy")  # PlanResult's means over examples
+
+
 def evaluate_plans_over(net: BlockNetwork, plans: Sequence[Plan], chunks: Iterable[tuple[torch.Tensor, torch.Tensor]],
                         **options) -> list[PlanResult]:
     """``evaluate_plans`` over a test set that arrives in chunks (a DataLoader over images on
@@ -258,9 +262,6 @@ def evaluate_plans_over(net: BlockNetwork, plans: Sequence[Plan], chunks: Iterab
     return [PlanResult(error=1.0 - c / total, correct=c, examples=total,
                        **{name: None if s[name] is None else s[name] / total for name in _MEANS})
             for c, s in zip(correct, sums)]
-
-
-_MEANS = ("loss", "kl", "agreement", "entropy")  # PlanResult's means over examples
 
 
 def _first_plan_index(root: Node, out: dict[int, int]) -> None:
