@@ -234,6 +234,15 @@ def test_tasks_that_cannot_be_scored_here_are_refused_in_one_line(tmp_path, caps
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_tasks_are_read_offline(tmp_path):
+    import os
+
+    import datasets
+    check_tasks(TaskConfig(names=("tiny_lambada",), include_path=str(write_tasks(tmp_path / "tasks", 2))))
+    assert os.environ["HF_DATASETS_OFFLINE"] == os.environ["HF_HUB_OFFLINE"] == "1"
+    assert datasets.config.HF_HUB_OFFLINE
+
+
 @pytest.mark.slow   # lm-eval indexes its bundled tasks: about 13 s
 def test_bundled_and_unknown_names_are_refused(tmp_path):
     folder = write_tasks(tmp_path / "tasks", documents=2)

@@ -34,7 +34,7 @@ class TaskSummary:
 
 def offline() -> None:
     """No dataset, tokenizer or model from a hub: set before ``datasets`` is imported, and in its config if it
-    already was. lm-eval's logging is kept to warnings and above."""
+    already was. lm-eval's logging is kept to warnings and above, and datasets' progress bars off."""
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     os.environ["HF_HUB_OFFLINE"] = "1"
     if "datasets" in sys.modules:
@@ -42,6 +42,8 @@ def offline() -> None:
         sys.modules["datasets"].config.HF_DATASETS_OFFLINE = True
     for name in ("lm_eval", "datasets", "fsspec"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    import datasets
+    datasets.disable_progress_bars()
 
 
 def _first_line(error: BaseException) -> str:
@@ -107,7 +109,9 @@ def _check_task_config(name: str, cfg: dict) -> str:
             raise TaskError(f"task {name}: data file {missing[0]} not found (relative paths are read from "
                             f"{Path.cwd()})")
         return output_type
-    if path is not None and Path(path).is_dir():
+    if path is None:
+        raise TaskError(f"task {name}: names no dataset_path (nor custom_dataset); {ADVICE}")
+    if Path(path).is_dir():
         return output_type
     raise TaskError(f"task {name}: its dataset {path!r} would come from the Hugging Face hub; {ADVICE}")
 
