@@ -10,8 +10,10 @@ here); when every name is found in the user's ``include_path`` the bundled ones 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
+import io
 import logging
 import os
 import sys
@@ -44,6 +46,15 @@ def offline() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     import datasets
     datasets.disable_progress_bars()
+
+
+@contextlib.contextmanager
+def quiet():
+    """lm-eval's progress bars and prints (a bar per task per plan otherwise) kept off the console; its
+    warnings still go through logging, and errors still raise."""
+    sink = io.StringIO()
+    with contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):
+        yield
 
 
 def _first_line(error: BaseException) -> str:
@@ -150,7 +161,8 @@ def load_tasks(config: TaskConfig) -> dict:
     manager = task_manager(config)
     check_names(config, manager)
     try:
-        loaded = manager.load(list(config.names))
+        with quiet():
+            loaded = manager.load(list(config.names))
     except Exception as e:  # noqa: BLE001 - a task's own code raises anything; one line naming the tasks
         raise TaskError(f"task {', '.join(config.names)}: lm-eval could not load it: {_first_line(e)}") from None
     for task in loaded["tasks"].values():
