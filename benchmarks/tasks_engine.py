@@ -12,7 +12,8 @@ The model is GPT-2-small-shaped (12 layers, width 768, 12 heads, vocabulary 5025
 HellaSwag-shaped (``--task hellaswag``: four multi-token endings per context) or MMLU-shaped (``--task mmlu``:
 four one-token answers) in the words of a word-level tokenizer trained here, written as local JSON files.
 Configurations: the intact model, every single layer deleted and every span of 2..``--max-span`` layers.
-Prints each way's wall time and configurations per hour, and a last line ``ratio=X`` (field wall / unravel wall).
+Prints each way's wall time and configurations per hour, unravel's peak memory (resident set, above the start),
+and a last line ``ratio=X`` (field wall / unravel wall). ``--vocabulary 128256`` gives the model Llama 3's.
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ from workloads.runtime import reexec_with_tuned_allocator  # noqa: E402
 reexec_with_tuned_allocator()
 
 import torch  # noqa: E402
+
+from benchmarks.memory import PeakMemory  # noqa: E402
 
 WORDS = [f"w{i}" for i in range(200)]
 
@@ -86,6 +89,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-span", type=int, default=1, help="configurations: spans of 1..this many layers, and intact")
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=16, help="HFLM's batch size (the field's way)")
+    p.add_argument("--vocabulary", type=int, default=50257, help="the model's vocabulary (Llama 3: 128256)")
     args = p.parse_args(argv)
 
     from lm_eval.evaluator import simple_evaluate  # both ways start with lm-eval imported
@@ -102,23 +106,24 @@ def main(argv=None) -> int:
     tokenizer = word_tokenizer(root / "tokenizer")
     name = write_task(root, args.task, args.documents, args.context_words)
     config = TaskConfig(names=(name,), include_path=str(root), bootstrap_iters=0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=args.layers, n_embd=768, n_head=12, vocab_size=50257,
+    model = GPT2LMHeadModel(GPT2Config(n_layer=args.layers, n_embd=768, n_head=12, vocab_size=args.vocabulary,
                                        bos_token_id=1, eos_token_id=1)).eval()
     spans = [(start, length) for length in range(1, args.max_span + 1) for start in range(args.layers - length + 1)]
-    print(f"GPT-2-small shape ({args.layers} layers, width 768, vocabulary 50257, random weights) on the CPU "
+    print(f"GPT-2-small shape ({args.layers} layers, width 768, vocabulary {args.vocabulary}, random weights) on the CPU "
           f"({torch.get_num_threads()} threads), fp32; task {args.task}-shaped, {args.documents} documents; "
           f"{len(spans) + 1} configurations (intact and spans of 1..{args.max_span} layers)")
 
     t = time.perf_counter()
-    net = from_causal_lm(model)
-    infos = net.block_infos()
-    plans = [intact(infos)] + [delete_span(infos, start, length) for start, length in spans]
-    (requests,) = task_requests(config, tokenizer, context_length(model.config, tokenizer))
-    ours = score_tasks(net, plans, requests, config, device="cpu", precision="fp32")
+    with PeakMemory(torch.device("cpu")) as memory:   # first, from a clean heap (the field's would reuse it)
+        net = from_causal_lm(model)
+        infos = net.block_infos()
+        plans = [intact(infos)] + [delete_span(infos, start, length) for start, length in spans]
+        (requests,) = task_requests(config, tokenizer, context_length(model.config, tokenizer))
+        ours = score_tasks(net, plans, requests, config, device="cpu", precision="fp32")
     unravel_wall = time.perf_counter() - t
     print(f"unravel: {requests.requests} requests, {len(requests.rows)} distinct rows, {requests.tokens} tokens "
           f"per configuration; {unravel_wall:.1f} s, {len(plans) * 3600 / unravel_wall:.0f} configurations/h, "
-          f"{len(plans) * requests.tokens / unravel_wall:.0f} tokens/s")
+          f"{len(plans) * requests.tokens / unravel_wall:.0f} tokens/s, peak memory +{memory.peak_mb:.0f} MB")
 
     manager = task_manager(config)
     theirs = []
