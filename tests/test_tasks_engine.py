@@ -234,6 +234,15 @@ def test_tasks_that_cannot_be_scored_here_are_refused_in_one_line(tmp_path, caps
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_tasks_are_read_offline(tmp_path):
+    import os
+
+    import datasets
+    check_tasks(TaskConfig(names=("tiny_lambada",), include_path=str(write_tasks(tmp_path / "tasks", 2))))
+    assert os.environ["HF_DATASETS_OFFLINE"] == os.environ["HF_HUB_OFFLINE"] == "1"
+    assert datasets.config.HF_HUB_OFFLINE
+
+
 @pytest.mark.slow   # lm-eval indexes its bundled tasks: about 13 s
 def test_bundled_and_unknown_names_are_refused(tmp_path):
     folder = write_tasks(tmp_path / "tasks", documents=2)
@@ -268,3 +277,17 @@ def test_check_tasks_counts_documents_under_the_limit(tmp_path):
     assert [(s.name, s.output_type, s.documents) for s in summaries] == [
         ("tiny_mmlu", "multiple_choice", 4), ("tiny_hellaswag", "multiple_choice", 4),
         ("tiny_lambada", "loglikelihood", 4), ("tiny_wikitext", "loglikelihood_rolling", 3)]
+
+
+@pytest.mark.slow   # a fresh interpreter
+def test_importing_the_tasks_package_loads_no_lm_eval():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = str(Path(__file__).resolve().parents[1])
+    code = ("import sys, workloads.tasks, workloads.surgery; "
+            "print(sorted(m for m in ('lm_eval', 'datasets', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root,
+                         env={**os.environ, "PYTHONPATH": root}, timeout=300)
+    assert out.stdout.strip() == "[]"

@@ -84,9 +84,8 @@ def _chunks(rows: Sequence[Sequence[int]], continuations: Sequence[Continuation]
                 positions += range(first, len(row))
                 targets += tokens
                 owner += [c] * len(tokens)
-        as_tensor = lambda v: torch.as_tensor(v, dtype=torch.long, device=device)  # noqa: E731
-        chunks.append(_Chunk(ids.to(device), as_tensor(rows_), as_tensor(positions), as_tensor(targets),
-                             as_tensor(owner)))
+        chunks.append(_Chunk(ids.to(device), *(torch.as_tensor(v, dtype=torch.long, device=device)
+                                               for v in (rows_, positions, targets, owner))))
         start = stop
     return chunks
 

@@ -10,8 +10,10 @@ here); when every name is found in the user's ``include_path`` the bundled ones 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
+import io
 import logging
 import os
 import sys
@@ -34,7 +36,7 @@ class TaskSummary:
 
 def offline() -> None:
     """No dataset, tokenizer or model from a hub: set before ``datasets`` is imported, and in its config if it
-    already was. lm-eval's logging is kept to warnings and above."""
+    already was. lm-eval's logging is kept to warnings and above, and datasets' progress bars off."""
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     os.environ["HF_HUB_OFFLINE"] = "1"
     if "datasets" in sys.modules:
@@ -42,6 +44,17 @@ def offline() -> None:
         sys.modules["datasets"].config.HF_DATASETS_OFFLINE = True
     for name in ("lm_eval", "datasets", "fsspec"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    import datasets
+    datasets.disable_progress_bars()
+
+
+@contextlib.contextmanager
+def quiet():
+    """lm-eval's progress bars and prints (a bar per task per plan otherwise) kept off the console; its
+    warnings still go through logging, and errors still raise."""
+    sink = io.StringIO()
+    with contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):
+        yield
 
 
 def _first_line(error: BaseException) -> str:
@@ -107,7 +120,9 @@ def _check_task_config(name: str, cfg: dict) -> str:
             raise TaskError(f"task {name}: data file {missing[0]} not found (relative paths are read from "
                             f"{Path.cwd()})")
         return output_type
-    if path is not None and Path(path).is_dir():
+    if path is None:
+        raise TaskError(f"task {name}: names no dataset_path (nor custom_dataset); {ADVICE}")
+    if Path(path).is_dir():
         return output_type
     raise TaskError(f"task {name}: its dataset {path!r} would come from the Hugging Face hub; {ADVICE}")
 
@@ -146,7 +161,8 @@ def load_tasks(config: TaskConfig) -> dict:
     manager = task_manager(config)
     check_names(config, manager)
     try:
-        loaded = manager.load(list(config.names))
+        with quiet():
+            loaded = manager.load(list(config.names))
     except Exception as e:  # noqa: BLE001 - a task's own code raises anything; one line naming the tasks
         raise TaskError(f"task {', '.join(config.names)}: lm-eval could not load it: {_first_line(e)}") from None
     for task in loaded["tasks"].values():

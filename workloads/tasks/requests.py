@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from workloads.surgery.likelihood import Continuation
 from workloads.tasks.config import TaskConfig, TaskError
-from workloads.tasks.loading import documents, load_tasks
+from workloads.tasks.loading import documents, load_tasks, quiet
 
 # what simple_evaluate hands evaluate() and evaluate() hands build_all_requests, so the requests built here are
 # the ones lm-eval builds when it scores
@@ -77,7 +77,8 @@ def build_instances(task, config: TaskConfig) -> list:
     """lm-eval's Instances of the task under ``config``, built as ``evaluate`` builds them (the fewshot sampler
     reseeded first, so every build draws the same examples)."""
     task.set_fewshot_seed(seed=config.fewshot_seed)
-    task.build_all_requests(limit=config.limit, **BUILD_OPTIONS)
+    with quiet():
+        task.build_all_requests(limit=config.limit, **BUILD_OPTIONS)
     return task.instances
 
 

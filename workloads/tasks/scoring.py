@@ -16,6 +16,7 @@ from workloads.models.blocks import BlockNetwork
 from workloads.surgery.likelihood import continuation_loglikelihoods
 from workloads.surgery.plan import Plan
 from workloads.tasks.config import TaskConfig, TaskError
+from workloads.tasks.loading import quiet
 from workloads.tasks.requests import BUILD_OPTIONS, TaskRequests
 
 
@@ -122,10 +123,11 @@ def score_tasks(net: BlockNetwork, plans: Sequence[Plan], requests: TaskRequests
             else:
                 answers[key] = (loglikelihood[p][conts[0]], greedy[p][conts[0]])
         task.set_fewshot_seed(seed=config.fewshot_seed)   # the same fewshot draws as task_requests
-        results = evaluate(lm=_answers_class()(answers), task_dict={"tasks": {requests.task: task}},
-                           limit=config.limit, bootstrap_iters=config.bootstrap_iters, log_samples=True,
-                           cache_requests=BUILD_OPTIONS["cache_requests"],
-                           fewshot_as_multiturn=BUILD_OPTIONS["fewshot_as_multiturn"])
+        with quiet():
+            results = evaluate(lm=_answers_class()(answers), task_dict={"tasks": {requests.task: task}},
+                               limit=config.limit, bootstrap_iters=config.bootstrap_iters, log_samples=True,
+                               cache_requests=BUILD_OPTIONS["cache_requests"],
+                               fewshot_as_multiturn=BUILD_OPTIONS["fewshot_as_multiturn"])
         out.append(TaskScores(_metrics(results["results"][requests.task]),
                               _samples(task, requests.output_type, results["samples"][requests.task]),
                               requests.documents, requests.num_fewshot))
