@@ -32,7 +32,8 @@ def check_inputs(spec: ExperimentSpec) -> None:
                                f"{title} files there, or set data.download: true on a machine with internet")
     if d.text:
         _check_models(spec)
-        return _check_corpus(spec)
+        _check_corpus(spec)
+        return _check_tasks(spec)
     if d.streamed:
         classes = class_folders(root / "val")
         if not classes:
@@ -105,6 +106,20 @@ def _check_corpus(spec: ExperimentSpec) -> None:
                 _fail("data.tokenizer", f"{folder} does not have the vocabulary of models[{i}]'s own tokenizer "
                                         f"({own}): {difference}; leave data.tokenizer out to score each model "
                                         f"with its own")
+
+
+def _check_tasks(spec: ExperimentSpec) -> None:
+    """A tasks study's tasks exist, read local files only, and ask for loglikelihoods (``workloads.tasks.check_tasks``,
+    offline): an unknown task, one that would reach a hub, a generation task or a task YAML that does not parse is
+    refused in one line here, before Ray starts."""
+    study = spec.studies.study("tasks")
+    if study is None:
+        return
+    from workloads.tasks import TaskError, check_tasks
+    try:
+        check_tasks(study.tasks())
+    except TaskError as e:
+        _fail("studies.tasks", str(e))
 
 
 def _check_models(spec: ExperimentSpec) -> None:
