@@ -425,7 +425,7 @@ def plan(spec: str, address: str | None, nodes: tuple[str, ...], fmt: str, rates
                    "ATTACH, extensions. By default it sees only OUT's tables.")
 def query(out, sql: str, fmt: str, allow_external: bool) -> None:
     """Run SQL (DuckDB) over the tables in OUT, one view each: runs, epochs, training_errors,
-    lesion, gradients, gates, errors (a table OUT has no rows of is an empty view).
+    lesion, gradients, gates, tasks, task_samples, errors (a table OUT has no rows of is an empty view).
 
     Example: unravel query results/digits "select run_id, k, avg(error) from lesion
     where study = 'random_deletion' group by all order by all"

@@ -205,8 +205,13 @@ def _tasks(section: Tasks, chosen: list[Trial], data: Data, studies: set[str]) -
             if p != "intact" and p not in studies:
                 _fail(f"studies.tasks.plans[{i}]", f"the spec has no study {p} (add studies.{p}: or leave {p} out)")
         plans = tuple(section.plans)
-    return StudySpec("tasks", tuple(t.run_id for t in chosen), plans=plans,
-                     task_config=section.task_config().to_json())
+    config = section.task_config()
+    if config.include_path is not None:   # the user's task YAMLs, as every node must find them
+        if is_uri(config.include_path):
+            _fail("studies.tasks.include_path", "task YAMLs are read from a local folder on every node, not from a "
+                                                "URI; copy them to the nodes (or a shared disk) and name that path")
+        config = dataclasses.replace(config, include_path=_local(config.include_path))
+    return StudySpec("tasks", tuple(t.run_id for t in chosen), plans=plans, task_config=config.to_json())
 
 
 def _gated(chosen: list[Trial], named: list[str] | None, where: str) -> list[Trial]:

@@ -17,7 +17,7 @@ import ray
 from tqdm import tqdm
 
 from orchestrator.run import interrupts
-from orchestrator import store
+from orchestrator import faults, store
 from orchestrator.run.evaluator import StartFailure, evaluator_actor
 from orchestrator.experiment.resolved import ExperimentSpec
 from orchestrator.experiment.units import Batch, Unit, batches, expand
@@ -150,6 +150,8 @@ class _Dispatcher:
     def write(self, batch: Batch, rows: dict[str, list[dict]], errors: list[dict]) -> None:
         """A batch's files, one per table it writes, its resume table's last (``Batch.tables``)."""
         for table in batch.tables:
+            if table != batch.tables[0]:
+                faults.kill_point("kill_between_tables")   # a batch half written: its resume table's file not yet
             if rows.get(table):
                 store.write_part(self.out, table, batch.study, batch.run_id, batch.key, rows[table])
         if errors:
