@@ -4,7 +4,8 @@ The trials and their iterations, the units of each study (``units.unit_groups``:
 counted without making them), what each worker asks of a node, how many fit on the nodes at once (``nodes``),
 and device time from rates (``rates``: given, or measured here when asked, ``calibration``). It reads the spec
 and, with an address, the cluster's list of nodes; it writes nothing, and needs none of the files the spec
-names: a plan is about counts and resources. It answers in seconds: without rates that fit the spec's devices
+names: a plan is about counts and resources (a tasks study's tokens are counted where the models' tokenizers
+are here, lm-eval reading the tasks offline). It answers in seconds: without rates that fit the spec's devices
 it says the device time is unknown rather than print another device's. ``table`` prints it.
 """
 from __future__ import annotations
@@ -198,6 +199,9 @@ def _notes(spec: ExperimentSpec, nodes: list[Node], where: str, t_fit: int, e_fi
         files.append("models' checkpoints")
     if files:
         notes.append(f"files not checked: a plan needs only the spec ({' and '.join(files)} not read)")
+    if spec.studies.study("tasks"):
+        notes.append("tasks: their tokens are counted with each model's tokenizer, lm-eval reading the tasks offline; "
+                     "their units are not timed (a rate given for the tasks study is used)")
     for index, label, folder in spec.absent_models:
         # its layers and positions are in that folder: the studies' sizes and the sequence length go unchecked
         notes.append(f"models[{index}] ({label}): {folder} is not here, so its layers, vocabulary and units are "

@@ -76,9 +76,11 @@ PART_SCHEMAS: dict[str, pa.Schema] = {
 
 # every table an experiment can have, as `unravel query` names its views
 TABLES = (*SCHEMAS, *PART_SCHEMAS)
-# the tables of study results: their unit keys are the resume index (a tasks unit is written once its tasks rows
-# are: its task_samples part, written first, is a batch's first half)
-STUDY_TABLES = tuple(t for t in PART_SCHEMAS if t not in ("errors", "task_samples"))
+# the tables of study results, partitioned by study and run
+STUDY_TABLES = tuple(t for t in PART_SCHEMAS if t != "errors")
+# those whose unit keys are the resume index: a tasks unit is written once its tasks rows are (its task_samples
+# part, written first, is the first half of its batch)
+RESUME_TABLES = tuple(t for t in STUDY_TABLES if t != "task_samples")
 
 _HIVE = pa.schema([("study", pa.string()), ("run_id", pa.string())])
 
