@@ -243,6 +243,39 @@ def test_a_tokenizer_that_is_not_the_models_is_one_line_before_ray(llama_folder,
     assert output.startswith("Error: data.tokenizer:") and "vocabulary" in output, output
 
 
+# -- the evaluator: a task's batches, its requests built once -----------------------------------------
+
+@pytest.mark.slow   # lm-eval loads its task index
+def test_the_evaluator_scores_a_tasks_batch_into_both_tables_building_its_requests_once(llama_folder, tmp_path):
+    import io
+
+    import torch
+
+    from orchestrator.run.evaluator import Evaluator
+    from workloads.models.adapters import adapt
+    from workloads.models.adapters.hf_loading import load_causal_lm
+    from workloads.models.checkpoint import checkpoint_of
+    model, corpus, tasks = llama_folder
+    spec = parse_spec(yaml.safe_load(_cli_spec(tmp_path, model, corpus, {"names": [CHOICE_TASK],
+                                                                        "include_path": str(tasks)}).read_text()))
+    original = load_causal_lm(model)
+    blob = io.BytesIO()
+    torch.save(checkpoint_of(spec.runs[0].net_config, adapt(original), original), blob)
+    evaluator = Evaluator(spec.data, spec.studies)
+    work = [b for b in batches(expand(spec), 3) if b.study == "tasks"]
+    built = []
+    for batch in work:
+        tables, errors = evaluator.run(batch, blob.getvalue())
+        assert not errors and sorted(tables) == ["task_samples", "tasks"]
+        scores, samples = (pd.DataFrame(tables[t]) for t in ("tasks", "task_samples"))
+        assert set(scores["unit_key"]) == set(samples["unit_key"]) == {u.key for u in batch.units}
+        assert (samples.groupby("unit_key").size() == 4).all()          # every document of the task, per plan
+        accuracy = scores[scores["metric"] == "acc"].set_index("unit_key")["value"]
+        assert accuracy.to_dict() == pytest.approx(samples.groupby("unit_key")["correct"].mean().to_dict())
+        built.append(next(iter(evaluator.task_requests.values())))
+    assert len(evaluator.task_requests) == 1 and all(b is built[0] for b in built)   # built once, kept
+
+
 # -- one sweep through the CLI, killed and rerun ------------------------------------------------------
 
 @pytest.mark.slow

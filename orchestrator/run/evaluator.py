@@ -198,7 +198,6 @@ class Evaluator:
         seconds = (time.perf_counter() - started) / len(stats)  # each row its share: the rows sum to the unit's time
         return [store.gate_row(unit, s, seconds=seconds) for s in stats], []
 
-
     def _requests(self, run_id: str, task: str, max_length: int) -> list:
         """The task's requests as the run's tokenizer cuts them (``workloads.tasks.task_requests``, one per task
         the name holds), built once per (tokenizer, task) and kept: every batch of the task reuses them."""
@@ -207,9 +206,12 @@ class Evaluator:
         folder = self.data_spec.tokenizer_of(run_id)
         key = (folder, task, max_length)
         if key not in self.task_requests:
-            config = dataclasses.replace(self.tasks, names=(task,))
-            self.task_requests[key] = task_requests(config, load_tokenizer(folder), max_length)
+            self.task_requests[key] = task_requests(self._task_config(task), load_tokenizer(folder), max_length)
         return self.task_requests[key]
+
+    def _task_config(self, task: str):
+        """The tasks study's settings for one of its tasks."""
+        return dataclasses.replace(self.tasks, names=(task,))
 
     def _tasks(self, net, batch: Batch, started: float):
         """One task on the batch's plans in one engine pass: rows for task_samples and tasks, the unit's rows in
@@ -221,7 +223,8 @@ class Evaluator:
         scores, samples = [], []
         try:
             for requests in self._requests(batch.run_id, batch.task, self.positions[batch.run_id]):
-                results = score_tasks(net, plans, requests, self.tasks, device=self.device, precision=self.precision)
+                results = score_tasks(net, plans, requests, self._task_config(batch.task), device=self.device,
+                                      precision=self.precision)
                 seconds = (time.perf_counter() - started) / len(plans)
                 for u, p, r in zip(units, plans, results):
                     scores += store.task_rows(u, p, r, requests.task, precision=self.precision, seconds=seconds)
