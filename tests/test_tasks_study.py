@@ -25,9 +25,29 @@ from orchestrator.planning.rates import GivenRates
 from orchestrator.planning.table import render
 from orchestrator.store import query
 from orchestrator.store.current import status
-from task_cases import CHOICE_TASK, save_llama, write_choice_task
+LAYERS = 3          # six units: attention and MLP of each layer
+CHOICE_TASK = "tiny_mmlu"   # task_cases' task of MMLU's shape: four one-word choices
 
-LAYERS = 3   # six units: attention and MLP of each layer
+
+def save_llama(folder: Path, layers: int = 2, positions: int = 64, seed: int = 0) -> Path:
+    """A Llama of ``layers`` layers with random weights and the word tokenizer, saved as save_pretrained does."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from language_cases import VOCAB
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=positions,
+                         initializer_range=0.2, bos_token_id=1, eos_token_id=1)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    save_word_tokenizer(folder)
+    return Path(folder)
+
+
+def write_tasks(folder: Path, documents: int = 4) -> Path:
+    """task_cases' local tasks (lm-eval task YAMLs and their JSON-lines documents) in ``folder``."""
+    from task_cases import write_tasks
+    return write_tasks(folder, documents=documents)
 
 
 def llama_spec(folder: Path, tasks: dict | None = None, **studies) -> dict:
@@ -65,7 +85,7 @@ def test_a_tasks_study_scores_intact_and_the_specs_deletion_studies_by_default(t
     ({"names": ["a"], "plans": ["intact", "reorder"]},
      "studies.tasks.plans[1]: the spec has no study reorder (add studies.reorder: or leave reorder out)"),
     ({"names": ["a", "a"]}, "studies.tasks.names: has repeated tasks ['a', 'a']"),
-    ({"names": []}, "studies.tasks.names: must list at least one task"),
+    ({"names": []}, "studies.tasks.names: must hold at least 1 item"),
     ({"names": ["a"], "runs": ["nope"]}, "studies.tasks.runs[0]: no training run is labelled 'nope'"),
     ({"names": ["a"], "include_path": "s3://bucket/tasks"}, "studies.tasks.include_path: task YAMLs are read from a "
                                                             "local folder on every node"),
@@ -171,7 +191,7 @@ def test_status_counts_tasks_units_by_the_tasks_table(tmp_path):
 def test_the_plan_counts_task_units_and_their_tokens(tmp_path):
     from workloads.data.text import load_tokenizer
     from workloads.tasks import task_requests
-    tasks = write_choice_task(tmp_path / "tasks")
+    tasks = write_tasks(tmp_path / "tasks")
     raw = llama_spec(tmp_path, {"names": [CHOICE_TASK], "include_path": str(tasks)})
     blind = make_plan(parse_spec(raw), [Node(2, 0)], "test", GivenRates())
     (row,) = blind["studies"]["tasks"]
@@ -195,7 +215,7 @@ def test_the_plan_counts_task_units_and_their_tokens(tmp_path):
 def llama_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("llama")
     model = save_llama(folder / "model", layers=2)
-    return model, write_corpus(folder / "corpus.txt", words=200), write_choice_task(folder / "tasks", documents=4)
+    return model, write_corpus(folder / "corpus.txt", words=200), write_tasks(folder / "tasks")
 
 
 def _cli_spec(tmp_path, model, corpus, tasks: dict, **data) -> Path:
@@ -222,15 +242,25 @@ def _refused(tmp_path, monkeypatch, path: Path) -> str:
     return output
 
 
-@pytest.mark.parametrize("names, words", [(["no_such_task"], ["studies.tasks", "no_such_task"]),
-                                          (["broken"], ["studies.tasks", "broken"])])
-def test_a_task_lm_eval_cannot_score_is_one_line_before_ray(llama_folder, tmp_path, monkeypatch, names, words):
+@pytest.mark.parametrize("name, task, words", [
+    ("no_such_task", "", ["studies.tasks", "no_such_task"]),
+    ("broken", "task: broken\ndataset_path: json\n  output_type: [unclosed\n", ["studies.tasks", "broken.yaml",
+                                                                                "does not parse"]),
+    ("hub", "task: hub\ndataset_path: some-org/some-dataset\noutput_type: multiple_choice\ntest_split: test\n"
+            "doc_to_text: q\ndoc_to_choice: c\ndoc_to_target: a\n", ["studies.tasks", "hub"]),
+    ("writes", "task: writes\ndataset_path: json\ndataset_kwargs: {data_files: {test: DOCS}}\ntest_split: test\n"
+               "output_type: generate_until\ndoc_to_text: question\ndoc_to_target: answer\n",
+     ["studies.tasks", "writes", "generate_until"]),
+])
+def test_a_task_lm_eval_cannot_score_is_one_line_before_ray(llama_folder, tmp_path, monkeypatch, name, task, words):
     model, corpus, tasks = llama_folder
     folder = tmp_path / "mine"
     folder.mkdir()
-    (folder / "broken.yaml").write_text("task: broken\ndataset_path: json\n  output_type: [unclosed\n")
+    if task:
+        (folder / "docs.jsonl").write_text('{"question": "w1 w2", "answer": "w3"}\n')
+        (folder / f"{name}.yaml").write_text(task.replace("DOCS", str(folder / "docs.jsonl")))
     output = _refused(tmp_path, monkeypatch, _cli_spec(tmp_path, model, corpus,
-                                                       {"names": names, "include_path": str(folder)}))
+                                                       {"names": [name], "include_path": str(folder)}))
     assert all(w in output for w in words), output
 
 
@@ -306,7 +336,7 @@ def test_a_tasks_sweep_killed_between_a_batchs_two_files_and_rerun_is_exactly_on
                                        "csv"])
     assert answer.exit_code == 0 and answer.output.splitlines()[1:] == [
         "intact,1,4", "single_deletion,4,16", "span_deletion,3,12"], answer.output
-    metrics = CliRunner().invoke(main, ["query", str(out), "select count(*) from tasks where task = 'tiny_choice' "
+    metrics = CliRunner().invoke(main, ["query", str(out), f"select count(*) from tasks where task = '{CHOICE_TASK}' "
                                         "and metric = 'acc' and value between 0 and 1", "--format", "csv"])
     assert metrics.output.splitlines()[1:] == [str(len(wanted))], metrics.output
     figures = CliRunner().invoke(main, ["figures", str(out)])

@@ -268,9 +268,7 @@ class Tasks(_partial(TaskConfig, set(), "TaskFields", SingleDeletion)):
                      AfterValidator(_distinct_plans), Field(json_schema_extra={"uniqueItems": True})] | None = None
 
     @model_validator(mode="after")
-    def _some_task(self) -> "Tasks":
-        if not self.names:
-            raise rule("names", "must list at least one task")
+    def _distinct_tasks(self) -> "Tasks":
         if len(set(self.names)) != len(self.names):
             raise rule("names", f"has repeated tasks {list(self.names)}")
         return self

@@ -160,16 +160,18 @@ def _task_tokens(spec: ExperimentSpec, units: list[UnitGroup]) -> list[dict]:
 def _requests_of(spec: ExperimentSpec, trial: Trial, task: str) -> list | None:
     """The task's requests for a run's model, None when its tokenizer is not here."""
     import dataclasses
-    import json
 
     from workloads.data.text import holds_tokenizer, load_tokenizer
-    from workloads.models.adapters.hf_loading import max_sequence_length
-    from workloads.tasks import task_requests
+    from workloads.tasks import context_length, task_requests
+
+    from orchestrator.experiment.networks import language_model_config
     folder = spec.data.tokenizer_of(trial.run_id)
     if not folder or not holds_tokenizer(folder):
         return None
     config = dataclasses.replace(spec.studies.study("tasks").tasks(), names=(task,))
-    return task_requests(config, load_tokenizer(folder), max_sequence_length(json.loads(trial.net_config.hf_config)))
+    tokenizer = load_tokenizer(folder)
+    return task_requests(config, tokenizer, context_length(language_model_config(trial.net_config.hf_config),
+                                                           tokenizer))
 
 
 METHOD = ("iterations / (iterations/s) for each trial, units / (units/s) for each study, on the device each rate "

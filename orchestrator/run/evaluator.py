@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import time
 import traceback
@@ -26,7 +25,6 @@ import torch
 
 from workloads.data import load_dataset
 from workloads.models import NetConfig, load_checkpoint
-from workloads.models.adapters.hf_loading import max_sequence_length
 from workloads.runtime import set_threads
 from workloads.surgery import draw_batch, evaluate_plans_over, gate_statistics, gradient_norms
 from workloads.surgery.evaluate import default_precision
@@ -35,6 +33,7 @@ from workloads.train.inference_rules import apply_test_rule
 from orchestrator import store
 from orchestrator.run.data_cache import local_root
 from orchestrator.experiment.document import Resources
+from orchestrator.experiment.networks import language_model_config
 from orchestrator.experiment.resolved import Data, Studies
 from orchestrator.experiment.units import Batch, Unit, plan_for
 
@@ -83,8 +82,8 @@ class Evaluator:
         self.gradient_batch_size = gradients.batch_size if gradients else 0
         tasks = studies.study("tasks")
         self.tasks = tasks.tasks() if tasks else None
-        self.task_requests: dict[tuple[str, str, int], list] = {}   # (tokenizer, task, max length) -> requests
-        self.positions: dict[str, int] = {}   # language models: run id -> the positions the model takes
+        self.task_requests: dict[tuple[str, str, str], list] = {}   # (tokenizer, model config, task) -> requests
+        self.model_configs: dict[str, str] = {}   # language models: run id -> its config.json
 
     def _use_data_of(self, run_id: str | None) -> None:
         """The run's test set as self.data and self.test, loaded once: images are one dataset; a text is cut by
@@ -121,8 +120,8 @@ class Evaluator:
         net, saved = load_checkpoint(blob, f"checkpoint of {batch.run_id}")
         net.to(self.device)
         config = NetConfig.from_json(saved["net_config"])
-        if config.arch == "hf":   # a language model: the positions it takes bound a task's requests
-            self.positions[batch.run_id] = max_sequence_length(json.loads(config.hf_config))
+        if config.arch == "hf":   # a language model: its config bounds the tokens a task's request may hold
+            self.model_configs[batch.run_id] = config.hf_config
         if batch.test_rule:
             calibration = self.calibration_images if batch.test_rule == "recalibrated" else None
             net = apply_test_rule(net, batch.test_rule, batch.train_active, calibration).eval()
@@ -198,15 +197,18 @@ class Evaluator:
         seconds = (time.perf_counter() - started) / len(stats)  # each row its share: the rows sum to the unit's time
         return [store.gate_row(unit, s, seconds=seconds) for s in stats], []
 
-    def _requests(self, run_id: str, task: str, max_length: int) -> list:
-        """The task's requests as the run's tokenizer cuts them (``workloads.tasks.task_requests``, one per task
-        the name holds), built once per (tokenizer, task) and kept: every batch of the task reuses them."""
+    def _requests(self, run_id: str, task: str) -> list:
+        """The task's requests as the run's tokenizer cuts them for its model (``workloads.tasks.task_requests``,
+        one per task the name holds), built once per (tokenizer, model config, task) and kept: every batch of the
+        task reuses them."""
         from workloads.data.text import load_tokenizer
-        from workloads.tasks import task_requests
+        from workloads.tasks import context_length, task_requests
         folder = self.data_spec.tokenizer_of(run_id)
-        key = (folder, task, max_length)
+        key = (folder, self.model_configs[run_id], task)
         if key not in self.task_requests:
-            self.task_requests[key] = task_requests(self._task_config(task), load_tokenizer(folder), max_length)
+            tokenizer = load_tokenizer(folder)
+            length = context_length(language_model_config(self.model_configs[run_id]), tokenizer)
+            self.task_requests[key] = task_requests(self._task_config(task), tokenizer, length)
         return self.task_requests[key]
 
     def _task_config(self, task: str):
@@ -222,7 +224,7 @@ class Evaluator:
             return {}, errors
         scores, samples = [], []
         try:
-            for requests in self._requests(batch.run_id, batch.task, self.positions[batch.run_id]):
+            for requests in self._requests(batch.run_id, batch.task):
                 results = score_tasks(net, plans, requests, self._task_config(batch.task), device=self.device,
                                       precision=self.precision)
                 seconds = (time.perf_counter() - started) / len(plans)

@@ -115,11 +115,27 @@ def _check_tasks(spec: ExperimentSpec) -> None:
     study = spec.studies.study("tasks")
     if study is None:
         return
-    from workloads.tasks import TaskError, check_tasks
+    from workloads.data.text import TextDataError, holds_tokenizer, load_tokenizer
+    from workloads.tasks import TaskError, check_tasks, check_tokenizer
+
+    from orchestrator.experiment.networks import language_model_config
     try:
         check_tasks(study.tasks())
     except TaskError as e:
         _fail("studies.tasks", str(e))
+    d = spec.data
+    for i, m in enumerate(spec.models):   # the tokenizer that cuts a run's requests must be its model's
+        if m.run_id not in study.runs:
+            continue
+        folder, own = d.tokenizer_of(m.run_id), Path(m.checkpoint).expanduser().resolve()
+        try:
+            theirs = load_tokenizer(own) if str(own) != folder and holds_tokenizer(own) else None
+        except TextDataError:   # its own cannot be read: the one named replaces it
+            theirs = None
+        try:
+            check_tokenizer(load_tokenizer(folder), language_model_config(m.net_config.hf_config), theirs)
+        except TaskError as e:
+            _fail("data.tokenizer" if d.tokenizer else f"models[{i}].checkpoint", f"{e} (models[{i}], {m.label})")
 
 
 def _check_models(spec: ExperimentSpec) -> None:
