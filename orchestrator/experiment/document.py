@@ -274,6 +274,7 @@ class Tasks(_partial(TaskConfig, set(), "TaskFields", SingleDeletion)):
         return self
 
     def task_config(self) -> TaskConfig:
+        """The section less its plans and runs: what lm-eval is asked."""
         return TaskConfig(**{n: getattr(self, n) for n in TaskConfig.__pydantic_fields__})
 
 

@@ -2,10 +2,11 @@
 
 A unit is one plan (a lesion, a span of deleted layers or a reordering, evaluated on the
 test set), one gradient draw, one run's gates (all its gated blocks, read in one pass over
-the test set), or one plan of another study scored on one lm-evaluation-harness task (a tasks unit). Its key hashes the run, the study, k, the draw and the engine version, so the
-same spec always yields the same keys: the resume index is the set of keys already written,
-and a batch's file is named after its units, so a batch redone after a crash overwrites
-its own file instead of adding rows.
+the test set), or one plan of another study scored on one lm-evaluation-harness task (a tasks
+unit, its key hashing the plan's study and the task too). Its key hashes the run, the study, k,
+the draw and the engine version, so the same spec always yields the same keys: the resume index
+is the set of keys already written, and a batch's file is named after its units, so a batch
+redone after a crash overwrites its own file instead of adding rows.
 
 A run trained on effective paths is evaluated under a test-time rule (workloads.train.inference_rules),
 part of its units' keys: one intact unit per rule it lists, whether or not a lesion study names the

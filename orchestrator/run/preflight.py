@@ -110,8 +110,9 @@ def _check_corpus(spec: ExperimentSpec) -> None:
 
 def _check_tasks(spec: ExperimentSpec) -> None:
     """A tasks study's tasks exist, read local files only, and ask for loglikelihoods (``workloads.tasks.check_tasks``,
-    offline): an unknown task, one that would reach a hub, a generation task or a task YAML that does not parse is
-    refused in one line here, before Ray starts."""
+    offline), and each of its runs' requests are cut by the model's own tokenizer (``check_tokenizer``): an unknown
+    task, one that would reach a hub, a generation task, a task YAML that does not parse or a tokenizer that is not
+    the model's is refused in one line here, before Ray starts."""
     study = spec.studies.study("tasks")
     if study is None:
         return
