@@ -35,6 +35,7 @@ BAD_INPUT = {
     "orchestrator.planning.rates": ("RateError",),
     "orchestrator.run.sweep": ("RunNotTrained",),
     "workloads.models.errors": ("CheckpointError",),
+    "workloads.tasks": ("TaskError",),
 }
 # failures, in one line with exit 1: what was written is kept, and rerunning continues
 FAILURES = {
@@ -374,7 +375,8 @@ def plan(spec: str, address: str | None, nodes: tuple[str, ...], fmt: str, rates
        "studies": {"units", "batches", "evaluators": {"count", "cpu", "gpu"}, "fit_at_once", "at_once",
                    "per_study": [{"study", "runs", "units", "device_hours"}, ...],
                    "groups": [{"group", "study", "units", "units_per_s", "rate", "device_hours"}, ...],
-                   "device_hours", "wall_hours", "units_unknown_for": [LABEL, ...]},
+                   "device_hours", "wall_hours", "units_unknown_for": [LABEL, ...],
+                   "tasks": [{"run_id", "task", "plans", "requests", "tokens_per_plan", "tokens"}, ...]},
        "device_hours", "wall_hours",
        "estimate": {"method", "given", "measured",
                     "calibration": null or {"devices": [...], "seconds", "budget_seconds", "timed": [...],
@@ -383,7 +385,8 @@ def plan(spec: str, address: str | None, nodes: tuple[str, ...], fmt: str, rates
     "rate" is "given", "measured" or null; a time no rate gives is null, and so is a wall time where
     no node holds the worker. "units_unknown_for": language models whose folder is not here (their
     units, the studies' device time and the vocabulary, "classes", are null). "rates" holds the rates
-    used: --rates reads it back.
+    used: --rates reads it back. "tasks": per run and task of a tasks study, lm-eval's requests and the
+    input tokens the engine computes per plan and in all (null where the model's tokenizer is not here).
     """
     import json
     import math
@@ -422,7 +425,7 @@ def plan(spec: str, address: str | None, nodes: tuple[str, ...], fmt: str, rates
                    "ATTACH, extensions. By default it sees only OUT's tables.")
 def query(out, sql: str, fmt: str, allow_external: bool) -> None:
     """Run SQL (DuckDB) over the tables in OUT, one view each: runs, epochs, training_errors,
-    lesion, gradients, gates, errors (a table OUT has no rows of is an empty view).
+    lesion, gradients, gates, tasks, task_samples, errors (a table OUT has no rows of is an empty view).
 
     Example: unravel query results/digits "select run_id, k, avg(error) from lesion
     where study = 'random_deletion' group by all order by all"

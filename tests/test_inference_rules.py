@@ -156,8 +156,9 @@ def test_the_evaluator_applies_each_rule_to_lesions_and_gradients():
     work = [b for b in batches(expand(spec), 64) if b.run_id == trial.run_id]
     losses = {}
     for batch in work:
-        rows, errors = evaluator.run(batch, blob.getvalue())
-        assert not errors
+        tables, errors = evaluator.run(batch, blob.getvalue())
+        assert not errors and list(tables) == [batch.table]
+        rows = tables[batch.table]
         calibration = evaluator.calibration_images if batch.test_rule == "recalibrated" else None
         expected = apply_test_rule(net, batch.test_rule, 4, calibration)
         if batch.study == "gradients":

@@ -298,6 +298,22 @@ def test_yaml_blocks_are_valid_specs(tmp_path, shipped_cwd):
         assert spec.runs
 
 
+README_TASK_DOCUMENTS = "/data/tasks/tiny_choice.jsonl"   # where the README's task reads its documents
+
+
+def test_the_readme_task_is_read_by_lm_eval_offline(tmp_path):
+    from workloads.tasks import TaskConfig, TaskSummary, check_tasks
+    (task,) = [b for b in fenced_blocks("text") if b.startswith("task: tiny_choice")]
+    (documents,) = [b for b in fenced_blocks("text") if b.startswith('{"question"')]
+    assert README_TASK_DOCUMENTS in task
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "tiny_choice.jsonl").write_text(documents)
+    (folder / "tiny_choice.yaml").write_text(task.replace(README_TASK_DOCUMENTS, str(folder / "tiny_choice.jsonl")))
+    assert check_tasks(TaskConfig(names=("tiny_choice",), include_path=str(folder))) == [
+        TaskSummary("tiny_choice", "multiple_choice", 3)]
+
+
 def test_files_the_readme_names_exist():
     named = set(re.findall(r"`([\w.-]+\.yaml)`", README))
     assert "digits.yaml" in named

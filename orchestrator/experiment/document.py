@@ -16,6 +16,7 @@ from pydantic_core import PydanticCustomError
 from workloads.data import STREAMED, DataConfig
 from workloads.fields import STRICT, Amount, Between, Flag, Text, count
 from workloads.models import NETWORKS, NetConfig
+from workloads.tasks import TaskConfig
 from workloads.train.modes import MODES
 from workloads.train.recipe import TrainConfig
 from workloads.train.inference_rules import TEST_RULES
@@ -247,7 +248,37 @@ class Gates(SingleDeletion):
     """H: the gates of gated shortcuts on the test set; by default every run whose shortcut is gated."""
 
 
-STUDIES = ("single_deletion", "random_deletion", "reorder", "gradients", "gates", "span_deletion")
+# the plans a tasks study can score: each named study's units on the study's runs (intact: the whole network)
+PLAN_STUDIES = ("intact", "single_deletion", "span_deletion", "random_deletion", "reorder")
+DEFAULT_PLANS = ("intact", "single_deletion", "span_deletion", "random_deletion")   # those the spec has
+
+
+def _distinct_plans(plans: list[str]) -> list[str]:
+    if len(set(plans)) != len(plans):
+        raise PydanticCustomError("repeated", "has repeated plans {plans}", {"plans": plans})
+    return plans
+
+
+class Tasks(_partial(TaskConfig, set(), "TaskFields", SingleDeletion)):
+    """lm-evaluation-harness tasks scored on the plans of other studies (the fields are
+    ``workloads.tasks.TaskConfig``'s)."""
+
+    # default: intact and the spec's single_deletion, span_deletion and random_deletion units
+    plans: Annotated[list[Literal[PLAN_STUDIES]], AfterValidator(_nonempty("plan study")),
+                     AfterValidator(_distinct_plans), Field(json_schema_extra={"uniqueItems": True})] | None = None
+
+    @model_validator(mode="after")
+    def _distinct_tasks(self) -> "Tasks":
+        if len(set(self.names)) != len(self.names):
+            raise rule("names", f"has repeated tasks {list(self.names)}")
+        return self
+
+    def task_config(self) -> TaskConfig:
+        """The section less its plans and runs: what lm-eval is asked."""
+        return TaskConfig(**{n: getattr(self, n) for n in TaskConfig.__pydantic_fields__})
+
+
+STUDIES = ("single_deletion", "random_deletion", "reorder", "gradients", "gates", "span_deletion", "tasks")
 GATED = ("exclusive_gating", "shortcut_gating")
 
 
@@ -265,6 +296,7 @@ class StudiesSpec(Section):
     gradients: _study(Gradients) = None              # F6b
     gates: _study(Gates) = None                      # H
     span_deletion: _study(SpanDeletion) = None       # consecutive layers deleted together
+    tasks: _study(Tasks) = None                      # lm-evaluation-harness tasks on other studies' plans
     test_examples: count(1, 10**7) | None = None     # default: the whole test set
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     recalibrate_bn: Flag = False

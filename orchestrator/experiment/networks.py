@@ -67,6 +67,13 @@ def language_model_fields(folder: str, where: str, sequence_length: int) -> dict
             **({"num_classes": vocabulary} if isinstance(vocabulary, int) and vocabulary > 0 else {})}
 
 
+def language_model_config(hf_config: str):
+    """A language model's config.json (``NetConfig.hf_config``) as transformers' config object, as lm-eval reads a
+    model's context length from it (``workloads.tasks.context_length``)."""
+    from transformers import AutoConfig
+    return AutoConfig.for_model(**json.loads(hf_config))
+
+
 def has_config(folder: str) -> bool:
     """Whether a language model's folder is here (its config.json: what the spec reads of it)."""
     return (Path(folder).expanduser() / "config.json").is_file()

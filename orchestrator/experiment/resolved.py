@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from workloads.data import STREAMED, DataConfig
 from workloads.models import BlockInfo, NetConfig
+from workloads.tasks import TaskConfig
 from workloads.train.recipe import TrainConfig
 
 from orchestrator.experiment.document import Evaluators, Resources, StudiesSpec, TrainingSection
@@ -78,6 +79,12 @@ class StudySpec:
     draws: int = 0
     batch_size: int = 0
     max_length: int = 0
+    plans: tuple[str, ...] = ()  # tasks: the studies whose units it scores (intact: the whole network)
+    task_config: str = ""        # tasks: the workloads.tasks.TaskConfig, as JSON
+
+    def tasks(self) -> TaskConfig:
+        """The tasks study's config (lm-eval's tasks, limit, few-shot settings)."""
+        return TaskConfig.from_json(self.task_config)
 
 
 @dataclass(frozen=True)
@@ -205,7 +212,8 @@ class ExperimentSpec:
             raise SpecError(f"recorded by another version of unravel (record version {version!r}, this one reads "
                             f"{RECORD_VERSION})")
         s = record["studies"]
-        studies = Studies(tuple(StudySpec(**{**d, "runs": tuple(d["runs"])}) for d in s["studies"]),
+        studies = Studies(tuple(StudySpec(**{**d, "runs": tuple(d["runs"]), "plans": tuple(d.get("plans", ()))})
+                                for d in s["studies"]),
                           **{**{k: v for k, v in s.items() if k != "studies"},
                              "exclude_blocks": tuple(s["exclude_blocks"]),
                              "evaluators": Evaluators.model_validate(s["evaluators"])})

@@ -19,8 +19,8 @@ from pydantic import ValidationError
 from workloads.models import NETWORKS
 from workloads.train.recipe import TrainConfig
 
-from orchestrator.experiment.document import (GATED, STUDIES, DataSpec, ModelEntry, SpecDocument, StudiesSpec,
-                                              TrainingSection, read_document)
+from orchestrator.experiment.document import (DEFAULT_PLANS, GATED, STUDIES, DataSpec, ModelEntry, SpecDocument,
+                                              StudiesSpec, Tasks, TrainingSection, read_document)
 from orchestrator.experiment.messages import SpecError, one_line
 from orchestrator.experiment.networks import block_infos, counts, has_config, language_model_fields, net_config
 from orchestrator.experiment.resolved import (AbsentModel, Data, ExperimentSpec, Studies, StudySpec, TrainingSpec,
@@ -180,10 +180,38 @@ def _resolve_studies(studies: StudiesSpec, runs: tuple[Trial, ...], data: Data,
                     _fail(f"{where}.runs", f"run {t.label!r} is a plain network: it has no paths to choose")
         if name == "gates":
             chosen = _gated(chosen, section.runs, where)
+        if name == "tasks":
+            resolved.append(_tasks(section, chosen, data, {s.study for s in resolved}))
+            continue
         resolved.append(StudySpec(name, tuple(t.run_id for t in chosen), getattr(section, "k_max", 0),
                                   getattr(section, "draws", 0), getattr(section, "batch_size", 0),
                                   getattr(section, "max_length", 0)))
     return Studies.of(studies, tuple(resolved))
+
+
+def _tasks(section: Tasks, chosen: list[Trial], data: Data, studies: set[str]) -> StudySpec:
+    """The tasks study: language models only, scoring the units of studies the spec has (on each run, those the
+    named studies have on it; intact always)."""
+    if not data.text:
+        _fail("studies.tasks", f"scores language models (models: with network hf_causal_lm, dataset text), and "
+                               f"dataset {data.dataset} holds images")
+    for t in chosen:
+        if t.net_config.arch != "hf":
+            _fail("studies.tasks.runs", f"run {t.label!r} is not a language model (network hf_causal_lm)")
+    if section.plans is None:
+        plans = tuple(p for p in DEFAULT_PLANS if p == "intact" or p in studies)
+    else:
+        for i, p in enumerate(section.plans):
+            if p != "intact" and p not in studies:
+                _fail(f"studies.tasks.plans[{i}]", f"the spec has no study {p} (add studies.{p}: or leave {p} out)")
+        plans = tuple(section.plans)
+    config = section.task_config()
+    if config.include_path is not None:   # the user's task YAMLs, as every node must find them
+        if is_uri(config.include_path):
+            _fail("studies.tasks.include_path", "task YAMLs are read from a local folder on every node, not from a "
+                                                "URI; copy them to the nodes (or a shared disk) and name that path")
+        config = dataclasses.replace(config, include_path=_local(config.include_path))
+    return StudySpec("tasks", tuple(t.run_id for t in chosen), plans=plans, task_config=config.to_json())
 
 
 def _gated(chosen: list[Trial], named: list[str] | None, where: str) -> list[Trial]:

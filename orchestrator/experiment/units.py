@@ -1,11 +1,12 @@
 """Studies expanded into work units with deterministic keys, grouped into batches per run.
 
 A unit is one plan (a lesion, a span of deleted layers or a reordering, evaluated on the
-test set), one gradient draw, or one run's gates (all its gated blocks, read in one pass over
-the test set). Its key hashes the run, the study, k, the draw and the engine version, so the
-same spec always yields the same keys: the resume index is the set of keys already written,
-and a batch's file is named after its units, so a batch redone after a crash overwrites
-its own file instead of adding rows.
+test set), one gradient draw, one run's gates (all its gated blocks, read in one pass over
+the test set), or one plan of another study scored on one lm-evaluation-harness task (a tasks
+unit, its key hashing the plan's study and the task too). Its key hashes the run, the study, k,
+the draw and the engine version, so the same spec always yields the same keys: the resume index
+is the set of keys already written, and a batch's file is named after its units, so a batch
+redone after a crash overwrites its own file instead of adding rows.
 
 A run trained on effective paths is evaluated under a test-time rule (workloads.train.inference_rules),
 part of its units' keys: one intact unit per rule it lists, whether or not a lesion study names the
@@ -14,6 +15,7 @@ run (Table 1 compares these), and every study's units under its first rule.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 
 from workloads.surgery import deletion_pool, layer_spans, random_deletion, random_swaps
@@ -28,11 +30,13 @@ ENGINE_VERSION = "1"   # bump when a change to workloads.surgery changes results
 class Unit:
     key: str
     run_id: str
-    study: str     # intact | single_deletion | random_deletion | reorder | gradients | gates | span_deletion
+    study: str     # intact | single_deletion | random_deletion | reorder | gradients | gates | span_deletion | tasks
     k: int         # blocks deleted / pairs swapped / path length / layers in the span (gates: 0)
     draw: int      # draw index (single deletion: the deleted block; span deletion: its first layer; gates: 0)
     test_rule: str = ""     # effective-paths runs: how the network is evaluated ("" for other modes)
     train_active: int = 0   # effective-paths runs: m, the blocks each training mini-batch ran
+    plan: str = ""          # tasks: the study whose unit (k, draw) it scores (intact, single_deletion, ...)
+    task: str = ""          # tasks: the lm-evaluation-harness task
 
 
 @dataclass
@@ -43,10 +47,20 @@ class Batch:
     units: list[Unit] = field(default_factory=list)
     test_rule: str = ""     # one rule per batch, as its units'
     train_active: int = 0
+    task: str = ""          # tasks: one task per batch (one engine pass answers its plans)
 
     @property
     def table(self) -> str:
+        """The table whose unit keys say the batch is written (the resume index)."""
+        if self.study == "tasks":
+            return "tasks"
         return self.study if self.study in ("gradients", "gates") else "lesion"
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """The tables a batch writes, in the order they are written: ``table`` last, so that a batch killed
+        between two files is redone (its first file overwritten by the same name), never half counted."""
+        return ("task_samples", "tasks") if self.study == "tasks" else (self.table,)
 
 
 def unit_key(run_id: str, study: str, k: int, draw: int, settings: str = "") -> str:
@@ -68,6 +82,8 @@ def settings_of(spec: ExperimentSpec, study: str, run_id: str | None = None) -> 
         return f"batch={s.study('gradients').batch_size}{data}"
     if study == "gates":  # always fp32, the stored BatchNorm statistics: only the test set matters
         return f"test={s.test_examples}{data}"
+    if study == "tasks":  # the task's documents, tokenised by the run's tokenizer; the corpus plays no part
+        return f"precision={s.precision}|tokenizer={d.tokenizer_of(run_id)}"
     text = f"test={s.test_examples}|precision={s.precision}|bn={s.recalibrate_bn}:{s.calibration_examples}{data}"
     if study in ("random_deletion", "reorder"):
         text += f"|exclude={sorted(s.exclude_blocks)}"
@@ -99,6 +115,8 @@ class UnitGroup:
     pairs: tuple[tuple[int, int], ...] = ()   # (k, draw) of each unit; gradients: see draws and lengths
     draws: int = 0                            # gradients: draws, each of path lengths 1..lengths
     lengths: int = 0
+    plan: str = ""                            # tasks: the study whose units it scores, and the task
+    task: str = ""
 
     @property
     def size(self) -> int:
@@ -113,10 +131,13 @@ class UnitGroup:
                  if self.study == "gradients" else self.pairs)
         settings = f"{self.settings}|rule={self.rule}" if self.rule else self.settings  # no rule: the keys of old
         return [Unit(unit_key(self.trial.run_id, self.study, k, d, settings),
-                     self.trial.run_id, self.study, k, d, self.rule, self.active) for k, d in pairs]
+                     self.trial.run_id, self.study, k, d, self.rule, self.active, self.plan, self.task)
+                for k, d in pairs]
 
 
-def _lesion_pairs(infos, study: StudySpec) -> tuple[tuple[int, int], ...]:
+def _lesion_pairs(infos, study: StudySpec | None) -> tuple[tuple[int, int], ...]:
+    if study is None:  # the intact network
+        return ((0, 0),)
     if study.study == "single_deletion":
         return tuple((1, b) for b in deletion_pool(infos))
     if study.study == "span_deletion":
@@ -129,6 +150,7 @@ def unit_groups(spec: ExperimentSpec) -> list[UnitGroup]:
     baselines first (one per test rule on effective-paths runs, which get theirs even when no lesion
     study names them)."""
     trials = {t.run_id: t for t in spec.runs}
+    # a tasks study's runs get the lesion table's intact unit too: the loss its plans' scores are read against
     lesioned = {r for s in spec.studies.studies if s.study not in ("gradients", "gates") for r in s.runs}
     ruled = {t.run_id for t in spec.runs if t.test_rules}
     active = {t.run_id: train_active(t, len(spec.blocks_of(t))) for t in spec.runs}
@@ -143,9 +165,46 @@ def unit_groups(spec: ExperimentSpec) -> list[UnitGroup]:
                 groups.append(UnitGroup(*head, draws=study.draws, lengths=sum(i.residual for i in infos)))
             elif study.study == "gates":
                 groups.append(UnitGroup(*head, ((0, 0),)))
+            elif study.study == "tasks":
+                groups += _task_groups(spec, study, head, infos)
             else:
                 groups.append(UnitGroup(*head, _lesion_pairs(infos, study)))
     return groups
+
+
+def _task_groups(spec: ExperimentSpec, study: StudySpec, head: tuple, infos) -> list[UnitGroup]:
+    """A tasks study's units on one run: each plan its named studies have on the run (intact always), on each
+    task; the key hashes the task, the plan's study and the task settings (not the list of task names: adding a
+    task computes only the new one)."""
+    trial, _, settings, rule, active = head
+    config = study.tasks()
+    shared = config.to_dict()
+    shared.pop("names")
+    exclude = f"|exclude={sorted(spec.studies.exclude_blocks)}"
+    groups = []
+    for plan in study.plans:
+        lesion = spec.studies.study(plan) if plan != "intact" else None
+        if lesion is not None and trial.run_id not in lesion.runs:
+            continue
+        pairs = _lesion_pairs(infos, lesion)
+        for task in config.names:
+            text = (f"{settings}|tasks={json.dumps(shared, sort_keys=True)}|plan={plan}|task={task}"
+                    f"{exclude if plan in ('random_deletion', 'reorder') else ''}")
+            groups.append(UnitGroup(trial, "tasks", text, rule, active, pairs, plan=plan, task=task))
+    return groups
+
+
+def batch_count(groups: list[UnitGroup], plans_per_batch: int) -> int:
+    """Batches ``batches`` makes of these groups' units (a tasks batch holds one task's plans of every study)."""
+    tasks: dict[tuple[str, str, str], int] = {}
+    count = 0
+    for g in groups:
+        if g.study == "tasks":
+            key = (g.trial.run_id, g.task, g.rule)
+            tasks[key] = tasks.get(key, 0) + g.size
+        else:
+            count += g.batch_count(plans_per_batch)
+    return count + sum(-(-n // plans_per_batch) for n in tasks.values())
 
 
 def expand(spec: ExperimentSpec) -> list[Unit]:
@@ -155,10 +214,11 @@ def expand(spec: ExperimentSpec) -> list[Unit]:
 
 def batches(units: list[Unit], plans_per_batch: int) -> list[Batch]:
     """Group units per (run, study): lesions in chunks of plans; gradients one draw per batch
-    (all k on one random training batch share one forward)."""
-    groups: dict[tuple[str, str, int, str], list[Unit]] = {}
+    (all k on one random training batch share one forward); tasks per task, in chunks of plans of every
+    study (one engine pass answers a task's requests for all of them)."""
+    groups: dict[tuple[str, str, int | str, str], list[Unit]] = {}
     for u in units:
-        sub = u.draw if u.study == "gradients" else 0
+        sub = u.draw if u.study == "gradients" else u.task
         groups.setdefault((u.run_id, u.study, sub, u.test_rule), []).append(u)
     out: list[Batch] = []
     for (run_id, study, _, rule), members in groups.items():
@@ -166,21 +226,22 @@ def batches(units: list[Unit], plans_per_batch: int) -> list[Batch]:
         for i in range(0, len(members), size):
             chunk = members[i:i + size]
             key = hashlib.sha256("|".join(u.key for u in chunk).encode()).hexdigest()[:20]
-            out.append(Batch(key, run_id, study, chunk, rule, chunk[0].train_active))
+            out.append(Batch(key, run_id, study, chunk, rule, chunk[0].train_active, chunk[0].task))
     return out
 
 
 def plan_for(unit: Unit, infos, exclude: tuple[int, ...]):
-    """The execution plan of a lesion unit (seeded by its draw and k)."""
+    """The execution plan of a lesion unit (seeded by its draw and k), or of the unit a tasks unit scores."""
     from workloads.surgery import delete_blocks, delete_span, intact
-    if unit.study == "intact":
+    study = unit.plan if unit.study == "tasks" else unit.study
+    if study == "intact":
         return intact(infos)
-    if unit.study == "single_deletion":
+    if study == "single_deletion":
         return delete_blocks(infos, [unit.draw])
-    if unit.study == "span_deletion":
+    if study == "span_deletion":
         return delete_span(infos, unit.draw, unit.k)
-    if unit.study == "random_deletion":
+    if study == "random_deletion":
         return random_deletion(infos, unit.k, unit.draw, exclude=exclude)
-    if unit.study == "reorder":
+    if study == "reorder":
         return random_swaps(infos, unit.k, unit.draw, exclude=exclude)
     raise ValueError(f"unit of study {unit.study!r} has no plan")

@@ -204,7 +204,9 @@ def calibrate(spec: ExperimentSpec, wanted: dict[RateKey, Trial], log=None, budg
     result = Calibration(budget_s=budget_s)
     test_size = unit_test_size(spec)
     train = {k: t for k, t in wanted.items() if k.study is None}
-    evaluate = {k: t for k, t in wanted.items() if k.study is not None}
+    evaluate = {k: t for k, t in wanted.items() if k.study not in (None, "tasks")}
+    if any(k.study == "tasks" for k in wanted):  # a task's cost is in its tokens (the plan counts them), not timed
+        result.not_measured.append("tasks units are not timed here (their tokens per plan are in the plan)")
     train_device, unit_device = _device_for(spec.training.resources), _device_for(spec.studies.evaluators)
     if train and train_device is None:
         result.not_measured.append(f"the spec's trials ask for a GPU and this machine has none "

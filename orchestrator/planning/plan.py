@@ -4,7 +4,8 @@ The trials and their iterations, the units of each study (``units.unit_groups``:
 counted without making them), what each worker asks of a node, how many fit on the nodes at once (``nodes``),
 and device time from rates (``rates``: given, or measured here when asked, ``calibration``). It reads the spec
 and, with an address, the cluster's list of nodes; it writes nothing, and needs none of the files the spec
-names: a plan is about counts and resources. It answers in seconds: without rates that fit the spec's devices
+names: a plan is about counts and resources (a tasks study's tokens are counted where the models' tokenizers
+are here, lm-eval reading the tasks offline). It answers in seconds: without rates that fit the spec's devices
 it says the device time is unknown rather than print another device's. ``table`` prints it.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections import Counter
 
 from orchestrator.experiment.document import Resources
 from orchestrator.experiment.resolved import ExperimentSpec, Trial
-from orchestrator.experiment.units import unit_groups
+from orchestrator.experiment.units import UnitGroup, batch_count, unit_groups
 from orchestrator.planning.calibration import Calibration, calibrate, unit_test_size
 from orchestrator.planning.nodes import Node, fit_at_once
 from orchestrator.planning.rates import GivenRates, Rate, RateKey
@@ -129,10 +130,48 @@ def _studies(spec: ExperimentSpec, units: list, unit_counts: Counter[RateKey], r
     device = None if unknown else _sum(r["device_hours"] for r in rows)
     wall = _wall(device * 3600, 0.0, min(ev.count, fit), ev) if device is not None and units else None
     return {"units": sum(g.size for g in units),
-            "batches": sum(g.batch_count(spec.studies.plans_per_batch) for g in units),
+            "batches": batch_count(units, spec.studies.plans_per_batch),
             "evaluators": {"count": ev.count, "cpu": ev.cpu, "gpu": ev.gpu}, "fit_at_once": fit,
             "at_once": min(ev.count, fit), "per_study": per_study, "groups": rows, "device_hours": device,
-            "wall_hours": _hours(wall), "units_unknown_for": unknown}
+            "wall_hours": _hours(wall), "units_unknown_for": unknown, "tasks": _task_tokens(spec, units)}
+
+
+def _task_tokens(spec: ExperimentSpec, units: list[UnitGroup]) -> list[dict]:
+    """Per run and task of a tasks study: its plans, the requests lm-eval builds and the input tokens the engine
+    computes per plan (``workloads.tasks.task_requests``, as the run's tokenizer cuts them; None where the model's
+    folder or tokenizer is not here), and those tokens times the plans."""
+    plans: Counter[tuple[Trial, str]] = Counter()
+    for g in units:
+        if g.study == "tasks":
+            plans[g.trial, g.task] += g.size
+    rows, built = [], {}
+    for (trial, task), count in plans.items():
+        key = (spec.data.tokenizer_of(trial.run_id), task, trial.net_config.hf_config)
+        if key not in built:
+            built[key] = _requests_of(spec, trial, task)
+        requests = built[key]
+        rows.append({"run_id": trial.run_id, "task": task, "plans": count,
+                     "requests": sum(r.requests for r in requests) if requests is not None else None,
+                     "tokens_per_plan": sum(r.tokens for r in requests) if requests is not None else None,
+                     "tokens": count * sum(r.tokens for r in requests) if requests is not None else None})
+    return rows
+
+
+def _requests_of(spec: ExperimentSpec, trial: Trial, task: str) -> list | None:
+    """The task's requests for a run's model, None when its tokenizer is not here."""
+    import dataclasses
+
+    from workloads.data.text import holds_tokenizer, load_tokenizer
+    from workloads.tasks import context_length, task_requests
+
+    from orchestrator.experiment.networks import language_model_config
+    folder = spec.data.tokenizer_of(trial.run_id)
+    if not folder or not holds_tokenizer(folder):
+        return None
+    config = dataclasses.replace(spec.studies.study("tasks").tasks(), names=(task,))
+    tokenizer = load_tokenizer(folder)
+    return task_requests(config, tokenizer, context_length(language_model_config(trial.net_config.hf_config),
+                                                           tokenizer))
 
 
 METHOD = ("iterations / (iterations/s) for each trial, units / (units/s) for each study, on the device each rate "
@@ -162,6 +201,9 @@ def _notes(spec: ExperimentSpec, nodes: list[Node], where: str, t_fit: int, e_fi
         files.append("models' checkpoints")
     if files:
         notes.append(f"files not checked: a plan needs only the spec ({' and '.join(files)} not read)")
+    if spec.studies.study("tasks"):
+        notes.append("tasks: their tokens are counted with each model's tokenizer, lm-eval reading the tasks offline; "
+                     "their units are not timed (a rate given for the tasks study is used)")
     for index, label, folder in spec.absent_models:
         # its layers and positions are in that folder: the studies' sizes and the sequence length go unchecked
         notes.append(f"models[{index}] ({label}): {folder} is not here, so its layers, vocabulary and units are "

@@ -75,6 +75,11 @@ def render(doc: dict) -> str:
                           _num(r["units"] / (r["device_hours"] * 3600)) if r["device_hours"] else "-",
                           _duration(r["device_hours"])] for r in s["per_study"]],
                         ["study", "runs", "units", "units/s", "device time"]) if s["per_study"] else []
+        for r in s["tasks"]:
+            tokens = (f"{r['tokens_per_plan']:,} input tokens per plan ({r['requests']:,} requests), "
+                      f"{r['tokens']:,} in all" if r["tokens"] is not None
+                      else "tokens unknown (the model's tokenizer is not here)")
+            lines.append(f"  task {r['task']} on {r['run_id']}: {_count(r['plans'], 'plan')}, {tokens}")
     parts = [f"{name} {_duration(x['device_hours']) if x['device_hours'] is not None else 'unknown'}"
              for name, x, has in
              (("training", t, t["trials"]), ("studies", s, s["units"] or unknown)) if has]

@@ -6,11 +6,13 @@ once, keeps the last few networks (each under the test-time rule its batch asks 
 effective-paths run is evaluated as ``workloads.train.inference_rules`` says), and runs batch after
 batch through the engine.
 A test set too large for memory (ImageNet) is streamed from disk instead, once per batch
-of plans, so decoding is shared by every plan of the batch. A unit that raises becomes an
-error row; the batch goes on.
+of plans, so decoding is shared by every plan of the batch. A tasks batch scores one lm-evaluation-harness
+task on its plans in one engine pass (``workloads.tasks``), its requests built once per (tokenizer, task) and
+kept. A unit that raises becomes an error row; the batch goes on.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -22,7 +24,7 @@ import ray
 import torch
 
 from workloads.data import load_dataset
-from workloads.models import load_checkpoint
+from workloads.models import NetConfig, load_checkpoint
 from workloads.runtime import set_threads
 from workloads.surgery import draw_batch, evaluate_plans_over, gate_statistics, gradient_norms
 from workloads.surgery.evaluate import default_precision
@@ -31,8 +33,9 @@ from workloads.train.inference_rules import apply_test_rule
 from orchestrator import store
 from orchestrator.run.data_cache import local_root
 from orchestrator.experiment.document import Resources
+from orchestrator.experiment.networks import language_model_config
 from orchestrator.experiment.resolved import Data, Studies
-from orchestrator.experiment.units import Batch, plan_for
+from orchestrator.experiment.units import Batch, Unit, plan_for
 
 # networks an evaluator keeps loaded, each (run, test-time rule) its own: an effective-paths run is evaluated under
 # up to three rules (TEST_RULES), and batches reach an evaluator run after run, so four hold one run's networks and
@@ -77,6 +80,10 @@ class Evaluator:
         self.cache: OrderedDict[str, torch.nn.Module] = OrderedDict()   # the last NETWORKS_KEPT networks
         gradients = studies.study("gradients")
         self.gradient_batch_size = gradients.batch_size if gradients else 0
+        tasks = studies.study("tasks")
+        self.tasks = tasks.tasks() if tasks else None
+        self.task_requests: dict[tuple[str, str, str], list] = {}   # (tokenizer, model config, task) -> requests
+        self.model_configs: dict[str, str] = {}   # language models: run id -> its config.json
 
     def _use_data_of(self, run_id: str | None) -> None:
         """The run's test set as self.data and self.test, loaded once: images are one dataset; a text is cut by
@@ -110,8 +117,11 @@ class Evaluator:
             self.cache.move_to_end(key)
             return self.cache[key]
         blob = ray.get(checkpoint) if isinstance(checkpoint, ray.ObjectRef) else checkpoint
-        net, _ = load_checkpoint(blob, f"checkpoint of {batch.run_id}")
+        net, saved = load_checkpoint(blob, f"checkpoint of {batch.run_id}")
         net.to(self.device)
+        config = NetConfig.from_json(saved["net_config"])
+        if config.arch == "hf":   # a language model: its config bounds the tokens a task's request may hold
+            self.model_configs[batch.run_id] = config.hf_config
         if batch.test_rule:
             calibration = self.calibration_images if batch.test_rule == "recalibrated" else None
             net = apply_test_rule(net, batch.test_rule, batch.train_active, calibration).eval()
@@ -120,8 +130,8 @@ class Evaluator:
             self.cache.popitem(last=False)
         return net
 
-    def run(self, batch: Batch, checkpoint) -> tuple[list[dict], list[dict]] | StartFailure:
-        """(result rows, error rows) for one batch; the constructor's failure if it had one."""
+    def run(self, batch: Batch, checkpoint) -> tuple[dict[str, list[dict]], list[dict]] | StartFailure:
+        """(result rows by table, error rows) for one batch; the constructor's failure if it had one."""
         if self.failure is not None:
             return self.failure
         started = time.perf_counter()
@@ -133,18 +143,19 @@ class Evaluator:
         try:
             net = self._network(batch, checkpoint)
         except Exception as e:  # a broken checkpoint fails every unit of the batch, not the actor
-            return [], [store.error_row(u, e, traceback.format_exc()) for u in batch.units]
-        if batch.study == "gradients":
-            return self._gradients(net, batch, started)
-        if batch.study == "gates":
-            return self._gates(net, batch, started)
-        return self._lesions(net, batch, started)
+            return {}, [store.error_row(u, e, traceback.format_exc()) for u in batch.units]
+        if batch.study == "tasks":
+            return self._tasks(net, batch, started)
+        work = {"gradients": self._gradients, "gates": self._gates}.get(batch.study, self._lesions)
+        rows, errors = work(net, batch, started)
+        return {batch.table: rows}, errors
 
     def _test_chunks(self):
         """The test set: resident, or streamed from disk in chunks."""
         return self.data.test_chunks(self.test_examples) if self.data.streamed else [self.test]
 
-    def _lesions(self, net, batch: Batch, started: float):
+    def _plans(self, net, batch: Batch) -> tuple[list, list[Unit], list[dict]]:
+        """(plans, their units, error rows of the units whose plan cannot be made)."""
         infos = net.block_infos()
         plans, units, errors = [], [], []
         for u in batch.units:
@@ -153,6 +164,10 @@ class Evaluator:
                 units.append(u)
             except Exception as e:
                 errors.append(store.error_row(u, e, traceback.format_exc()))
+        return plans, units, errors
+
+    def _lesions(self, net, batch: Batch, started: float):
+        plans, units, errors = self._plans(net, batch)
         if not plans:
             return [], errors
         results = evaluate_plans_over(net, plans, self._test_chunks(), precision=self.precision, device=self.device,
@@ -181,6 +196,44 @@ class Evaluator:
             return [], [store.error_row(unit, e, traceback.format_exc())]
         seconds = (time.perf_counter() - started) / len(stats)  # each row its share: the rows sum to the unit's time
         return [store.gate_row(unit, s, seconds=seconds) for s in stats], []
+
+    def _requests(self, run_id: str, task: str) -> list:
+        """The task's requests as the run's tokenizer cuts them for its model (``workloads.tasks.task_requests``,
+        one per task the name holds), built once per (tokenizer, model config, task) and kept: every batch of the
+        task reuses them."""
+        from workloads.data.text import load_tokenizer
+        from workloads.tasks import context_length, task_requests
+        folder = self.data_spec.tokenizer_of(run_id)
+        key = (folder, self.model_configs[run_id], task)
+        if key not in self.task_requests:
+            tokenizer = load_tokenizer(folder)
+            length = context_length(language_model_config(self.model_configs[run_id]), tokenizer)
+            self.task_requests[key] = task_requests(self._task_config(task), tokenizer, length)
+        return self.task_requests[key]
+
+    def _task_config(self, task: str):
+        """The tasks study's settings for one of its tasks."""
+        return dataclasses.replace(self.tasks, names=(task,))
+
+    def _tasks(self, net, batch: Batch, started: float):
+        """One task on the batch's plans in one engine pass: rows for task_samples and tasks, the unit's rows in
+        both; a batch whose task cannot be scored is every unit's error row."""
+        from workloads.tasks import score_tasks
+        plans, units, errors = self._plans(net, batch)
+        if not plans:
+            return {}, errors
+        scores, samples = [], []
+        try:
+            for requests in self._requests(batch.run_id, batch.task):
+                results = score_tasks(net, plans, requests, self._task_config(batch.task), device=self.device,
+                                      precision=self.precision)
+                seconds = (time.perf_counter() - started) / len(plans)
+                for u, p, r in zip(units, plans, results):
+                    scores += store.task_rows(u, p, r, requests.task, precision=self.precision, seconds=seconds)
+                    samples += store.task_sample_rows(u, p, r, requests.task)
+        except Exception as e:
+            return {}, errors + [store.error_row(u, e, traceback.format_exc()) for u in units]
+        return {"task_samples": samples, "tasks": scores}, errors
 
 
 def evaluator_actor(resources: Resources):

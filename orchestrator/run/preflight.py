@@ -32,7 +32,8 @@ def check_inputs(spec: ExperimentSpec) -> None:
                                f"{title} files there, or set data.download: true on a machine with internet")
     if d.text:
         _check_models(spec)
-        return _check_corpus(spec)
+        _check_corpus(spec)
+        return _check_tasks(spec)
     if d.streamed:
         classes = class_folders(root / "val")
         if not classes:
@@ -105,6 +106,37 @@ def _check_corpus(spec: ExperimentSpec) -> None:
                 _fail("data.tokenizer", f"{folder} does not have the vocabulary of models[{i}]'s own tokenizer "
                                         f"({own}): {difference}; leave data.tokenizer out to score each model "
                                         f"with its own")
+
+
+def _check_tasks(spec: ExperimentSpec) -> None:
+    """A tasks study's tasks exist, read local files only, and ask for loglikelihoods (``workloads.tasks.check_tasks``,
+    offline), and each of its runs' requests are cut by the model's own tokenizer (``check_tokenizer``): an unknown
+    task, one that would reach a hub, a generation task, a task YAML that does not parse or a tokenizer that is not
+    the model's is refused in one line here, before Ray starts."""
+    study = spec.studies.study("tasks")
+    if study is None:
+        return
+    from workloads.data.text import TextDataError, holds_tokenizer, load_tokenizer
+    from workloads.tasks import TaskError, check_tasks, check_tokenizer
+
+    from orchestrator.experiment.networks import language_model_config
+    try:
+        check_tasks(study.tasks())
+    except TaskError as e:
+        _fail("studies.tasks", str(e))
+    d = spec.data
+    for i, m in enumerate(spec.models):   # the tokenizer that cuts a run's requests must be its model's
+        if m.run_id not in study.runs:
+            continue
+        folder, own = d.tokenizer_of(m.run_id), Path(m.checkpoint).expanduser().resolve()
+        try:
+            theirs = load_tokenizer(own) if str(own) != folder and holds_tokenizer(own) else None
+        except TextDataError:   # its own cannot be read: the one named replaces it
+            theirs = None
+        try:
+            check_tokenizer(load_tokenizer(folder), language_model_config(m.net_config.hf_config), theirs)
+        except TaskError as e:
+            _fail("data.tokenizer" if d.tokenizer else f"models[{i}].checkpoint", f"{e} (models[{i}], {m.label})")
 
 
 def _check_models(spec: ExperimentSpec) -> None:

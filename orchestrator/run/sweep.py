@@ -17,7 +17,7 @@ import ray
 from tqdm import tqdm
 
 from orchestrator.run import interrupts
-from orchestrator import store
+from orchestrator import faults, store
 from orchestrator.run.evaluator import StartFailure, evaluator_actor
 from orchestrator.experiment.resolved import ExperimentSpec
 from orchestrator.experiment.units import Batch, Unit, batches, expand
@@ -120,8 +120,8 @@ class _Dispatcher:
             self.fill(i)
             self.busy += time.perf_counter() - tick
 
-    def take(self, ref: ray.ObjectRef, batch: Batch, i: int) -> tuple[list[dict], list[dict]] | None:
-        """(rows, error rows) of a finished batch; None when it went back in the queue."""
+    def take(self, ref: ray.ObjectRef, batch: Batch, i: int) -> tuple[dict[str, list[dict]], list[dict]] | None:
+        """(rows by table, error rows) of a finished batch; None when it went back in the queue."""
         try:
             outcome = ray.get(ref)
         except EVALUATOR_LOST as e:
@@ -133,9 +133,9 @@ class _Dispatcher:
                 _await_restart(self.evaluators[i])
                 self.queue.append(batch)
                 return None
-            return [], _failed(batch, e)
+            return {}, _failed(batch, e)
         except ray.exceptions.RayTaskError as e:
-            return [], _failed(batch, e)
+            return {}, _failed(batch, e)
         if isinstance(outcome, StartFailure):
             self.cannot_start(batch, outcome.error, outcome.traceback)
         return outcome
@@ -147,12 +147,17 @@ class _Dispatcher:
         raise EvaluatorsCannotStart(f"the evaluators cannot start: {error} (its traceback is in the errors table, "
                                     f"{store.table_folder(self.out, 'errors')})")
 
-    def write(self, batch: Batch, rows: list[dict], errors: list[dict]) -> None:
-        if rows:
-            store.write_part(self.out, batch.table, batch.study, batch.run_id, batch.key, rows)
+    def write(self, batch: Batch, rows: dict[str, list[dict]], errors: list[dict]) -> None:
+        """A batch's files, one per table it writes, its resume table's last (``Batch.tables``)."""
+        for table in batch.tables:
+            if table != batch.tables[0]:
+                faults.kill_point("kill_between_tables")   # a batch half written: its resume table's file not yet
+            if rows.get(table):
+                store.write_part(self.out, table, batch.study, batch.run_id, batch.key, rows[table])
         if errors:
             store.write_errors(self.out, batch.key, errors)
-        done = len({r["unit_key"] for r in rows})  # units, not rows: a gates unit writes a row per gated block
+        # units, not rows: a gates unit writes a row per gated block, a tasks unit one per metric
+        done = len({r["unit_key"] for r in rows.get(batch.table, ())})
         self.computed += done
         self.failed += len(errors)
         self.bar.update(done + len(errors))

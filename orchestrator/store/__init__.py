@@ -21,8 +21,10 @@ from orchestrator.store.layout import (DATA_RECORD, FIGURES, LOCK_FILE, SPEC_FIL
                                        part_path, relative, report_paths, table_folder, table_path, tune_dir, where)
 from orchestrator.store.listing import data_files, dataset
 from orchestrator.store.lock import OutputBusy, writer_lock
-from orchestrator.store.rows import epoch_rows, error_row, gate_row, gradient_row, lesion_row, run_row
-from orchestrator.store.schemas import ADDED_COLUMNS, PART_SCHEMAS, SCHEMAS, STUDY_TABLES, TABLES, read_schema
+from orchestrator.store.rows import (epoch_rows, error_row, gate_row, gradient_row, lesion_row, run_row,
+                                     task_rows, task_sample_rows)
+from orchestrator.store.schemas import (ADDED_COLUMNS, PART_SCHEMAS, RESUME_TABLES, SCHEMAS, STUDY_TABLES, TABLES,
+                                        read_schema)
 from orchestrator.store.session import Identity, NoSpace, OtherExperiment, UnusableOutput, open_session
 from orchestrator.store.spec_file import read_spec, read_spec_file, save_spec
 from orchestrator.store.tables import (done_keys, has_results, prune, read_parts, read_table, replace_rows,

@@ -53,6 +53,25 @@ def gate_row(unit, stats, *, seconds: float) -> dict:
             "examples": stats.examples, "seconds": seconds}
 
 
+def task_rows(unit, plan, scores, task: str, *, precision: str, seconds: float) -> list[dict]:
+    """The tasks rows of one plan (``workloads.surgery.Plan``) scored on one task (``workloads.tasks.TaskScores``):
+    one per metric and filter; ``stderr`` null where lm-eval gives none, ``seconds`` the unit's time."""
+    head = {"unit_key": unit.key, "plan": unit.plan, "k": unit.k, "draw": unit.draw, "deleted": sorted(plan.deleted),
+            "order": list(plan.order), "active_blocks": plan.active_blocks, "task": task}
+    return [{**head, "metric": m.metric, "filter": m.filter, "value": m.value, "stderr": m.stderr,
+             "documents": scores.documents, "num_fewshot": scores.num_fewshot, "precision": precision,
+             "seconds": seconds, "test_rule": unit.test_rule} for m in scores.metrics]
+
+
+def task_sample_rows(unit, plan, scores, task: str) -> list[dict]:
+    """The task_samples rows of one plan on one task: per document, whether the plan answered it right (null for a
+    perplexity task) and the gold answer's loglikelihood (a perplexity task: the document's)."""
+    head = {"unit_key": unit.key, "plan": unit.plan, "k": unit.k, "draw": unit.draw, "deleted": sorted(plan.deleted),
+            "task": task}
+    return [{**head, "doc_id": s.doc_id, "correct": s.correct, "gold_loglikelihood": s.gold_loglikelihood}
+            for s in scores.samples]
+
+
 def error_row(unit, exc: BaseException | str, traceback: str = "") -> dict:
     """An errors row: one failed attempt at a unit (errors are history: attempts add rows); ``exc`` an exception,
     or its 'SomeError: message' line as text (one raised in another process)."""

@@ -58,6 +58,20 @@ PART_SCHEMAS: dict[str, pa.Schema] = {
         ("gate_p90", pa.float64()), ("branch_weight", pa.float64()), ("shortcut_weight", pa.float64()),
         ("examples", pa.int64()), ("seconds", pa.float64()),
     ]),
+    # lm-evaluation-harness scores: one row per (plan unit, task, metric, filter); the plan as the lesion table has it
+    "tasks": pa.schema([
+        ("unit_key", pa.string()), ("plan", pa.string()), ("k", pa.int64()), ("draw", pa.int64()),
+        ("deleted", pa.list_(pa.int64())), ("order", pa.list_(pa.int64())), ("active_blocks", pa.int64()),
+        ("task", pa.string()), ("metric", pa.string()), ("filter", pa.string()), ("value", pa.float64()),
+        ("stderr", pa.float64()), ("documents", pa.int64()), ("num_fewshot", pa.int64()), ("precision", pa.string()),
+        ("seconds", pa.float64()), ("test_rule", pa.string()),
+    ]),
+    # one row per (plan unit, task, document), for paired comparisons of plans; written before the unit's tasks rows
+    "task_samples": pa.schema([
+        ("unit_key", pa.string()), ("plan", pa.string()), ("k", pa.int64()), ("draw", pa.int64()),
+        ("deleted", pa.list_(pa.int64())), ("task", pa.string()), ("doc_id", pa.int64()), ("correct", pa.bool_()),
+        ("gold_loglikelihood", pa.float64()),
+    ]),
     "errors": pa.schema([
         ("unit_key", pa.string()), ("run_id", pa.string()), ("study", pa.string()), ("k", pa.int64()),
         ("draw", pa.int64()), ("error", pa.string()), ("traceback", pa.string()), ("time", pa.float64()),
@@ -67,8 +81,11 @@ PART_SCHEMAS: dict[str, pa.Schema] = {
 
 # every table an experiment can have, as `unravel query` names its views
 TABLES = (*SCHEMAS, *PART_SCHEMAS)
-# the tables of study results: their unit keys are the resume index
+# the tables of study results, partitioned by study and run
 STUDY_TABLES = tuple(t for t in PART_SCHEMAS if t != "errors")
+# those whose unit keys are the resume index: a tasks unit is written once its tasks rows are (its task_samples
+# part, written first, is the first half of its batch)
+RESUME_TABLES = tuple(t for t in STUDY_TABLES if t != "task_samples")
 
 _HIVE = pa.schema([("study", pa.string()), ("run_id", pa.string())])
 

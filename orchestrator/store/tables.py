@@ -14,8 +14,8 @@ from orchestrator.location import Location
 from orchestrator.store import layout
 from orchestrator.store.files import CorruptResult, name_the_unreadable, read_parquet, write_parquet
 from orchestrator.store.listing import ABSORBED, COMPACT_SET, data_files, dataset, parts
-from orchestrator.store.schemas import (PART_SCHEMAS, SCHEMAS, STUDY_TABLES, part_arrow, part_schema, read_schema,
-                                        table_arrow, with_added_columns)
+from orchestrator.store.schemas import (PART_SCHEMAS, RESUME_TABLES, SCHEMAS, STUDY_TABLES, part_arrow, part_schema,
+                                        read_schema, table_arrow, with_added_columns)
 
 
 # -- partitioned tables ---------------------------------------------------------------------------------
@@ -79,9 +79,9 @@ def write_compacted(folder: Location, data: pa.Table, max_rows: int | None = Non
 
 def done_keys(out, table: str | None = None) -> set[str]:
     """The resume index: unit keys already written (read from the data files themselves), in ``table``
-    or, by default, in every table of study results."""
+    or, by default, in every table of study results whose keys say a unit is written (``RESUME_TABLES``)."""
     keys: set[str] = set()
-    for name in (table,) if table else STUDY_TABLES:
+    for name in (table,) if table else RESUME_TABLES:
         data = dataset(out, name)  # the unit_key column of every file, read in parallel (on object storage,
         if data is None:           # one request after another took 20 s at 100k units)
             continue
