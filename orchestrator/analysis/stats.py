@@ -134,3 +134,37 @@ def share_interval(successes: int, trials: int) -> Interval:
     return Interval(successes / trials, float(ci.low), float(ci.high), trials)
 
 
+
+
+def paired_ratio_interval(a, b) -> Interval:
+    """mean(b) / mean(a) over pairs (a plan's accuracy relative to the intact model's, over the same documents),
+    pairs resampled together; nan when mean(a) is 0."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if not len(a) or a.mean() == 0:
+        return Interval(float("nan"), float("nan"), float("nan"), len(a))
+
+    def ratio(x, y, axis=-1):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.mean(y, axis=axis) / np.mean(x, axis=axis)
+
+    lo, hi = _bootstrap((a, b), ratio, paired=True)
+    return Interval(float(b.mean() / a.mean()), lo, hi, len(a))
+
+
+def mcnemar_exact(only_first: int, only_second: int) -> float:
+    """McNemar's exact test of two paired binary outcomes: the two-sided p of the discordant pairs (right by the
+    first alone, right by the second alone) under an even split (``scipy.stats.binomtest``); 1 with none."""
+    n = only_first + only_second
+    return float(stats.binomtest(only_first, n, 0.5).pvalue) if n else 1.0
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p values (each adjusted p is compared with the level itself):
+    controls the chance of any false rejection in the family, whatever their dependence."""
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p)
+    m = len(p)
+    stepped = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
+    adjusted = np.empty(m)
+    adjusted[order] = stepped
+    return adjusted
