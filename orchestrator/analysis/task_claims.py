@@ -168,18 +168,21 @@ def p3(results: Results) -> Claim:
                                       "layer"].iloc[0])
                 kept.setdefault(layer, []).append(paired_ratio_interval(intact, row.to_numpy(float)))
             middle = [ci for layer, cis in kept.items() if 0 < layer < last for ci in cis]
+            if not middle:
+                parts.append(f"{name}: no middle layer deleted")
+                continue
             held = [True if ci.lo >= KEEP_SHARE else False if ci.hi < KEEP_SHARE else None for ci in middle]
-            outcome = (None if not middle else False if False in held else True if all(held) else None)
-            outcomes.append(outcome)
+            outcomes.append(False if False in held else True if all(held) else None)
             worst = min(kept, key=lambda layer: min(ci.estimate for ci in kept[layer]))
             ends = "; ".join(f"{'first' if layer == 0 else 'last'} layer "
-                             + ", ".join(ci.text(2) for ci in kept[layer]) for layer in (0, last) if layer in kept)
+                             + ", ".join(ci.scaled(100).text(0, "%") for ci in kept[layer])
+                             for layer in (0, last) if layer in kept)
             low = [ci for ci in middle if ci.hi < KEEP_SHARE]
+            least, most = min(ci.estimate for ci in middle), max(ci.estimate for ci in middle)
             parts.append(f"{name}: {plural(len(middle), 'middle ' + noun + ' deletion')} keep "
-                         f"{min(ci.estimate for ci in middle):.0%}-{max(ci.estimate for ci in middle):.0%} of the "
+                         f"{least:.0%}{f'-{most:.0%}' if f'{most:.0%}' != f'{least:.0%}' else ''} of the "
                          f"intact accuracy ({sum(h is True for h in held)} at or above {KEEP_SHARE:.0%}, {len(low)} "
-                         f"below, over {plural(len(intact), 'document')}); {ends}; most damaging: layer {worst + 1}"
-                         if middle else f"{name}: no middle layer deleted")
+                         f"below, over {plural(len(intact), 'document')}); {ends}; most damaging: layer {worst + 1}")
     verdict = _verdict(outcomes, "model and task") if outcomes else "cannot be computed: no paired documents"
     return Claim("P3", paper, "; ".join(parts), verdict, rule,
                  _over(results, runs, "paired bootstrap over the task's documents"))
