@@ -12,7 +12,7 @@ from orchestrator.analysis import task_figures
 from orchestrator.analysis.claims import all_claims
 from orchestrator.analysis.drawing import STYLE
 from orchestrator.analysis.figures import FIGURES
-from orchestrator.analysis.report import write_report
+from orchestrator.analysis.report import what_was_run, write_report
 from orchestrator.analysis.results import Results
 from orchestrator.analysis.stats import holm, mcnemar_exact
 from orchestrator.analysis.tasks import accuracy, paired_tests, task_section
@@ -96,6 +96,7 @@ def test_paired_tests_name_the_deletions_that_hurt_with_holm(tmp_path):
     assert "unit 2 (layer 1 MLP) (-30.0 points" in line and "unit 1 (layer 1 attention)" not in line
     assert "random deletions, draws per k that hurt it: k=4: 6 of 6, k=5: 6 of 6, k=6: 6 of 6" in line
     assert line.endswith("not resolved: 28 plans")
+    assert "| tasks | 55 | 1 | 1 |" in "\n".join(what_was_run(results))   # a unit per plan and task, its seconds counted once
 
 
 def test_a_perplexity_task_is_listed_not_plotted_as_accuracy(tmp_path):

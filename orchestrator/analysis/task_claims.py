@@ -183,7 +183,8 @@ def p3(results: Results) -> Claim:
                          f"{least:.0%}{f'-{most:.0%}' if f'{most:.0%}' != f'{least:.0%}' else ''} of the "
                          f"intact accuracy ({sum(h is True for h in held)} at or above {KEEP_SHARE:.0%}, {len(low)} "
                          f"below, over {plural(len(intact), 'document')}); {ends}; most damaging: layer {worst + 1}")
-    verdict = _verdict(outcomes, "model and task") if outcomes else "cannot be computed: no paired documents"
+    verdict = (_verdict(outcomes, "model and task") if outcomes
+               else "cannot be computed: no middle layer's deletion with paired documents")
     return Claim("P3", paper, "; ".join(parts), verdict, rule,
                  _over(results, runs, "paired bootstrap over the task's documents"))
 
