@@ -39,7 +39,7 @@ def _verdict(outcomes: list[bool | None], what: str) -> str:
     return "not reproduced"
 
 
-def _over(results: Results, runs: list[str], what: str) -> str:
+def _over(runs: list[str], what: str) -> str:
     models = "one trained model" if len(runs) == 1 else f"each of {len(runs)} models on its own"
     return f"{what}, {models}: the variance between trainings and between tasks is not covered"
 
@@ -85,8 +85,9 @@ def shape(values: dict[int, np.ndarray]) -> Shape | None:
     return Shape(float(z), ks[j + 1], float(bands), float(np.ptp(mean)))
 
 
-def _shape_text(s: Shape, n: int, noun: str) -> str:
-    return f"largest step {s.z:.1f} bands, at k={s.at} ({s.at / n:.0%} of {noun})"
+def _shape_text(s: Shape, n: int, scale: float, unit: str) -> str:
+    return (f"largest step {s.z:.1f} bands, at k={s.at} ({s.at / n:.0%} of the units; bands there "
+            f"{scale * s.half:.2g} {unit} against a whole change of {scale * s.fall:.2g})")
 
 
 def p2(results: Results) -> Claim:
@@ -122,10 +123,10 @@ def p2(results: Results) -> Claim:
             outcome = True if a.collapse and loss.smooth else False if a.smooth or (a.collapse and loss.collapse) \
                 else None
             outcomes.append(outcome)
-            parts.append(f"{name}: accuracy {_shape_text(a, n, 'units')}; loss {_shape_text(loss, n, 'units')}")
+            parts.append(f"{name}: accuracy {_shape_text(a, n, 100, 'points')}; loss {_shape_text(loss, n, 1, 'nats')}")
     verdict = _verdict(outcomes, "model and task") if outcomes else "cannot be computed: too few values of k"
     return Claim("P2", paper, "; ".join(parts), verdict, rule,
-                 _over(results, runs, "bootstrap bands over the random draws at each k"))
+                 _over(runs, "bootstrap bands over the random draws at each k"))
 
 
 def _layer_plans(results: Results, run_id: str, task: str) -> tuple[pd.DataFrame, str]:
@@ -186,7 +187,7 @@ def p3(results: Results) -> Claim:
     verdict = (_verdict(outcomes, "model and task") if outcomes
                else "cannot be computed: no middle layer's deletion with paired documents")
     return Claim("P3", paper, "; ".join(parts), verdict, rule,
-                 _over(results, runs, "paired bootstrap over the task's documents"))
+                 _over(runs, "paired bootstrap over the task's documents"))
 
 
 def p4(results: Results) -> Claim:
@@ -228,4 +229,4 @@ def p4(results: Results) -> Claim:
                          f"over {plural(len(intact), 'document')}")
     verdict = _verdict(outcomes, "model and task") if outcomes else "cannot be computed: no paired documents"
     return Claim("P4", paper, "; ".join(parts), verdict, rule,
-                 _over(results, runs, "paired bootstrap over the task's documents"))
+                 _over(runs, "paired bootstrap over the task's documents"))
