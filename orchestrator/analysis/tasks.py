@@ -34,12 +34,13 @@ def task_runs(results: Results) -> list[str]:
 
 def accuracy(results: Results) -> pd.DataFrame:
     """A row per (plan, task) with an accuracy: PLAN, deleted, task, metric (acc or acc_norm), accuracy (a
-    fraction), stderr, documents. A run and task take one metric for all their plans."""
+    fraction), stderr, documents, for the runs of the runs table. A run and task take one metric for all their
+    plans."""
     t = results.tasks
     columns = [*PLAN, "deleted", "task", "metric", "accuracy", "stderr", "documents"]
     if not len(t):
         return pd.DataFrame(columns=columns)
-    t = t[t["metric"].isin(ACCURACY_METRICS) & (t["filter"] == PLAIN_FILTER)]
+    t = t[t["metric"].isin(ACCURACY_METRICS) & (t["filter"] == PLAIN_FILTER) & t["run_id"].isin(results.runs["run_id"])]
     chosen = (t.assign(rank=t["metric"].map(ACCURACY_METRICS.index)).groupby(["run_id", "task"])["rank"].min()
               .map(lambda i: ACCURACY_METRICS[i]).rename("chosen").reset_index())
     t = t.merge(chosen, on=["run_id", "task"])
