@@ -146,6 +146,10 @@ def test_task_figures_are_drawn_and_readable(tmp_path, drawn):
     assert [ax.get_xlabel() for ax in loss.axes] == ["next-token loss (nats)"]
     for name, fig in drawn.items():
         assert_readable(name, fig)
+    results.lesion["kl_from_intact"] = None   # the column, null in parts written before it: no KL panel
+    with matplotlib.rc_context(STYLE):
+        task_figures.task_loss_figure(results, tmp_path / "figures")
+    assert [ax.get_xlabel() for ax in drawn["tasks_against_loss"].axes] == ["next-token loss (nats)"]
     results.lesion["kl_from_intact"] = np.where(results.lesion["study"] == "intact", 0.0, results.lesion["loss"] - 3)
     with matplotlib.rc_context(STYLE):
         task_figures.task_loss_figure(results, tmp_path / "figures")

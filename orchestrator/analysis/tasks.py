@@ -56,15 +56,14 @@ def intact_accuracy(results: Results) -> dict[tuple[str, str], float]:
 
 
 def plan_measures(results: Results) -> pd.DataFrame:
-    """The lesion table's measures of each plan, by PLAN: next-token loss, and KL from the intact model and top-1
-    agreement with it where the lesion table has them (nan in parts written before it did)."""
+    """The lesion table's measures of each plan, by PLAN: next-token loss, and KL from the intact model where the
+    lesion table has it (nan in parts written before it did)."""
     lesion = results.lesion
     if not len(lesion):
-        return pd.DataFrame(columns=[*PLAN, "loss", "kl", "agreement"])
+        return pd.DataFrame(columns=[*PLAN, "loss", "kl"])
     frame = pd.DataFrame({"run_id": lesion["run_id"], "plan": lesion["study"], "k": lesion["k"].astype(int),
                           "draw": lesion["draw"].astype(int), "loss": lesion["loss"].astype(float)})
-    for name, column in (("kl", "kl_from_intact"), ("agreement", "agreement_with_intact")):
-        frame[name] = lesion[column].astype(float) if column in lesion else np.nan
+    frame["kl"] = lesion["kl_from_intact"].astype(float) if "kl_from_intact" in lesion else np.nan
     return frame.drop_duplicates(PLAN)
 
 
