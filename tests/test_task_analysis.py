@@ -1,5 +1,5 @@
 """Task accuracy's analysis on tables built here: a fake language run's lesion tables (language_cases) with tasks
-and task_samples beside them (task_cases), whose per-document answers are chosen so each claim of P2-P4 holds,
+and task_samples beside them (task_table_cases), whose per-document answers are chosen so each claim of P2-P4 holds,
 fails or cannot be resolved; the paired tests, the figures and the report; and an output without them."""
 import matplotlib
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 
 from figure_checks import assert_readable, legend_texts
 from language_cases import write_language_tables
-from task_cases import write_task_tables
+from task_table_cases import write_task_tables
 from orchestrator.analysis import task_figures
 from orchestrator.analysis.claims import all_claims
 from orchestrator.analysis.drawing import STYLE
