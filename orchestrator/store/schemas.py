@@ -53,14 +53,16 @@ PART_SCHEMAS: dict[str, pa.Schema] = {
         ("gate_p90", pa.float64()), ("branch_weight", pa.float64()), ("shortcut_weight", pa.float64()),
         ("examples", pa.int64()), ("seconds", pa.float64()),
     ]),
-    "tasks": pa.schema([  # one row per (plan unit, task, metric, filter): lm-evaluation-harness's scores of a plan
+    # lm-evaluation-harness scores: one row per (plan unit, task, metric, filter); the plan as the lesion table has it
+    "tasks": pa.schema([
         ("unit_key", pa.string()), ("plan", pa.string()), ("k", pa.int64()), ("draw", pa.int64()),
         ("deleted", pa.list_(pa.int64())), ("order", pa.list_(pa.int64())), ("active_blocks", pa.int64()),
         ("task", pa.string()), ("metric", pa.string()), ("filter", pa.string()), ("value", pa.float64()),
         ("stderr", pa.float64()), ("documents", pa.int64()), ("num_fewshot", pa.int64()), ("precision", pa.string()),
         ("seconds", pa.float64()), ("test_rule", pa.string()),
     ]),
-    "task_samples": pa.schema([  # one row per (plan unit, task, document): paired comparisons between plans
+    # one row per (plan unit, task, document), for paired comparisons of plans; written before the unit's tasks rows
+    "task_samples": pa.schema([
         ("unit_key", pa.string()), ("plan", pa.string()), ("k", pa.int64()), ("draw", pa.int64()),
         ("deleted", pa.list_(pa.int64())), ("task", pa.string()), ("doc_id", pa.int64()), ("correct", pa.bool_()),
         ("gold_loglikelihood", pa.float64()),
