@@ -180,3 +180,16 @@ def test_an_output_without_tasks_still_reports(tmp_path, drawn):
     text = write_report(tmp_path).read_text()
     assert "P2, P3, P4 to `experiments/llm-layer-deletion.yaml`" in text
     assert "## Task accuracy" not in text and "tasks-" not in text and not drawn
+
+
+def test_the_paired_statistics():
+    """Holm steps down (the smallest p times the family's size, ...), never below an earlier adjusted p; McNemar's
+    exact p is the two-sided binomial of the discordant pairs; a ratio undefined in some resamples has no interval
+    and says why."""
+    from orchestrator.analysis.stats import paired_ratio_interval
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(1, 7) == pytest.approx(0.0703125)
+    few = paired_ratio_interval(np.array([1.0, 1, 0, 0]), np.array([1.0, 0, 1, 0]))
+    assert few.estimate == 1.0 and few.text(2) == "1.00 (no interval: the ratio is undefined in some resamples)"
+    many = paired_ratio_interval(np.array([1.0, 1, 1, 0] * 10), np.array([1.0, 0, 1, 0] * 10))
+    assert many.estimate == pytest.approx(2 / 3) and many.lo < 2 / 3 < many.hi

@@ -8,6 +8,7 @@ have a point interval (every resample is the sample itself).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -27,6 +28,7 @@ class Interval:
     lo: float
     hi: float
     n: int                      # values (draws, seeds, blocks) behind it
+    undefined: str = ""         # why there is no interval where neither one value nor no spread says it
 
     @property
     def known(self) -> bool:
@@ -40,13 +42,13 @@ class Interval:
         return self.known and self.hi < threshold
 
     def scaled(self, factor: float) -> "Interval":
-        return Interval(self.estimate * factor, self.lo * factor, self.hi * factor, self.n)
+        return Interval(self.estimate * factor, self.lo * factor, self.hi * factor, self.n, self.undefined)
 
     def text(self, digits: int = 1, unit: str = "") -> str:
         """``12.3 [10.1, 14.0]`` (or the estimate alone, with the reason, when there is no interval)."""
         f = f"{{:.{digits}f}}"
         if not self.known:
-            why = "one value" if self.n <= 1 else "no spread"
+            why = self.undefined or ("one value" if self.n <= 1 else "no spread")
             return f"{f.format(self.estimate)}{unit} (no interval: {why})"
         return f"{f.format(self.estimate)}{unit} [95% CI {f.format(self.lo)}, {f.format(self.hi)}]"
 
@@ -138,7 +140,8 @@ def share_interval(successes: int, trials: int) -> Interval:
 
 def paired_ratio_interval(a, b) -> Interval:
     """mean(b) / mean(a) over pairs (a plan's accuracy relative to the intact model's, over the same documents),
-    pairs resampled together; nan when mean(a) is 0."""
+    pairs resampled together; nan when mean(a) is 0, and no interval when some resample's mean(a) is (a handful of
+    documents): the ratio is undefined there."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if not len(a) or a.mean() == 0:
         return Interval(float("nan"), float("nan"), float("nan"), len(a))
@@ -147,8 +150,11 @@ def paired_ratio_interval(a, b) -> Interval:
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.mean(y, axis=axis) / np.mean(x, axis=axis)
 
-    lo, hi = _bootstrap((a, b), ratio, paired=True)
-    return Interval(float(b.mean() / a.mean()), lo, hi, len(a))
+    with warnings.catch_warnings():   # scipy warns of the undefined resamples; the interval says it has none
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        lo, hi = _bootstrap((a, b), ratio, paired=True)
+    undefined = "" if np.isfinite(lo) or len(a) < 2 else "the ratio is undefined in some resamples"
+    return Interval(float(b.mean() / a.mean()), lo, hi, len(a), undefined)
 
 
 def mcnemar_exact(only_first: int, only_second: int) -> float:

@@ -223,8 +223,9 @@ def p4(results: Results) -> Claim:
             mlp = intact - right[kind == "MLP"].mean(axis=0)
             diff = mean_interval(attention - mlp).scaled(100)
             outcomes.append(True if diff.below(0) else False if diff.above(0) else None)
+            gain = " (negative: a gain)" if min(attention.mean(), mlp.mean()) < 0 else ""
             parts.append(f"{name}: an attention deletion loses {100 * attention.mean():.1f} points, an MLP deletion "
-                         f"{100 * mlp.mean():.1f} (mean over {plural(int((kind == 'attention').sum()), 'attention unit')} "
+                         f"{100 * mlp.mean():.1f}{gain} (mean over {plural(int((kind == 'attention').sum()), 'attention unit')} "
                          f"and {plural(int((kind == 'MLP').sum()), 'MLP unit')}); difference {diff.text(1)} points "
                          f"over {plural(len(intact), 'document')}")
     verdict = _verdict(outcomes, "model and task") if outcomes else "cannot be computed: no paired documents"
