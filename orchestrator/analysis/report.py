@@ -22,6 +22,7 @@ from orchestrator.analysis.language import language_section
 from orchestrator.analysis.prose import markdown_table, plural
 from orchestrator.analysis.results import CRITICAL_RISE, NEXT_TOKEN_LOSS, Results, variant_text
 from orchestrator.analysis.spans import span_section
+from orchestrator.analysis.tasks import task_section
 from orchestrator.location import Location
 
 CAPTIONS = {
@@ -39,6 +40,15 @@ CAPTIONS = {
     "spans": "Error after deleting each span of consecutive layers, against the span's first layer: a panel per "
              "run (its seeds' mean), a line per span length (longer spans darker); dotted: the intact network; "
              "grey dashes: layers holding a downsampling block.",
+    "tasks-single": "Task accuracy (lm-evaluation-harness's acc, or acc_norm where a task has no acc) after deleting "
+                    "each single unit, a panel per task, a line per model; triangles: attention units, squares: MLP "
+                    "units; dotted: the intact model.",
+    "tasks-random": "Task accuracy against the number of randomly deleted units, a panel per task: the mean over the "
+                    "draws with its 95% bootstrap interval; dotted: the intact model.",
+    "tasks-loss": "Task accuracy against each plan's next-token loss (left) and, where the lesion table holds it, its "
+                  "KL from the intact model in nats per token (right), a point per plan scored on both; the marker "
+                  "says the plan's kind (star: the intact model). Accuracy that collapses while loss rises smoothly "
+                  "shows as a cliff over a narrow range of loss.",
     "training": "Test (solid) and train (dotted) error per epoch; seeds of one run share its colour.",
 }
 # a language model's lesion figures plot next-token loss, its units are attention and MLP sublayers
@@ -59,7 +69,7 @@ def captions(results: Results) -> dict[str, str]:
     """Each figure's caption, in the words of what it plots."""
     return {**CAPTIONS, **LANGUAGE_CAPTIONS} if results.measure is NEXT_TOKEN_LOSS else CAPTIONS
 # figures of a study no shipped spec runs: a report without them does not list them as not drawn
-OPTIONAL_FIGURES = ("spans",)
+OPTIONAL_FIGURES = ("spans", "tasks-single", "tasks-random", "tasks-loss")
 CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
        "font-size:90%;vertical-align:top}th{background:#f3f3f3}img{max-width:100%}")
@@ -99,7 +109,10 @@ def what_was_run(results: Results) -> list[str]:
                   "first test rule), else training's last evaluation.", ""] + markdown_table(view) + [""]
     counts = [{"study": study, "units": g["unit_key"].nunique(), "runs": g["run_id"].nunique(),
                "device time (s)": f"{g['seconds'].sum():.0f}"}
-              for frame in (results.lesion, results.gradients, results.gates) for study, g in frame.groupby("study")]
+              for frame in (results.lesion, results.gradients, results.gates,
+                            # a tasks unit's rows (one per metric) share its seconds: counted once
+                            results.tasks.drop_duplicates("unit_key") if len(results.tasks) else results.tasks)
+              for study, g in frame.groupby("study")]
     if counts:
         lines += ["Studies:", ""] + markdown_table(pd.DataFrame(counts)) + [""]
     if len(results.errors):
@@ -174,6 +187,7 @@ def write_report(out) -> Location:
     figures = all_figures(results, store.figures_folder(out))
     md = "\n".join(header(results) + what_was_run(results) + language_section(results)
                    + claims_section(all_claims(results)) + critical_blocks_section(results) + span_section(results)
+                   + task_section(results)
                    + t1_section(results) + im_section(results) + h_section(results)
                    + figures_section(figures, captions(results)))
     report, html = store.report_paths(out)

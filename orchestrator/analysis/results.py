@@ -155,6 +155,9 @@ class Results:
     stale: dict = field(default_factory=dict)   # table -> rows of earlier settings, left out
     rules: dict = field(default_factory=dict)   # run id -> its test-time rules, as the spec lists them
     blocks: dict = field(default_factory=dict)  # NetConfig -> its blocks, as spec.json records them
+    tasks: pd.DataFrame = field(default_factory=pd.DataFrame)          # lm-eval's scores: a row per plan, task,
+    #                                                                     metric and filter
+    task_samples: pd.DataFrame = field(default_factory=pd.DataFrame)   # a row per plan, task and document
 
     @classmethod
     def load(cls, out: str | Path) -> "Results":
@@ -171,7 +174,8 @@ class Results:
         return cls(out, tables["runs"], tables["epochs"], tables["lesion"], tables["gradients"], tables["errors"],
                    experiment.raw if experiment else {}, tables["gates"], stale=stale,
                    rules={t.run_id: t.test_rules for t in experiment.runs} if experiment else {},
-                   blocks=experiment.blocks if experiment else {})
+                   blocks=experiment.blocks if experiment else {}, tasks=tables["tasks"],
+                   task_samples=tables["task_samples"])
 
     @functools.cached_property
     def _runs_by_id(self) -> pd.DataFrame:

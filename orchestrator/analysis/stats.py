@@ -8,6 +8,7 @@ have a point interval (every resample is the sample itself).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -27,6 +28,7 @@ class Interval:
     lo: float
     hi: float
     n: int                      # values (draws, seeds, blocks) behind it
+    undefined: str = ""         # why there is no interval where neither one value nor no spread says it
 
     @property
     def known(self) -> bool:
@@ -40,13 +42,13 @@ class Interval:
         return self.known and self.hi < threshold
 
     def scaled(self, factor: float) -> "Interval":
-        return Interval(self.estimate * factor, self.lo * factor, self.hi * factor, self.n)
+        return Interval(self.estimate * factor, self.lo * factor, self.hi * factor, self.n, self.undefined)
 
     def text(self, digits: int = 1, unit: str = "") -> str:
         """``12.3 [10.1, 14.0]`` (or the estimate alone, with the reason, when there is no interval)."""
         f = f"{{:.{digits}f}}"
         if not self.known:
-            why = "one value" if self.n <= 1 else "no spread"
+            why = self.undefined or ("one value" if self.n <= 1 else "no spread")
             return f"{f.format(self.estimate)}{unit} (no interval: {why})"
         return f"{f.format(self.estimate)}{unit} [95% CI {f.format(self.lo)}, {f.format(self.hi)}]"
 
@@ -134,3 +136,41 @@ def share_interval(successes: int, trials: int) -> Interval:
     return Interval(successes / trials, float(ci.low), float(ci.high), trials)
 
 
+
+
+def paired_ratio_interval(a, b) -> Interval:
+    """mean(b) / mean(a) over pairs (a plan's accuracy relative to the intact model's, over the same documents),
+    pairs resampled together; nan when mean(a) is 0, and no interval when some resample's mean(a) is (a handful of
+    documents): the ratio is undefined there."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if not len(a) or a.mean() == 0:
+        return Interval(float("nan"), float("nan"), float("nan"), len(a))
+
+    def ratio(x, y, axis=-1):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.mean(y, axis=axis) / np.mean(x, axis=axis)
+
+    with warnings.catch_warnings():   # scipy warns of the undefined resamples; the interval says it has none
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        lo, hi = _bootstrap((a, b), ratio, paired=True)
+    undefined = "" if np.isfinite(lo) or len(a) < 2 else "the ratio is undefined in some resamples"
+    return Interval(float(b.mean() / a.mean()), lo, hi, len(a), undefined)
+
+
+def mcnemar_exact(only_first: int, only_second: int) -> float:
+    """McNemar's exact test of two paired binary outcomes: the two-sided p of the discordant pairs (right by the
+    first alone, right by the second alone) under an even split (``scipy.stats.binomtest``); 1 with none."""
+    n = only_first + only_second
+    return float(stats.binomtest(only_first, n, 0.5).pvalue) if n else 1.0
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p values (each adjusted p is compared with the level itself):
+    controls the chance of any false rejection in the family, whatever their dependence."""
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p)
+    m = len(p)
+    stepped = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
+    adjusted = np.empty(m)
+    adjusted[order] = stepped
+    return adjusted
