@@ -8,9 +8,9 @@ the head runs on slices of ``slice_length(V, budget)`` positions (S x V <= budge
 one slice holds at its peak is five float32 [S, V] tensors (the intact model's log-probabilities and
 probabilities, the plan's logits, log-probabilities and probabilities; then, the logits freed, one product at a
 time), i.e. at most 20 x max(budget, V) bytes, whatever the chunk, the number of plans and the vocabulary.
-Larger slices run the head faster (its weight is read once a slice: on a CPU 64 positions of a 128k vocabulary
-cost 2.3x as much per position as 512), hence a budget of the size a chunk's logits had before slicing
-(a Llama-8B's on a CPU).
+Larger slices run the head faster (its weight is read once a slice: on 2 shared CPU cores 64 positions of a 128k
+vocabulary cost 2.3x as much per position as 512), hence the CPU's budget: the logits a whole chunk had before
+slicing (2**19 activations) for a vocabulary 32 times the width (Llama-3-8B's 128k over 4096).
 """
 from __future__ import annotations
 
