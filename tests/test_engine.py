@@ -78,22 +78,22 @@ def test_results_do_not_depend_on_chunk_size(images):
 
 def test_memory_holds_at_most_one_activation_per_branching_depth(images, monkeypatch):
     """Live activations never exceed the network's depth, whatever the number of plans."""
-    import workloads.surgery.evaluate as ev
+    import workloads.surgery.trie as trie
     net = tiny("resnet20")
     x, y = images
     infos = net.block_infos()
     plans = [random_deletion(infos, k, s) for k in range(0, 6) for s in range(40)]
     live, peak = [0], [0]
-    original = ev._Walk.walk
+    original = trie.walk
 
-    def counting_walk(self, node, act):
+    def counting_walk(net, node, act, leaf):  # each branch's recursion holds one activation
         live[0] += 1
         peak[0] = max(peak[0], live[0])
         try:
-            return original(self, node, act)
+            return original(net, node, act, leaf)
         finally:
             live[0] -= 1
-    monkeypatch.setattr(ev._Walk, "walk", counting_walk)
+    monkeypatch.setattr(trie, "walk", counting_walk)
     evaluate_plans(net, plans, x, y, chunk_size=40)
     assert len(plans) == 240
     assert peak[0] <= net.num_blocks + 1

@@ -25,7 +25,7 @@ from workloads.models.blocks import BlockNetwork
 from workloads.surgery.divergence import SUMS, Reference, default_logit_budget, slice_length, slice_sums
 from workloads.surgery.loss import summed
 from workloads.surgery.plan import Plan, validate
-from workloads.surgery.trie import Node, PlanTrie
+from workloads.surgery.trie import PlanTrie, first_plans, walk
 
 
 @dataclass(frozen=True)
@@ -92,11 +92,6 @@ def forward_plan(net: BlockNetwork, plan: Plan, x: torch.Tensor) -> torch.Tensor
     return net.head(x)
 
 
-def _apply(net: BlockNetwork, op: tuple[str, int], x: torch.Tensor) -> torch.Tensor:
-    block = net.blocks[op[1]]
-    return block(x) if op[0] == "run" else block.skip(x)
-
-
 class _ImageLeaves:
     """Scores a leaf as soon as it is reached: the head and its loss on the whole chunk."""
 
@@ -156,28 +151,6 @@ class _TokenLeaves:
         self.waiting.clear()
 
 
-class _Walk:
-    """Hands every leaf's activation to the scorer (the first of the plans that end there: duplicates are
-    filled in from it at the end)."""
-
-    def __init__(self, net: BlockNetwork, scorer: _ImageLeaves | _TokenLeaves):
-        self.net = net
-        self.scorer = scorer
-
-    def walk(self, node: Node, x: torch.Tensor) -> None:
-        while True:
-            if node.plans:
-                self.scorer.leaf(node.plans[0], x)
-            if len(node.children) != 1:
-                break
-            # A chain: no other plan needs x, so overwrite it (bounded memory).
-            (op, child), = node.children.items()
-            x = _apply(self.net, op, x)
-            node = child
-        for op, child in node.children.items():
-            self.walk(child, _apply(self.net, op, x))
-
-
 def evaluate_plans(net: BlockNetwork, plans: Sequence[Plan], images: torch.Tensor, labels: torch.Tensor, *,
                    chunk_size: int | None = None, precision: str | None = None, channels_last: bool = True,
                    device: torch.device | str | None = None, recalibrate: torch.Tensor | None = None,
@@ -213,7 +186,6 @@ def evaluate_plans(net: BlockNetwork, plans: Sequence[Plan], images: torch.Tenso
     tokens = labels.dim() > 1
     scorer = (_TokenLeaves(net, len(plans), device, divergence, logit_budget or default_logit_budget(device)) if tokens
               else _ImageLeaves(net, len(plans), device))
-    walker = _Walk(net, scorer)
     with torch.inference_mode(), autocast_for(device, precision):
         for start in range(0, len(images), chunk):
             x = images[start:start + chunk].to(device, non_blocking=True)
@@ -222,12 +194,11 @@ def evaluate_plans(net: BlockNetwork, plans: Sequence[Plan], images: torch.Tenso
                 x = x.contiguous(memory_format=torch.channels_last)
             x = net.stem(x)
             scorer.start(x, y)
-            walker.walk(trie.root, x)
+            walk(net, trie.root, x, scorer.leaf)
             scorer.finish()
     sums = scorer.sums.cpu()
     n = labels.numel()  # token data: every position
-    first_of: dict[int, int] = {}
-    _first_plan_index(trie.root, first_of)
+    first_of = first_plans(trie.root)
     results = []
     for i in range(len(plans)):
         loss, correct, kl, agreement, entropy = sums[first_of[i]].tolist()
@@ -263,14 +234,6 @@ def evaluate_plans_over(net: BlockNetwork, plans: Sequence[Plan], chunks: Iterab
                        **{name: None if s[name] is None else s[name] / total for name in _MEANS})
             for c, s in zip(correct, sums)]
 
-
-def _first_plan_index(root: Node, out: dict[int, int]) -> None:
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        for i in node.plans:
-            out[i] = node.plans[0]
-        stack.extend(node.children.values())
 
 
 def recalibrated_copy(net: BlockNetwork, plan: Plan, images: torch.Tensor, chunk_size: int | None = None) -> BlockNetwork:

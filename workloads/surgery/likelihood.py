@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from workloads.models.blocks import BlockNetwork
 from workloads.surgery.evaluate import autocast_for, default_device, default_precision
 from workloads.surgery.plan import Plan, validate
-from workloads.surgery.trie import Node, PlanTrie
+from workloads.surgery.trie import PlanTrie, first_plans, walk
 
 HEAD_SLICE = 1 << 24   # logits (positions x vocabulary) computed at once at a leaf
 
@@ -90,7 +90,7 @@ def _chunks(rows: Sequence[Sequence[int]], continuations: Sequence[Continuation]
     return chunks
 
 
-class _Walk:
+class _Leaves:
     """Sums each leaf's log-probabilities and argmax misses per continuation, on the device."""
 
     def __init__(self, net: BlockNetwork, num_plans: int, num_continuations: int, vocabulary: int,
@@ -99,33 +99,18 @@ class _Walk:
         self.step = max(1, HEAD_SLICE // vocabulary)   # positions per slice of logits
         self.loglikelihood = torch.zeros(num_plans, num_continuations, dtype=torch.float64, device=device)
         self.misses = torch.zeros(num_plans, num_continuations, dtype=torch.int64, device=device)
+        self.chunk: _Chunk | None = None
 
-    def leaf(self, node: Node, x: torch.Tensor, chunk: _Chunk) -> None:
+    def leaf(self, plan: int, x: torch.Tensor) -> None:
+        chunk = self.chunk
         hidden = x[chunk.rows, chunk.positions]                     # [P, hidden]: the scored positions alone
-        first = node.plans[0]   # duplicates are filled in from the first plan at the end
         for start in range(0, len(hidden), self.step):
             part = slice(start, start + self.step)
             logits = self.net.head(hidden[part].unsqueeze(0)).squeeze(0).float()
             targets = chunk.targets[part]
             logp = F.log_softmax(logits, dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
-            self.loglikelihood[first].index_add_(0, chunk.owner[part], logp.double())
-            self.misses[first].index_add_(0, chunk.owner[part], (logits.argmax(-1) != targets).long())
-
-    def walk(self, node: Node, x: torch.Tensor, chunk: _Chunk) -> None:
-        while True:
-            if node.plans:
-                self.leaf(node, x, chunk)
-            if len(node.children) != 1:
-                break
-            (op, child), = node.children.items()   # a chain: no other plan needs x
-            x = self.apply(op, x)
-            node = child
-        for op, child in node.children.items():
-            self.walk(child, self.apply(op, x), chunk)
-
-    def apply(self, op: tuple[str, int], x: torch.Tensor) -> torch.Tensor:
-        block = self.net.blocks[op[1]]
-        return block(x) if op[0] == "run" else block.skip(x)
+            self.loglikelihood[plan].index_add_(0, chunk.owner[part], logp.double())
+            self.misses[plan].index_add_(0, chunk.owner[part], (logits.argmax(-1) != targets).long())
 
 
 def continuation_loglikelihoods(net: BlockNetwork, plans: Sequence[Plan], rows: Sequence[Sequence[int]],
@@ -150,18 +135,10 @@ def continuation_loglikelihoods(net: BlockNetwork, plans: Sequence[Plan], rows: 
     chunks = _chunks(rows, continuations, chunk_tokens or default_chunk_tokens(device), device)
     with torch.inference_mode(), autocast_for(device, precision):
         vocabulary = net.head(net.stem(chunks[0].ids[:1, :1])).shape[-1]
-        walker = _Walk(net, len(plans), len(continuations), vocabulary, device)
+        leaves = _Leaves(net, len(plans), len(continuations), vocabulary, device)
         for chunk in chunks:
-            walker.walk(trie.root, net.stem(chunk.ids), chunk)
-        _fill_duplicates(trie.root, walker)
-    return Likelihoods(walker.loglikelihood.cpu(), (walker.misses == 0).cpu())
-
-
-def _fill_duplicates(root: Node, walker: _Walk) -> None:
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        for i in node.plans[1:]:
-            walker.loglikelihood[i] = walker.loglikelihood[node.plans[0]]
-            walker.misses[i] = walker.misses[node.plans[0]]
-        stack.extend(node.children.values())
+            leaves.chunk = chunk
+            walk(net, trie.root, net.stem(chunk.ids), leaves.leaf)
+    first_of = first_plans(trie.root)
+    first = [first_of[i] for i in range(len(plans))]   # identical plans share their leaf's sums
+    return Likelihoods(leaves.loglikelihood[first].cpu(), (leaves.misses[first] == 0).cpu())

@@ -9,9 +9,11 @@ Identical plans end at the same leaf and are computed once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
-from workloads.models.blocks import BlockInfo
+import torch
+
+from workloads.models.blocks import BlockInfo, BlockNetwork
 from workloads.surgery.plan import Plan
 
 Op = tuple[str, int]
@@ -65,3 +67,36 @@ class PlanTrie:
 def naive_block_runs(plans: Sequence[Plan]) -> int:
     """Residual-branch evaluations per example when every plan runs a full forward of its own."""
     return sum(p.active_blocks for p in plans)
+
+
+def run_op(net: BlockNetwork, op: Op, x: torch.Tensor) -> torch.Tensor:
+    block = net.blocks[op[1]]
+    return block(x) if op[0] == "run" else block.skip(x)
+
+
+def walk(net: BlockNetwork, node: Node, x: torch.Tensor, leaf: Callable[[int, torch.Tensor], None]) -> None:
+    """Depth-first from ``node`` with its activation ``x``: ``leaf(plan, x)`` wherever plans end, ``plan`` the
+    first of them (identical plans are computed once: ``first_plans``). An activation is kept only where plans
+    diverge, a chain overwrites it, so live activations never exceed the trie's depth whatever the plans."""
+    while True:
+        if node.plans:
+            leaf(node.plans[0], x)
+        if len(node.children) != 1:
+            break
+        (op, child), = node.children.items()   # a chain: no other plan needs x
+        x = run_op(net, op, x)
+        node = child
+    for op, child in node.children.items():
+        walk(net, child, run_op(net, op, x), leaf)
+
+
+def first_plans(root: Node) -> dict[int, int]:
+    """Each plan's index -> the first plan ending at its leaf, whose results it shares."""
+    out: dict[int, int] = {}
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        for i in node.plans:
+            out[i] = node.plans[0]
+        stack.extend(node.children.values())
+    return out
