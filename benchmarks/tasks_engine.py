@@ -14,6 +14,9 @@ four one-token answers) in the words of a word-level tokenizer trained here, wri
 Configurations: the intact model, every single layer deleted and every span of 2..``--max-span`` layers.
 Prints each way's wall time and configurations per hour, unravel's peak memory (resident set, above the start),
 and a last line ``ratio=X`` (field wall / unravel wall). ``--vocabulary 128256`` gives the model Llama 3's.
+Then (unless ``--no-divergence``) the lesion table's side of the same study, from ``divergence.py``: the engine's
+peak memory with a 128k-token vocabulary against the bound it states, and the cost per plan of the divergence
+columns (KL, agreement, entropy) against the loss alone.
 """
 from __future__ import annotations
 
@@ -90,6 +93,8 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=16, help="HFLM's batch size (the field's way)")
     p.add_argument("--vocabulary", type=int, default=50257, help="the model's vocabulary (Llama 3: 128256)")
+    p.add_argument("--no-divergence", action="store_true",
+                   help="skip the lesion table's divergence memory and cost (divergence.py)")
     args = p.parse_args(argv)
 
     from lm_eval.evaluator import simple_evaluate  # both ways start with lm-eval imported
@@ -147,6 +152,15 @@ def main(argv=None) -> int:
           f"(acc values seen: {accs[:6]}{' ...' if len(accs) > 6 else ''})")
     for p_, got, expected in mismatches[:3]:
         print(f"  configuration {p_}: unravel {got} against the field's {expected}")
+    if not args.no_divergence:
+        from benchmarks.divergence import divergence_cost, vocabulary_memory
+        m = vocabulary_memory(131072, device="cpu")
+        print(f"lesion engine, vocabulary 131072, {m['positions']} positions a chunk: live tensors peak "
+              f"+{m['peak_mb']:,.0f} MiB against the stated bound {m['bound_mb']:,.0f} MiB (the head on the whole "
+              f"chunk: +{m['whole_chunk_peak_mb']:,.0f} MiB)")
+        c = divergence_cost(131072, device="cpu")
+        print(f"lesion batch of {c['plans']} plans: {c['without_s'] * 1e3:,.0f} ms a plan for loss and error, "
+              f"{c['with_s'] * 1e3:,.0f} ms with KL, agreement and entropy (x{c['ratio']:.2f})")
     print(f"ratio={field_wall / unravel_wall:.2f} identical={not mismatches}")
     return 1 if mismatches else 0
 
