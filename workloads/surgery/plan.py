@@ -143,6 +143,15 @@ def random_deletion(infos: Sequence[BlockInfo], k: int, seed: int, exclude: Iter
     return delete_blocks(infos, chosen)
 
 
+def permutation_prefix(infos: Sequence[BlockInfo], k: int, draw: int, exclude: Iterable[int] = ()) -> Plan:
+    """The first k blocks of permutation ``draw`` of the deletable ones not in ``exclude`` deleted: the prefixes
+    of one draw are nested, so its k = 0..n plans walk one order in which Shapley values add each unit."""
+    pool = deletion_pool(infos, exclude)
+    if not 0 <= k <= len(pool):
+        raise PlanError(f"cannot delete the first k={k} blocks of a permutation: {len(pool)} are deletable")
+    return delete_blocks(infos, _rng(draw, 3).permutation(pool)[:k])
+
+
 def swap_pairs(infos: Sequence[BlockInfo], exclude: Iterable[int] = ()) -> list[tuple[int, int]]:
     """Every pair of positions whose blocks have the same shape (and may swap)."""
     excluded = set(exclude)
