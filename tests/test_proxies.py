@@ -169,3 +169,15 @@ def test_permutation_prefixes_are_nested_and_end_with_the_whole_pool():
     assert len(orders) == 5  # each draw is another permutation
     with pytest.raises(PlanError, match="cannot delete the first k=8 blocks of a permutation: 7 are deletable"):
         permutation_prefix(infos[:7], 8, 0)
+
+
+def test_a_layer_that_cannot_be_deleted_has_no_score_and_splits_the_spans():
+    net = tiny("plain15")
+    infos = net.block_infos()
+    scores = proxy_scores(net, [(torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(5)), None)],
+                          device="cpu")
+    fixed = [i.index for i in infos if not i.deletable]
+    assert fixed and scores.units == tuple(deletion_pool(infos))
+    assert all(math.isnan(scores.block_influence[b]) for b in fixed)
+    assert all(0 < scores.block_influence[b] < 2 for b in scores.units)
+    assert sorted(scores.angular) == sorted(layer_spans(infos, len(infos)))
