@@ -14,7 +14,8 @@ across a downsampling block compares its output with its input carried through t
 such a span is a full activation kept beyond the forward's own (one per start before the last downsampling
 block); a transformer keeps none.
 
-The forward is the network's ordinary one, each unit called once per chunk; the vectors are compared in float64.
+The forward is the network's ordinary one, each unit called once per chunk; the vectors are compared in float32
+(float64 for a float64 network) and summed in float64.
 """
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 
 from workloads.models.blocks import BlockNetwork
 from workloads.surgery.evaluate import autocast_for, default_device, default_precision, input_chunk_size
@@ -47,18 +47,25 @@ class ProxyScores:
 
 
 def _features(x: torch.Tensor, text: bool, positions: str, channels_last: bool) -> torch.Tensor:
-    """The vectors a score is a mean over, in float64: [M, C]."""
+    """The vectors a score is a mean over, at least in float32: [M, C]."""
+    x = x if x.dtype == torch.float64 else x.float()
     if text:
-        return (x[:, -1] if positions == "last" else x.flatten(0, -2)).double()
+        return x[:, -1] if positions == "last" else x.flatten(0, -2)
     if x.dim() == 2:
-        return x.double()
+        return x
     # a convolution's stream is [N, C, H, W]; a transformer's tokens (ViT [N, T, C], Swin [N, H, W, C]) keep C last
     dims = tuple(range(1, x.dim() - 1)) if channels_last else tuple(range(2, x.dim()))
-    return x.double().mean(dim=dims)
+    return x.mean(dim=dims)
+
+
+def _direction(v: torch.Tensor) -> torch.Tensor:
+    """Each vector over its norm: a cosine is then one dot product, and many spans share one normalisation."""
+    return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return F.cosine_similarity(a, b, dim=-1, eps=1e-30).clamp(-1.0, 1.0)
+    """Cosines of directions: the last axis summed."""
+    return (a * b).sum(dim=-1).clamp(-1.0, 1.0)
 
 
 def proxy_scores(net: BlockNetwork, chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], *, positions: str = "last",
@@ -100,31 +107,33 @@ def proxy_scores(net: BlockNetwork, chunks: Iterable[tuple[torch.Tensor, torch.T
                 kept_features: dict[int, torch.Tensor] = {}
                 kept_full: dict[int, torch.Tensor] = {}
                 examples += x.shape[0] * (x.shape[1] if text and positions == "all" else 1)
+                features_out, wide_out = None, None   # the previous unit's output features: this unit's input's
                 for b, block in enumerate(net.blocks):
                     wide = infos[b].kind in ("attention", "mlp")
-                    features_in = _features(x, text, positions, wide)
+                    features_in = features_out if wide == wide_out else _features(x, text, positions, wide)
                     if b in first_unit:
                         layer = first_unit[b]
-                        kept_features[layer] = features_in
+                        kept_features[layer] = _direction(features_in)
                         if b <= last_shortcut:
                             kept_full[layer] = x
                     if not infos[b].deletable:  # no span runs through it
                         kept_features.clear()
                         kept_full.clear()
                     y = block(x)
+                    out = features_out = _features(y, text, positions, wide)
+                    wide_out = wide
                     if infos[b].deletable:
                         deleted = x if infos[b].identity_skip else block.skip(x)
                         reference = features_in if deleted is x else _features(deleted, text, positions, wide)
-                        out = _features(y, text, positions, wide)
-                        cos = _cosine(reference, out)
-                        ratio = (out - reference).norm(dim=-1) / out.norm(dim=-1).clamp_min(1e-300)
-                        unit_sums[0, b] += cos.sum()
-                        unit_sums[1, b] += ratio.sum()
-                        unit_sums[2, b] += (1.0 - cos).sum()
+                        cos = _cosine(_direction(reference), _direction(out))
+                        ratio = (out - reference).norm(dim=-1) / out.norm(dim=-1).clamp_min(torch.finfo(out.dtype).tiny)
+                        unit_sums[0, b] += cos.sum(dtype=torch.float64)
+                        unit_sums[1, b] += ratio.sum(dtype=torch.float64)
+                        unit_sums[2, b] += (1.0 - cos).sum(dtype=torch.float64)
                         if not infos[b].identity_skip:
                             for start, stream in list(kept_full.items()):
                                 carried = block.skip(stream)
-                                kept_features[start] = _features(carried, text, positions, wide)
+                                kept_features[start] = _direction(_features(carried, text, positions, wide))
                                 if b < last_shortcut:
                                     kept_full[start] = carried
                                 else:
@@ -132,10 +141,12 @@ def proxy_scores(net: BlockNetwork, chunks: Iterable[tuple[torch.Tensor, torch.T
                     x = y
                     if b in last_unit:
                         end = last_unit[b] + 1
-                        out = _features(x, text, positions, wide)
-                        for start in span_ends.get(end, []):
-                            angle = torch.arccos(_cosine(kept_features[start], out)) / math.pi
-                            angular_sums[span_index[(start, end - start)]] += angle.sum()
+                        starts = span_ends.get(end, [])
+                        if starts:  # every span ending here at once: [starts, M] angles
+                            kept = torch.stack([kept_features[start] for start in starts])
+                            angles = torch.arccos(_cosine(kept, _direction(out))) / math.pi
+                            where = torch.tensor([span_index[(start, end - start)] for start in starts], device=device)
+                            angular_sums.index_add_(0, where, angles.sum(dim=1, dtype=torch.float64))
     if not examples:
         raise ValueError("the test set is empty")
     nan = float("nan")
