@@ -11,7 +11,7 @@ import torch
 from conftest import tiny
 from language_cases import VOCAB
 from workloads.models.adapters.hf import from_causal_lm
-from workloads.surgery import (PlanError, deletion_pool, layer_spans, permutation_prefix,
+from workloads.surgery import (PlanError, deletion_pool, layer_spans, layer_units, permutation_prefix,
                                proxy_scores)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -93,27 +93,30 @@ def test_the_last_position_and_all_positions_differ_and_chunks_do_not_matter():
     assert every.examples == 40 and every.block_influence != pytest.approx(whole.block_influence, abs=1e-3)
 
 
-def _hand_resnet(net, images: torch.Tensor):
-    """Per block its (input, output) from forward hooks; the proxies from pooled features in float64, a
-    downsampling block compared with its shortcut, a span with its input carried through the shortcuts in it."""
+def _hand_images(net, images: torch.Tensor, pooled_dims: tuple[int, ...]):
+    """Per block its (input, output) from forward hooks; the proxies from features averaged over ``pooled_dims`` in
+    float64, a downsampling block compared with its shortcut, a span with its input carried through the shortcuts in
+    it."""
     seen = []
     hooks = [b.register_forward_hook(lambda m, i, o: seen.append((i[0], o))) for b in net.blocks]
     with torch.no_grad():
         net(images)
         for h in hooks:
             h.remove()
-        pool = lambda x: x.double().mean(dim=(2, 3))  # noqa: E731
+        pool = lambda x: x.double().mean(dim=pooled_dims)  # noqa: E731
         units = []
         for block, (x, y) in zip(net.blocks, seen):
             reference, out = pool(block.skip(x)), pool(y)
             units.append((_cos(reference, out).mean().item(),
                           ((out - reference).norm(dim=-1) / out.norm(dim=-1)).mean().item()))
         angular = {}
-        for start, length in layer_spans(net.block_infos(), net.num_blocks):
-            carried = seen[start][0]
-            for b in range(start, start + length):
+        layers = layer_units(net.block_infos())
+        for start, length in layer_spans(net.block_infos(), len(layers)):
+            first, last = layers[start][0], layers[start + length - 1][-1]
+            carried = seen[first][0]
+            for b in range(first, last + 1):
                 carried = net.blocks[b].skip(carried)
-            angle = torch.arccos(_cos(pool(carried), pool(seen[start + length - 1][1])).clamp(-1, 1)) / math.pi
+            angle = torch.arccos(_cos(pool(carried), pool(seen[last][1])).clamp(-1, 1)) / math.pi
             angular[(start, length)] = angle.mean().item()
     return units, angular
 
@@ -127,12 +130,24 @@ def test_resnet_proxies_equal_forward_hooks_on_pooled_features(name):
     assert any(not i.identity_skip for i in infos)  # a downsampling shortcut: spans cross it
     scores = proxy_scores(net, [(images[:4], None), (images[4:], None)], device="cpu", precision="fp32",
                           chunk_size=3)
-    units, angular = _hand_resnet(net, images)
+    units, angular = _hand_images(net, images, (2, 3))
     assert scores.positions == "pooled" and scores.examples == 6
     assert scores.cosine == pytest.approx([c for c, _ in units], abs=1e-10)
     assert scores.relative_magnitude == pytest.approx([r for _, r in units], abs=1e-10)
     assert scores.block_influence == pytest.approx([1 - c for c, _ in units], abs=1e-10)
     assert scores.angular == pytest.approx(angular, abs=1e-10) and len(angular) == len(infos) * (len(infos) + 1) // 2
+
+
+def test_a_vision_transformer_pools_its_tokens():
+    """A transformer's stream keeps its channels last ([N, tokens, C]): its features are the mean over tokens."""
+    net = tiny("tv_VisionTransformer", image_size=32, arch_options=dict(image_size=32, patch_size=8, num_layers=2,
+                                                                         num_heads=2, hidden_dim=16, mlp_dim=32))
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    scores = proxy_scores(net, [(images, None)], device="cpu", precision="fp32")
+    units, angular = _hand_images(net, images, (1,))
+    assert scores.block_influence == pytest.approx([1 - c for c, _ in units], abs=1e-5)
+    assert scores.relative_magnitude == pytest.approx([r for _, r in units], rel=1e-4)
+    assert scores.angular == pytest.approx(angular, abs=1e-5) and len(angular) == 3
 
 
 def test_the_whole_study_is_one_forward_per_chunk():
