@@ -45,7 +45,7 @@ def angular_heatmap(results: Results, folder: Path) -> str | None:
         grid[d["length"].to_numpy(int) - 1, d["start"].to_numpy(int)] = d["value"].to_numpy(float)
         image = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis", vmin=0,
                           extent=(0.5, layers + 0.5, 0.5, grid.shape[0] + 0.5))
-        fig.colorbar(image, ax=ax, label="angular distance d / pi")
+        fig.colorbar(image, ax=ax, label="angular distance, arccos(cos) / pi")
         ax.set_xlabel("first layer of the span (1-based)")
         ax.set_ylabel("layers in the span n")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -59,7 +59,8 @@ def angular_heatmap(results: Results, folder: Path) -> str | None:
 
 def proxy_cost_figure(results: Results, folder: Path) -> str | None:
     """A row per run, a panel per proxy: the proxy against the real cost of each deletion it ranks (single units,
-    or the spans of each length), a legend per panel with Spearman's rho and its 95% interval."""
+    or the spans of each length), a legend per panel with Spearman's rho of the predicted cost (cosine read in reverse)
+    and its 95% interval."""
     found = comparisons(results)
     if not found:
         return None
@@ -79,7 +80,7 @@ def proxy_cost_figure(results: Results, folder: Path) -> str | None:
                     color=PALETTE[j % len(PALETTE)], ls="none", label=f"{scope.text}: rho {c.spearman.estimate:+.2f}\n"
                     + (f"95% CI [{c.spearman.lo:+.2f}, {c.spearman.hi:+.2f}]" if c.spearman.known else "no interval"))
             ax.set_ylabel(f"{real} ({scope.costs[real]})")
-        ax.set_xlabel(PROXIES[proxy][0])
+        ax.set_xlabel(PROXIES[proxy][0] + (" (higher: a cheaper deletion)" if PROXIES[proxy][1] < 0 else ""))
         ax.set_title(_title(results.name(r), cols))
         ax.legend(loc="best", fontsize=7, handletextpad=0.2, borderpad=0.3, framealpha=0.8)
     fig.suptitle(f"Each proxy against the real cost of the deletions it ranks ({results.dataset})")
