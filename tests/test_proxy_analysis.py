@@ -171,7 +171,7 @@ def test_figures_are_drawn_and_readable(proxied, tmp_path, drawn):
     with matplotlib.rc_context(STYLE):
         assert proxy_figures.angular_heatmap(results, tmp_path) == "proxies_angular_distance.png"
         assert proxy_figures.proxy_cost_figure(results, tmp_path) == "proxies_against_cost.png"
-        shares, run = _additive(tmp_path / "shares")
+        shares, _ = _additive(tmp_path / "shares")
         assert proxy_figures.shares_figure(shares, tmp_path) == "shares.png"
     for name, fig in drawn.items():
         assert_readable(name, fig)

@@ -4,7 +4,9 @@ Every interval is a 95% percentile bootstrap (``scipy.stats.bootstrap``) with a 
 report is the same each time it is written. Percentile, not BCa: with three seeds BCa's
 jackknife is degenerate, and the same method everywhere keeps the verdicts comparable. A
 sample of one value has no interval: (nan, nan), and the verdicts say so; samples of several equal values
-have a point interval (every resample is the sample itself).
+have a point interval (every resample is the sample itself). Rank correlations (a proxy against real costs) and
+the shares' values resample here with the same seed and percentiles, since a resample with nothing to rank (nan)
+is left out rather than voiding the interval, and a unit's share needs its resamples kept whole.
 """
 from __future__ import annotations
 
