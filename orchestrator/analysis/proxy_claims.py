@@ -36,10 +36,12 @@ def _verdict(found: list[Comparison]) -> str:
             f"in {misleads}, not resolved in {len(found) - ranks - misleads}")
 
 
-def _main_cost(found: list[Comparison]) -> str:
-    """The cost the claim's line reads: loss rise where the run has it, else the error rise."""
+def _main_cost(results: Results, found: list[Comparison]) -> str:
+    """The cost the claim's line reads: what the lesion figures plot (loss rise for a language model, error rise for
+    images), else the first the run has."""
     costs = [c.cost for c in found]
-    return "loss rise" if "loss rise" in costs else costs[0]
+    wanted = "loss rise" if results.measure.column == "loss" else "error rise"
+    return next((c for c in costs if c.endswith(wanted)), costs[0])
 
 
 def p1(results: Results) -> Claim:
@@ -62,7 +64,7 @@ def p1(results: Results) -> Claim:
         mine = [c for c in found if c.run_id == r]
         if not mine:
             continue
-        cost = _main_cost(mine)
+        cost = _main_cost(results, mine)
         read = [f"{PROXIES[c.proxy][0]} on {c.scope} rho {c.spearman.text(2)}" for c in mine if c.cost == cost]
         parts.append(f"{results.name(r)} ({cost}): " + "; ".join(read) + f"; {_verdict(mine)}")
     return Claim("P1", paper, ". ".join(parts), _verdict(found), rule, OVER)
