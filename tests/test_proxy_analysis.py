@@ -196,3 +196,38 @@ def test_the_report_has_the_proxies_and_shares(proxied):
     text = write_report(results.out).read_text()
     assert "## Is the cheap proxy right?" in text and "P1 one-forward proxies" in text
     assert "### proxies-angular" in text and "### proxies-cost" in text
+
+
+def test_a_resnet_is_judged_on_error_and_its_blocks_share_the_damage(tmp_path):
+    """Images: a ResNet-20's 9 blocks, each costing 1 + block error points, judged on error rise; random deletions
+    of 1-4 blocks give each block's Banzhaf value in points."""
+    from workloads.models import network_config
+    cfg = network_config("resnet20", widths=(4, 8, 16), in_channels=1, num_classes=10, image_size=8)
+    run = "res.s0"
+    store.write_table(tmp_path, "runs", [{
+        "run_id": run, "label": "res", "network": "resnet20", "variant": "{}", "mode": "normal", "seed": 0,
+        "dataset": "digits", "iterations": 10, "epochs": 1, "test_error": 0.1, "test_loss": 0.3, "num_blocks": 9,
+        "parameters": 1, "checkpoint": "-", "train_seconds": 1.0, "net_config": cfg.to_json(), "train_config": "{}"}])
+    points = {b: 1.0 + b for b in range(9)}
+
+    def row(study, k, draw, deleted):
+        error = 0.05 + sum(points[b] for b in deleted) / 100
+        return {**lesion_row(run, study, k, draw, deleted, 0.2 + error), "error": error, "metric": "classification",
+                "perplexity": float("nan")}
+
+    rng = np.random.default_rng(3)
+    draws = [sorted(rng.choice(9, k, replace=False).tolist()) for k in range(1, 5) for _ in range(30)]
+    store.write_part(tmp_path, "lesion", "intact", run, "i", [row("intact", 0, 0, [])])
+    store.write_part(tmp_path, "lesion", "single_deletion", run, "s", [row("single_deletion", 1, b, [b]) for b in range(9)])
+    store.write_part(tmp_path, "lesion", "random_deletion", run, "r",
+                     [row("random_deletion", len(d), j, d) for j, d in enumerate(draws)])
+    store.write_part(tmp_path, "proxies", "proxies", run, "p",
+                     [{**r, "positions": "pooled"} for r in proxy_rows(run, {("block_influence", b, 1): 0.1 * b
+                                                                             for b in range(9)})])
+    results = Results.load(tmp_path)
+    [claim] = [c for c in all_claims(results) if c.key == "P1"]
+    assert claim.verdict == "reproduced" and "res (error rise): block influence on single units rho 1.00" in claim.result
+    estimate = banzhaf(results, run)
+    covered = [ci.lo <= points[b] <= ci.hi for b, ci in zip(estimate.units, estimate.intervals())]
+    assert sum(covered) >= 8 and estimate.units.tolist() == list(range(9)), covered
+    assert "### res" in "\n".join(shares_section(results))
