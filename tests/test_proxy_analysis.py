@@ -15,7 +15,7 @@ from orchestrator.analysis import drawing, proxy_figures
 from orchestrator.analysis.claims import all_claims
 from orchestrator.analysis.drawing import STYLE
 from orchestrator.analysis.proxies import MISLEADS, NOT_RESOLVED, RANKS, comparisons
-from orchestrator.analysis.proxy_claims import proxy_section, shares_section
+from orchestrator.analysis.proxy_claims import p1, proxy_section, shares_section
 from orchestrator.analysis.report import write_report
 from orchestrator.analysis.results import Results
 from orchestrator.analysis.shares import banzhaf, shapley
@@ -88,7 +88,7 @@ def test_each_verdict_of_a_proxy(proxied):
 
 def test_the_claim_and_section_say_what_decided(proxied):
     results, big, _ = proxied
-    [claim] = [c for c in all_claims(results) if c.key == "P1"]
+    claim = p1(results)
     assert claim.verdict.startswith("partly reproduced: ranks as deletion does in")
     assert "documents for task accuracy" in claim.over and "no per-example costs" in claim.over
     text = "\n".join(proxy_section(results))
