@@ -1,5 +1,5 @@
 """Every figure of the report, drawn under the kit's style: Veit et al.'s, the highway view's, span deletion's,
-task accuracy's and the training curves, each where the tables hold data for it."""
+task accuracy's, the proxies', the shares' and the training curves, each where the tables hold data for it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +8,7 @@ import matplotlib
 
 from orchestrator.analysis.drawing import STYLE
 from orchestrator.analysis.highway import h_figure
+from orchestrator.analysis.proxy_figures import angular_heatmap, proxy_cost_figure, shares_figure
 from orchestrator.analysis.results import Results
 from orchestrator.analysis.spans import span_figure
 from orchestrator.analysis.task_figures import task_loss_figure, task_random_figure, task_single_figure
@@ -15,6 +16,7 @@ from orchestrator.analysis.veit_figures import f3, f5a, f5b, f6, f7, training_cu
 
 FIGURES = {"F3": f3, "F5a": f5a, "F5b": f5b, "F6": f6, "F7": f7, "H": h_figure, "spans": span_figure,
            "tasks-single": task_single_figure, "tasks-random": task_random_figure, "tasks-loss": task_loss_figure,
+           "proxies-angular": angular_heatmap, "proxies-cost": proxy_cost_figure, "shares": shares_figure,
            "training": training_curves}   # key -> the function drawing it, in the report's order
 
 

@@ -20,6 +20,7 @@ from orchestrator.analysis.highway import h_section
 from orchestrator.analysis.identity_mappings import im_section
 from orchestrator.analysis.language import language_section
 from orchestrator.analysis.prose import markdown_table, plural
+from orchestrator.analysis.proxy_claims import proxy_section, shares_section
 from orchestrator.analysis.results import CRITICAL_RISE, NEXT_TOKEN_LOSS, Results, variant_text
 from orchestrator.analysis.spans import span_section
 from orchestrator.analysis.tasks import task_section
@@ -49,6 +50,15 @@ CAPTIONS = {
                   "KL from the intact model in nats per token (right), a point per plan scored on both; the marker "
                   "says the plan's kind (star: the intact model). Accuracy that collapses while loss rises smoothly "
                   "shows as a cliff over a narrow range of loss.",
+    "proxies-angular": "Gromov et al.'s angular distance d(start, n) / pi between the residual stream before a span "
+                       "of n layers and after it, per run (last position of each text sequence, all positions, or "
+                       "the pooled features of an image); a dark cell is a span the proxy calls cheap to delete.",
+    "proxies-cost": "Each one-forward proxy against the real cost of the deletions it ranks, a row of panels per run: "
+                    "single units for block influence, relative magnitude and cosine, spans of each length for "
+                    "angular distance; the legend gives Spearman's rho with its 95% bootstrap interval over the "
+                    "units or spans.",
+    "shares": "Each run's units ranked by their share of the damage when deleted with others: Shapley values "
+              "(permutation sampling) and Banzhaf values (random deletions), each with its 95% bootstrap interval.",
     "training": "Test (solid) and train (dotted) error per epoch; seeds of one run share its colour.",
 }
 # a language model's lesion figures plot next-token loss, its units are attention and MLP sublayers
@@ -69,7 +79,7 @@ def captions(results: Results) -> dict[str, str]:
     """Each figure's caption, in the words of what it plots."""
     return {**CAPTIONS, **LANGUAGE_CAPTIONS} if results.measure is NEXT_TOKEN_LOSS else CAPTIONS
 # figures of a study no shipped spec runs: a report without them does not list them as not drawn
-OPTIONAL_FIGURES = ("spans", "tasks-single", "tasks-random", "tasks-loss")
+OPTIONAL_FIGURES = ("spans", "tasks-single", "tasks-random", "tasks-loss", "proxies-angular", "proxies-cost", "shares")
 CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
        "font-size:90%;vertical-align:top}th{background:#f3f3f3}img{max-width:100%}")
@@ -187,7 +197,7 @@ def write_report(out) -> Location:
     figures = all_figures(results, store.figures_folder(out))
     md = "\n".join(header(results) + what_was_run(results) + language_section(results)
                    + claims_section(all_claims(results)) + critical_blocks_section(results) + span_section(results)
-                   + task_section(results)
+                   + task_section(results) + proxy_section(results) + shares_section(results)
                    + t1_section(results) + im_section(results) + h_section(results)
                    + figures_section(figures, captions(results)))
     report, html = store.report_paths(out)

@@ -8,6 +8,7 @@ import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -158,6 +159,8 @@ class Results:
     tasks: pd.DataFrame = field(default_factory=pd.DataFrame)          # lm-eval's scores: a row per plan, task,
     #                                                                     metric and filter
     task_samples: pd.DataFrame = field(default_factory=pd.DataFrame)   # a row per plan, task and document
+    proxies: pd.DataFrame = field(default_factory=pd.DataFrame)        # one-forward scores: a row per proxy and
+    #                                                                     unit or span
 
     @classmethod
     def load(cls, out: str | Path) -> "Results":
@@ -175,7 +178,14 @@ class Results:
                    experiment.raw if experiment else {}, tables["gates"], stale=stale,
                    rules={t.run_id: t.test_rules for t in experiment.runs} if experiment else {},
                    blocks=experiment.blocks if experiment else {}, tasks=tables["tasks"],
-                   task_samples=tables["task_samples"])
+                   task_samples=tables["task_samples"], proxies=tables["proxies"])
+
+    def computed(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per Results under ``key``: what a topic module derives from the tables and several of
+        its claims and figures read."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     @functools.cached_property
     def _runs_by_id(self) -> pd.DataFrame:

@@ -4,7 +4,9 @@ Every interval is a 95% percentile bootstrap (``scipy.stats.bootstrap``) with a 
 report is the same each time it is written. Percentile, not BCa: with three seeds BCa's
 jackknife is degenerate, and the same method everywhere keeps the verdicts comparable. A
 sample of one value has no interval: (nan, nan), and the verdicts say so; samples of several equal values
-have a point interval (every resample is the sample itself).
+have a point interval (every resample is the sample itself). Rank correlations (a proxy against real costs) and
+the shares' values resample here with the same seed and percentiles, since a resample with nothing to rank (nan)
+is left out rather than voiding the interval, and a unit's share needs its resamples kept whole.
 """
 from __future__ import annotations
 
@@ -174,3 +176,95 @@ def holm(p_values) -> np.ndarray:
     adjusted = np.empty(m)
     adjusted[order] = stepped
     return adjusted
+
+
+def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman's rho of ``x`` against each row of ``y`` (ties averaged); nan for a row with no spread."""
+    rx = stats.rankdata(x, axis=-1)
+    ry = stats.rankdata(y, axis=-1)
+    rx, ry = rx - rx.mean(axis=-1, keepdims=True), ry - ry.mean(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (rx * ry).sum(axis=-1) / np.sqrt((rx * rx).sum(axis=-1) * (ry * ry).sum(axis=-1))
+
+
+def _kendall_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Kendall's tau-b of each row of ``x`` against the same row of ``y`` (all pairs at once: rows of a few hundred
+    values); nan for a row with no spread."""
+    x, y = np.atleast_2d(x), np.atleast_2d(y)
+    sx = np.sign(x[:, :, None] - x[:, None, :]).astype(np.int8)
+    sy = np.sign(y[:, :, None] - y[:, None, :]).astype(np.int8)
+    concordant = (sx.astype(np.int32) * sy).sum(axis=(1, 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return concordant / np.sqrt((sx != 0).sum(axis=(1, 2)) * (sy != 0).sum(axis=(1, 2)).astype(float))
+
+
+RANK_CORRELATIONS = {"spearman": _spearman_rows, "kendall": _kendall_rows}
+
+
+def _resampled_rank_interval(statistic: Callable[[np.ndarray], np.ndarray], n: int) -> tuple[float, float]:
+    """The 95% percentile interval of ``statistic`` (of resamples x n indices, one value per resample) over RESAMPLES
+    resamples of ``n`` items, in batches; a resample with no spread to rank (nan) is left out, as spearmanr's nan
+    says it ranks nothing."""
+    rows = resampled_rows(n)
+    values = np.concatenate([statistic(rows[i:i + 200]) for i in range(0, len(rows), 200)])
+    values = values[np.isfinite(values)]
+    if len(values) < RESAMPLES / 2:
+        return float("nan"), float("nan")
+    tail = 100 * (1 - CONFIDENCE) / 2
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def rank_correlation_interval(x, y, method: str = "spearman") -> Interval:
+    """Spearman's rho or Kendall's tau-b of paired values (``scipy.stats``), its interval resampling the pairs
+    together (the units or spans being ranked)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return Interval(float("nan"), float("nan"), float("nan"), len(x))
+    estimate = stats.spearmanr(x, y).statistic if method == "spearman" else stats.kendalltau(x, y).statistic
+    rows = RANK_CORRELATIONS[method]
+    lo, hi = _resampled_rank_interval(lambda i: rows(x[i], y[i]), len(x))
+    return Interval(float(estimate), lo, hi, len(x))
+
+
+def document_rank_correlation_interval(x, intact, correct, method: str = "spearman") -> Interval:
+    """The rank correlation of ``x`` (one value per plan) with each plan's accuracy drop from the intact model
+    (``intact``: documents; ``correct``: plans x documents, right or wrong), its interval resampling the documents
+    (every plan's answers to a document stay together)."""
+    x = np.asarray(x, dtype=float)
+    intact, correct = np.asarray(intact, dtype=float), np.asarray(correct, dtype=float)
+    drop = intact.mean() - correct.mean(axis=1)
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(drop) == 0:
+        return Interval(float("nan"), float("nan"), float("nan"), intact.size)
+    rows = RANK_CORRELATIONS[method]
+
+    def statistic(docs: np.ndarray) -> np.ndarray:                  # resamples x documents
+        drops = intact[docs].mean(axis=-1)[:, None] - correct[:, docs].mean(axis=-1).T   # resamples x plans
+        return rows(np.broadcast_to(x, drops.shape), drops)
+
+    estimate = float(statistic(np.arange(intact.size)[None])[0])
+    lo, hi = _resampled_rank_interval(statistic, intact.size)
+    return Interval(estimate, lo, hi, intact.size)
+
+
+def stratified_weights(strata) -> np.ndarray:
+    """Bootstrap weights (resamples x values): each resample draws, within each stratum (the draws of one k), as
+    many values as it holds, with replacement; a value's weight is how often it was drawn. Fixed seed."""
+    strata = np.asarray(strata)
+    rng = np.random.default_rng(SEED)
+    weights = np.zeros((RESAMPLES, len(strata)))
+    for s in np.unique(strata):
+        members = np.flatnonzero(strata == s)
+        weights[:, members] = rng.multinomial(len(members), np.full(len(members), 1 / len(members)), RESAMPLES)
+    return weights
+
+
+def percentile_bounds(replicates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 95% percentile interval of bootstrap replicates (resamples along axis 0), nan where some are nan."""
+    tail = 100 * (1 - CONFIDENCE) / 2
+    return np.percentile(replicates, tail, axis=0), np.percentile(replicates, 100 - tail, axis=0)
+
+
+def resampled_rows(count: int) -> np.ndarray:
+    """Bootstrap resamples of ``count`` rows (permutations, say) as row indices (resamples x count), fixed seed:
+    every statistic of the rows is computed on the same resamples."""
+    return np.random.default_rng(SEED).integers(0, count, (RESAMPLES, count))

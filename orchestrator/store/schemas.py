@@ -72,6 +72,12 @@ PART_SCHEMAS: dict[str, pa.Schema] = {
         ("deleted", pa.list_(pa.int64())), ("task", pa.string()), ("doc_id", pa.int64()), ("correct", pa.bool_()),
         ("gold_loglikelihood", pa.float64()),
     ]),
+    # one-forward proxies of a run's intact network: one row per (proxy, unit or span); start is the unit for a
+    # per-unit proxy (length 1), the span's first layer for angular_distance (length: layers spanned)
+    "proxies": pa.schema([
+        ("unit_key", pa.string()), ("proxy", pa.string()), ("start", pa.int64()), ("length", pa.int64()),
+        ("positions", pa.string()), ("value", pa.float64()), ("examples", pa.int64()), ("seconds", pa.float64()),
+    ]),
     "errors": pa.schema([
         ("unit_key", pa.string()), ("run_id", pa.string()), ("study", pa.string()), ("k", pa.int64()),
         ("draw", pa.int64()), ("error", pa.string()), ("traceback", pa.string()), ("time", pa.float64()),
