@@ -72,6 +72,13 @@ PART_SCHEMAS: dict[str, pa.Schema] = {
         ("deleted", pa.list_(pa.int64())), ("task", pa.string()), ("doc_id", pa.int64()), ("correct", pa.bool_()),
         ("gold_loglikelihood", pa.float64()),
     ]),
+    # one-forward importance scores of one run, one unit (its intact pass) of many rows: per residual unit (start the
+    # unit, length 1) block_influence, relative_magnitude and cosine; per span of layers (start its first layer,
+    # length its layers) angular_distance; positions: last | all (text), pooled (images)
+    "proxies": pa.schema([
+        ("unit_key", pa.string()), ("proxy", pa.string()), ("start", pa.int64()), ("length", pa.int64()),
+        ("positions", pa.string()), ("value", pa.float64()), ("examples", pa.int64()), ("seconds", pa.float64()),
+    ]),
     "errors": pa.schema([
         ("unit_key", pa.string()), ("run_id", pa.string()), ("study", pa.string()), ("k", pa.int64()),
         ("draw", pa.int64()), ("error", pa.string()), ("traceback", pa.string()), ("time", pa.float64()),
