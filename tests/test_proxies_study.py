@@ -45,7 +45,8 @@ def text_spec(folder, **proxies) -> dict:
     model = folder / "llama"
     if not (model / "config.json").exists():
         write_llama_config(model, layers=3)
-    return {"name": "llm-proxies", "data": {"dataset": "text", "root": str(folder / "corpus.txt"), "sequence_length": 8},
+    data = {"dataset": "text", "root": str(folder / "corpus.txt"), "sequence_length": 8}
+    return {"name": "llm-proxies", "data": data,
             "models": [{"network": "hf_causal_lm", "label": "llama", "checkpoint": str(model)}],
             "studies": {"proxies": proxies, "shares": {"permutations": 2}}}
 
