@@ -139,10 +139,11 @@ def test_proxies_batches_write_their_own_table_and_shares_batches_the_lesion_tab
 # -- the proxies table --------------------------------------------------------------------------------
 
 def scores_of(blocks: int, layers: int, positions: str = "pooled", examples: int = 40) -> SimpleNamespace:
-    """Scores as ``workloads.surgery.ProxyScores`` carries them: per-unit lists, and the angular distance of every
-    span (start, length)."""
+    """Scores as ``workloads.surgery.ProxyScores`` carries them: per-unit lists indexed by block (NaN where a unit
+    cannot be deleted: none here), the deletable units, and the angular distance of every span (start, length)."""
     cosine = [0.5 + 0.05 * b for b in range(blocks)]
-    return SimpleNamespace(block_influence=[1 - c for c in cosine], relative_magnitude=[0.1 * b for b in range(blocks)],
+    return SimpleNamespace(units=tuple(range(blocks)), block_influence=[1 - c for c in cosine],
+                           relative_magnitude=[0.1 * b for b in range(blocks)],
                            cosine=cosine, angular={(s, n): 0.01 * (s + n) for n in range(1, layers + 1)
                                                    for s in range(layers - n + 1)},
                            examples=examples, positions=positions)

@@ -58,10 +58,11 @@ UNIT_PROXIES = ("block_influence", "relative_magnitude", "cosine")
 
 
 def proxy_rows(unit, scores, *, seconds: float) -> list[dict]:
-    """The proxies rows of one run's intact pass (``workloads.surgery.ProxyScores``): one per unit and per-unit
-    proxy (start the unit, length 1), one per span's angular distance (start its first layer, length its layers);
-    ``seconds`` is each row's share of the pass, so a run's rows sum to its time."""
-    values = [(proxy, b, 1, v) for proxy in UNIT_PROXIES for b, v in enumerate(getattr(scores, proxy))]
+    """The proxies rows of one run's intact pass (``workloads.surgery.ProxyScores``): one per deletable unit and
+    per-unit proxy (start the unit, length 1; a unit that cannot be deleted has no score), one per span's angular
+    distance (start its first layer, length its layers); ``seconds`` is each row's share of the pass, so a run's
+    rows sum to its time."""
+    values = [(proxy, b, 1, getattr(scores, proxy)[b]) for proxy in UNIT_PROXIES for b in scores.units]
     values += [("angular_distance", start, length, v) for (start, length), v in sorted(scores.angular.items())]
     share = seconds / max(1, len(values))
     return [{"unit_key": unit.key, "proxy": proxy, "start": start, "length": length, "positions": scores.positions,
