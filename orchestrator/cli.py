@@ -217,8 +217,9 @@ def train(spec: str, address: str | None, out, resume: bool) -> None:
 @OUT
 @interrupts.stoppable("units")
 def lesion(spec: str, address: str | None, out) -> None:
-    """Run SPEC's studies (deletions of blocks and of spans of layers, reorderings, gradients, gates) on the
-    trained runs in OUT, and on the networks its models: section imports from checkpoint files.
+    """Run SPEC's studies (deletions of blocks, of spans of layers and of permutations' prefixes, reorderings,
+    gradients, gates, proxies) on the trained runs in OUT, and on the networks its models: section imports from
+    checkpoint files.
 
     Resumable: units already written are skipped, so rerunning after a crash or Ctrl-C
     computes only what is missing.
@@ -425,7 +426,7 @@ def plan(spec: str, address: str | None, nodes: tuple[str, ...], fmt: str, rates
                    "ATTACH, extensions. By default it sees only OUT's tables.")
 def query(out, sql: str, fmt: str, allow_external: bool) -> None:
     """Run SQL (DuckDB) over the tables in OUT, one view each: runs, epochs, training_errors,
-    lesion, gradients, gates, tasks, task_samples, errors (a table OUT has no rows of is an empty view).
+    lesion, gradients, gates, proxies, tasks, task_samples, errors (a table OUT has no rows of is an empty view).
 
     Example: unravel query results/digits "select run_id, k, avg(error) from lesion
     where study = 'random_deletion' group by all order by all"

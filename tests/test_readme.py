@@ -90,8 +90,8 @@ def demo_spec_path() -> Path:
 
 
 def shrink(raw: dict) -> dict:
-    """The spec with the same runs, modes and studies, and tiny sizes: iterations, draws, test examples,
-    widths (each network's tiny rule, tests/registry_cases.py)."""
+    """The spec with the same runs, modes and studies, and tiny sizes: iterations, draws and permutations, test
+    examples, widths (each network's tiny rule, tests/registry_cases.py)."""
     spec = copy.deepcopy(raw)
     spec["training"]["iterations"] = DEMO_ITERATIONS
     for run in spec["training"]["runs"]:
@@ -100,6 +100,8 @@ def shrink(raw: dict) -> dict:
     for settings in studies.values():
         if isinstance(settings, dict) and "draws" in settings:
             settings["draws"] = DEMO_DRAWS
+        if isinstance(settings, dict) and "permutations" in settings:
+            settings["permutations"] = DEMO_DRAWS
     studies["test_examples"] = DEMO_TEST_EXAMPLES
     if "gradients" in studies:
         studies["gradients"]["batch_size"] = DEMO_GRADIENT_BATCH
@@ -131,9 +133,9 @@ def test_the_demo_spec_runs_end_to_end(demo):
     assert sorted(runs["run_id"]) == sorted(t.run_id for t in spec.runs)
     assert (runs["epochs"] >= 1).all() and runs["test_error"].between(0, 1).all()
     lesion = pd.read_parquet(out / "lesion")
-    gradients = pd.read_parquet(out / "gradients")
+    own = {name: pd.read_parquet(out / name) for name in ("gradients", "proxies")}   # studies with their own table
     for study in spec.studies.studies:
-        table = gradients if study.study == "gradients" else lesion
+        table = own.get(study.study, lesion)
         done = table[table["study"] == study.study]
         assert sorted(done["run_id"].astype(str).unique()) == sorted(study.runs), study.study
     assert not (out / "errors").exists()

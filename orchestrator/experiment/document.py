@@ -248,6 +248,21 @@ class Gates(SingleDeletion):
     """H: the gates of gated shortcuts on the test set; by default every run whose shortcut is gated."""
 
 
+class Proxies(SingleDeletion):
+    """The layer-pruning field's one-forward importance scores (BI, relative magnitude, cosine, angular distance),
+    to be judged against the real deletions; one intact forward per run."""
+
+    # text: the last position of each sequence (Gromov et al.) or every position; images read pooled features
+    positions: Literal["last", "all"] = "last"
+
+
+class Shares(SingleDeletion):
+    """Each unit's share of the damage (Shapley values by permutation sampling): every prefix of a permutation
+    of the deletion pool deleted, for each of ``permutations`` seeded permutations."""
+
+    permutations: count(1, 10**6) = 20
+
+
 # the plans a tasks study can score: each named study's units on the study's runs (intact: the whole network)
 PLAN_STUDIES = ("intact", "single_deletion", "span_deletion", "random_deletion", "reorder")
 DEFAULT_PLANS = ("intact", "single_deletion", "span_deletion", "random_deletion")   # those the spec has
@@ -278,7 +293,9 @@ class Tasks(_partial(TaskConfig, set(), "TaskFields", SingleDeletion)):
         return TaskConfig(**{n: getattr(self, n) for n in TaskConfig.__pydantic_fields__})
 
 
-STUDIES = ("single_deletion", "random_deletion", "reorder", "gradients", "gates", "span_deletion", "tasks")
+# resolved in this order: tasks last, as it scores the units of the studies before it
+STUDIES = ("single_deletion", "random_deletion", "reorder", "gradients", "gates", "span_deletion", "proxies", "shares",
+           "tasks")
 GATED = ("exclusive_gating", "shortcut_gating")
 
 
@@ -296,6 +313,8 @@ class StudiesSpec(Section):
     gradients: _study(Gradients) = None              # F6b
     gates: _study(Gates) = None                      # H
     span_deletion: _study(SpanDeletion) = None       # consecutive layers deleted together
+    proxies: _study(Proxies) = None                  # one-forward importance scores of units and spans
+    shares: _study(Shares) = None                    # every prefix of seeded permutations of the deletion pool
     tasks: _study(Tasks) = None                      # lm-evaluation-harness tasks on other studies' plans
     test_examples: count(1, 10**7) | None = None     # default: the whole test set
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU

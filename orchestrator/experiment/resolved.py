@@ -79,6 +79,8 @@ class StudySpec:
     draws: int = 0
     batch_size: int = 0
     max_length: int = 0
+    permutations: int = 0        # shares: seeded permutations of the deletion pool
+    positions: str = ""          # proxies: last | all (text), pooled (images)
     plans: tuple[str, ...] = ()  # tasks: the studies whose units it scores (intact: the whole network)
     task_config: str = ""        # tasks: the workloads.tasks.TaskConfig, as JSON
 

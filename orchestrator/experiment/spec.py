@@ -19,8 +19,8 @@ from pydantic import ValidationError
 from workloads.models import NETWORKS
 from workloads.train.recipe import TrainConfig
 
-from orchestrator.experiment.document import (DEFAULT_PLANS, GATED, STUDIES, DataSpec, ModelEntry, SpecDocument,
-                                              StudiesSpec, Tasks, TrainingSection, read_document)
+from orchestrator.experiment.document import (DEFAULT_PLANS, GATED, STUDIES, DataSpec, ModelEntry, Proxies,
+                                              SpecDocument, StudiesSpec, Tasks, TrainingSection, read_document)
 from orchestrator.experiment.messages import SpecError, one_line
 from orchestrator.experiment.networks import block_infos, counts, has_config, language_model_fields, net_config
 from orchestrator.experiment.resolved import (AbsentModel, Data, ExperimentSpec, Studies, StudySpec, TrainingSpec,
@@ -183,9 +183,14 @@ def _resolve_studies(studies: StudiesSpec, runs: tuple[Trial, ...], data: Data,
         if name == "tasks":
             resolved.append(_tasks(section, chosen, data, {s.study for s in resolved}))
             continue
+        if name == "proxies":
+            resolved.append(_proxies(section, chosen, data))
+            continue
+        if name == "shares":
+            _shares_pools(chosen, tuple(exclude))
         resolved.append(StudySpec(name, tuple(t.run_id for t in chosen), getattr(section, "k_max", 0),
                                   getattr(section, "draws", 0), getattr(section, "batch_size", 0),
-                                  getattr(section, "max_length", 0)))
+                                  getattr(section, "max_length", 0), getattr(section, "permutations", 0)))
     return Studies.of(studies, tuple(resolved))
 
 
@@ -212,6 +217,28 @@ def _tasks(section: Tasks, chosen: list[Trial], data: Data, studies: set[str]) -
                                                 "URI; copy them to the nodes (or a shared disk) and name that path")
         config = dataclasses.replace(config, include_path=_local(config.include_path))
     return StudySpec("tasks", tuple(t.run_id for t in chosen), plans=plans, task_config=config.to_json())
+
+
+def _proxies(section: Proxies, chosen: list[Trial], data: Data) -> StudySpec:
+    """The proxies study: residual units to score (a plain network has no shortcut to read a branch off); the
+    positions a text's scores average over, pooled features for images."""
+    for t in chosen:
+        if t.net_config.arch == "plain":
+            _fail("studies.proxies.runs", f"run {t.label!r} is a plain network: it has no residual units to score")
+    if not data.text and "positions" in section.model_fields_set:
+        _fail("studies.proxies.positions", f"applies only to dataset text (images are scored on their pooled "
+                                           f"features), not {data.dataset}")
+    return StudySpec("proxies", tuple(t.run_id for t in chosen), positions=section.positions if data.text else "pooled")
+
+
+def _shares_pools(chosen: list[Trial], exclude: tuple[int, ...]) -> None:
+    """A shares study permutes each run's deletion pool (less the excluded blocks): a run with fewer than two
+    units in it has no share to split."""
+    for t in chosen:
+        deletable = counts(t.net_config, exclude).deletable
+        if deletable < 2:
+            _fail("studies.shares.runs", f"run {t.label!r} has {deletable} deletable block"
+                                         f"{'s' * (deletable != 1)} outside studies.exclude_blocks: shares need two")
 
 
 def _gated(chosen: list[Trial], named: list[str] | None, where: str) -> list[Trial]:

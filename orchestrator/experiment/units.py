@@ -1,9 +1,10 @@
 """Studies expanded into work units with deterministic keys, grouped into batches per run.
 
-A unit is one plan (a lesion, a span of deleted layers or a reordering, evaluated on the
-test set), one gradient draw, one run's gates (all its gated blocks, read in one pass over
-the test set), or one plan of another study scored on one lm-evaluation-harness task (a tasks
-unit, its key hashing the plan's study and the task too). Its key hashes the run, the study, k,
+A unit is one plan (a lesion, a span of deleted layers, a reordering, or a prefix of a seeded permutation of
+the deletion pool (shares), evaluated on the test set), one gradient draw, one run's gates (all its gated blocks,
+read in one pass over the test set), one run's proxies (every unit's and span's one-forward scores, one intact
+pass), or one plan of another study scored on one lm-evaluation-harness task (a tasks unit, its key hashing the
+plan's study and the task too). Its key hashes the run, the study, k,
 the draw and the engine version, so the same spec always yields the same keys: the resume index
 is the set of keys already written, and a batch's file is named after its units, so a batch
 redone after a crash overwrites its own file instead of adding rows.
@@ -24,15 +25,19 @@ from workloads.train.modes import scaled_active_count
 from orchestrator.experiment.resolved import ExperimentSpec, StudySpec, Trial
 
 ENGINE_VERSION = "1"   # bump when a change to workloads.surgery changes results
+OWN_TABLES = ("gradients", "gates", "proxies")   # studies with a table of their own (the others': lesion, tasks)
 
 
 @dataclass(frozen=True)
 class Unit:
     key: str
     run_id: str
-    study: str     # intact | single_deletion | random_deletion | reorder | gradients | gates | span_deletion | tasks
-    k: int         # blocks deleted / pairs swapped / path length / layers in the span (gates: 0)
-    draw: int      # draw index (single deletion: the deleted block; span deletion: its first layer; gates: 0)
+    study: str     # intact | single_deletion | random_deletion | reorder | gradients | gates | span_deletion | proxies
+    #                | shares | tasks
+    k: int         # blocks deleted / pairs swapped / path length / layers in the span / shares: prefix length
+    #                (gates, proxies: 0)
+    draw: int      # draw index (single deletion: the deleted block; span deletion: its first layer; shares: the
+    #                permutation; gates, proxies: 0)
     test_rule: str = ""     # effective-paths runs: how the network is evaluated ("" for other modes)
     train_active: int = 0   # effective-paths runs: m, the blocks each training mini-batch ran
     plan: str = ""          # tasks: the study whose unit (k, draw) it scores (intact, single_deletion, ...)
@@ -54,7 +59,7 @@ class Batch:
         """The table whose unit keys say the batch is written (the resume index)."""
         if self.study == "tasks":
             return "tasks"
-        return self.study if self.study in ("gradients", "gates") else "lesion"
+        return self.study if self.study in OWN_TABLES else "lesion"
 
     @property
     def tables(self) -> tuple[str, ...]:
@@ -84,8 +89,10 @@ def settings_of(spec: ExperimentSpec, study: str, run_id: str | None = None) -> 
         return f"test={s.test_examples}{data}"
     if study == "tasks":  # the task's documents, tokenised by the run's tokenizer; the corpus plays no part
         return f"precision={s.precision}|tokenizer={d.tokenizer_of(run_id)}"
+    if study == "proxies":  # one intact forward: no BatchNorm re-estimation; the positions its scores average
+        return f"test={s.test_examples}|precision={s.precision}|positions={s.study('proxies').positions}{data}"
     text = f"test={s.test_examples}|precision={s.precision}|bn={s.recalibrate_bn}:{s.calibration_examples}{data}"
-    if study in ("random_deletion", "reorder"):
+    if study in ("random_deletion", "reorder", "shares"):
         text += f"|exclude={sorted(s.exclude_blocks)}"
     return text
 
@@ -135,13 +142,16 @@ class UnitGroup:
                 for k, d in pairs]
 
 
-def _lesion_pairs(infos, study: StudySpec | None) -> tuple[tuple[int, int], ...]:
+def _lesion_pairs(infos, study: StudySpec | None, exclude: tuple[int, ...] = ()) -> tuple[tuple[int, int], ...]:
     if study is None:  # the intact network
         return ((0, 0),)
     if study.study == "single_deletion":
         return tuple((1, b) for b in deletion_pool(infos))
     if study.study == "span_deletion":
         return tuple((length, start) for start, length in layer_spans(infos, study.max_length))
+    if study.study == "shares":   # every prefix, the empty one to the whole pool, of each permutation
+        pool = len(deletion_pool(infos, exclude))
+        return tuple((k, p) for p in range(study.permutations) for k in range(pool + 1))
     return tuple((k, d) for k in range(1, study.k_max + 1) for d in range(study.draws))
 
 
@@ -151,7 +161,7 @@ def unit_groups(spec: ExperimentSpec) -> list[UnitGroup]:
     study names them)."""
     trials = {t.run_id: t for t in spec.runs}
     # a tasks study's runs get the lesion table's intact unit too: the loss its plans' scores are read against
-    lesioned = {r for s in spec.studies.studies if s.study not in ("gradients", "gates") for r in s.runs}
+    lesioned = {r for s in spec.studies.studies if s.study not in OWN_TABLES for r in s.runs}
     ruled = {t.run_id for t in spec.runs if t.test_rules}
     active = {t.run_id: train_active(t, len(spec.blocks_of(t))) for t in spec.runs}
     groups = [UnitGroup(trials[r], "intact", settings_of(spec, "intact", r), rule, active[r], ((0, 0),))
@@ -163,12 +173,12 @@ def unit_groups(spec: ExperimentSpec) -> list[UnitGroup]:
             head = (trial, study.study, settings_of(spec, study.study, run_id), _studied_rule(trial), active[run_id])
             if study.study == "gradients":  # path lengths 1..n over the residual units
                 groups.append(UnitGroup(*head, draws=study.draws, lengths=sum(i.residual for i in infos)))
-            elif study.study == "gates":
+            elif study.study in ("gates", "proxies"):   # one pass over the test set per run
                 groups.append(UnitGroup(*head, ((0, 0),)))
             elif study.study == "tasks":
                 groups += _task_groups(spec, study, head, infos)
             else:
-                groups.append(UnitGroup(*head, _lesion_pairs(infos, study)))
+                groups.append(UnitGroup(*head, _lesion_pairs(infos, study, spec.studies.exclude_blocks)))
     return groups
 
 
@@ -186,7 +196,7 @@ def _task_groups(spec: ExperimentSpec, study: StudySpec, head: tuple, infos) -> 
         lesion = spec.studies.study(plan) if plan != "intact" else None
         if lesion is not None and trial.run_id not in lesion.runs:
             continue
-        pairs = _lesion_pairs(infos, lesion)
+        pairs = _lesion_pairs(infos, lesion, spec.studies.exclude_blocks)
         for task in config.names:
             text = (f"{settings}|tasks={json.dumps(shared, sort_keys=True)}|plan={plan}|task={task}"
                     f"{exclude if plan in ('random_deletion', 'reorder') else ''}")
@@ -244,4 +254,7 @@ def plan_for(unit: Unit, infos, exclude: tuple[int, ...]):
         return random_deletion(infos, unit.k, unit.draw, exclude=exclude)
     if study == "reorder":
         return random_swaps(infos, unit.k, unit.draw, exclude=exclude)
+    if study == "shares":
+        from workloads.surgery import permutation_prefix
+        return permutation_prefix(infos, unit.k, unit.draw, exclude)
     raise ValueError(f"unit of study {unit.study!r} has no plan")

@@ -204,6 +204,11 @@ def _notes(spec: ExperimentSpec, nodes: list[Node], where: str, t_fit: int, e_fi
     if spec.studies.study("tasks"):
         notes.append("tasks: their tokens are counted with each model's tokenizer, lm-eval reading the tasks offline; "
                      "their units are not timed (a rate given for the tasks study is used)")
+    proxies = spec.studies.study("proxies")
+    if proxies:   # every score is read off the same pass: its cost does not grow with the units or spans it scores
+        runs = len(proxies.runs)
+        notes.append(f"proxies: one intact forward over the test set per run ({runs} run{'s' * (runs != 1)}), "
+                     f"every unit's and span's scores read off it; timed as one plan")
     for index, label, folder in spec.absent_models:
         # its layers and positions are in that folder: the studies' sizes and the sequence length go unchecked
         notes.append(f"models[{index}] ({label}): {folder} is not here, so its layers, vocabulary and units are "

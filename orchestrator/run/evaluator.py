@@ -8,7 +8,8 @@ batch through the engine.
 A test set too large for memory (ImageNet) is streamed from disk instead, once per batch
 of plans, so decoding is shared by every plan of the batch. A tasks batch scores one lm-evaluation-harness
 task on its plans in one engine pass (``workloads.tasks``), its requests built once per (tokenizer, task) and
-kept. A unit that raises becomes an error row; the batch goes on.
+kept. A proxies batch is one run's intact forward, every proxy read off it (``workloads.surgery.proxy_scores``).
+A unit that raises becomes an error row; the batch goes on.
 """
 from __future__ import annotations
 
@@ -80,6 +81,8 @@ class Evaluator:
         self.cache: OrderedDict[str, torch.nn.Module] = OrderedDict()   # the last NETWORKS_KEPT networks
         gradients = studies.study("gradients")
         self.gradient_batch_size = gradients.batch_size if gradients else 0
+        proxies = studies.study("proxies")
+        self.positions = proxies.positions if proxies and self.data_spec.text else "last"   # images: pooled anyway
         tasks = studies.study("tasks")
         self.tasks = tasks.tasks() if tasks else None
         self.task_requests: dict[tuple[str, str, str], list] = {}   # (tokenizer, model config, task) -> requests
@@ -146,7 +149,8 @@ class Evaluator:
             return {}, [store.error_row(u, e, traceback.format_exc()) for u in batch.units]
         if batch.study == "tasks":
             return self._tasks(net, batch, started)
-        work = {"gradients": self._gradients, "gates": self._gates}.get(batch.study, self._lesions)
+        work = {"gradients": self._gradients, "gates": self._gates, "proxies": self._proxies}.get(batch.study,
+                                                                                                self._lesions)
         rows, errors = work(net, batch, started)
         return {batch.table: rows}, errors
 
@@ -196,6 +200,17 @@ class Evaluator:
             return [], [store.error_row(unit, e, traceback.format_exc())]
         seconds = (time.perf_counter() - started) / len(stats)  # each row its share: the rows sum to the unit's time
         return [store.gate_row(unit, s, seconds=seconds) for s in stats], []
+
+    def _proxies(self, net, batch: Batch, started: float):
+        """One unit per run: every unit's and span's proxy from one intact pass over the test set."""
+        from workloads.surgery import proxy_scores
+        (unit,) = batch.units
+        try:
+            scores = proxy_scores(net, self._test_chunks(), positions=self.positions, device=self.device,
+                                  precision=self.precision)
+        except Exception as e:
+            return [], [store.error_row(unit, e, traceback.format_exc())]
+        return store.proxy_rows(unit, scores, seconds=time.perf_counter() - started), []
 
     def _requests(self, run_id: str, task: str) -> list:
         """The task's requests as the run's tokenizer cuts them for its model (``workloads.tasks.task_requests``,

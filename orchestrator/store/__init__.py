@@ -21,7 +21,7 @@ from orchestrator.store.layout import (DATA_RECORD, FIGURES, LOCK_FILE, SPEC_FIL
                                        part_path, relative, report_paths, table_folder, table_path, tune_dir, where)
 from orchestrator.store.listing import data_files, dataset
 from orchestrator.store.lock import OutputBusy, writer_lock
-from orchestrator.store.rows import (epoch_rows, error_row, gate_row, gradient_row, lesion_row, run_row,
+from orchestrator.store.rows import (epoch_rows, error_row, gate_row, gradient_row, lesion_row, proxy_rows, run_row,
                                      task_rows, task_sample_rows)
 from orchestrator.store.schemas import (ADDED_COLUMNS, PART_SCHEMAS, RESUME_TABLES, SCHEMAS, STUDY_TABLES, TABLES,
                                         read_schema)

@@ -53,6 +53,22 @@ def gate_row(unit, stats, *, seconds: float) -> dict:
             "examples": stats.examples, "seconds": seconds}
 
 
+# the per-unit lists of ``workloads.surgery.ProxyScores``, each a proxy of the proxies table
+UNIT_PROXIES = ("block_influence", "relative_magnitude", "cosine")
+
+
+def proxy_rows(unit, scores, *, seconds: float) -> list[dict]:
+    """The proxies rows of one run's intact pass (``workloads.surgery.ProxyScores``): one per deletable unit and
+    per-unit proxy (start the unit, length 1; a unit that cannot be deleted has no score), one per span's angular
+    distance (start its first layer, length its layers); ``seconds`` is each row's share of the pass, so a run's
+    rows sum to its time."""
+    values = [(proxy, b, 1, getattr(scores, proxy)[b]) for proxy in UNIT_PROXIES for b in scores.units]
+    values += [("angular_distance", start, length, v) for (start, length), v in sorted(scores.angular.items())]
+    share = seconds / max(1, len(values))
+    return [{"unit_key": unit.key, "proxy": proxy, "start": start, "length": length, "positions": scores.positions,
+             "value": float(v), "examples": scores.examples, "seconds": share} for proxy, start, length, v in values]
+
+
 def task_rows(unit, plan, scores, task: str, *, precision: str, seconds: float) -> list[dict]:
     """The tasks rows of one plan (``workloads.surgery.Plan``) scored on one task (``workloads.tasks.TaskScores``):
     one per metric and filter; ``stderr`` null where lm-eval gives none, ``seconds`` the unit's time."""

@@ -72,8 +72,9 @@ PART_SCHEMAS: dict[str, pa.Schema] = {
         ("deleted", pa.list_(pa.int64())), ("task", pa.string()), ("doc_id", pa.int64()), ("correct", pa.bool_()),
         ("gold_loglikelihood", pa.float64()),
     ]),
-    # one-forward proxies of a run's intact network: one row per (proxy, unit or span); start is the unit for a
-    # per-unit proxy (length 1), the span's first layer for angular_distance (length: layers spanned)
+    # one-forward importance scores of one run, one unit (its intact pass) of many rows: per residual unit (start the
+    # unit, length 1) block_influence, relative_magnitude and cosine; per span of layers (start its first layer,
+    # length its layers) angular_distance; positions: last | all (text), pooled (images)
     "proxies": pa.schema([
         ("unit_key", pa.string()), ("proxy", pa.string()), ("start", pa.int64()), ("length", pa.int64()),
         ("positions", pa.string()), ("value", pa.float64()), ("examples", pa.int64()), ("seconds", pa.float64()),
