@@ -19,7 +19,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from workloads.surgery import deletion_pool, layer_spans, random_deletion, random_swaps
+from workloads.surgery import (delete_blocks, delete_span, deletion_pool, intact, layer_spans, permutation_prefix,
+                               random_deletion, random_swaps)
 from workloads.train.modes import scaled_active_count
 
 from orchestrator.experiment.resolved import ExperimentSpec, StudySpec, Trial
@@ -242,7 +243,6 @@ def batches(units: list[Unit], plans_per_batch: int) -> list[Batch]:
 
 def plan_for(unit: Unit, infos, exclude: tuple[int, ...]):
     """The execution plan of a lesion unit (seeded by its draw and k), or of the unit a tasks unit scores."""
-    from workloads.surgery import delete_blocks, delete_span, intact
     study = unit.plan if unit.study == "tasks" else unit.study
     if study == "intact":
         return intact(infos)
@@ -255,6 +255,5 @@ def plan_for(unit: Unit, infos, exclude: tuple[int, ...]):
     if study == "reorder":
         return random_swaps(infos, unit.k, unit.draw, exclude=exclude)
     if study == "shares":
-        from workloads.surgery import permutation_prefix
         return permutation_prefix(infos, unit.k, unit.draw, exclude)
     raise ValueError(f"unit of study {unit.study!r} has no plan")

@@ -27,7 +27,7 @@ import torch
 from workloads.data import load_dataset
 from workloads.models import NetConfig, load_checkpoint
 from workloads.runtime import set_threads
-from workloads.surgery import draw_batch, evaluate_plans_over, gate_statistics, gradient_norms
+from workloads.surgery import draw_batch, evaluate_plans_over, gate_statistics, gradient_norms, proxy_scores
 from workloads.surgery.evaluate import default_precision
 from workloads.train.inference_rules import apply_test_rule
 
@@ -203,7 +203,6 @@ class Evaluator:
 
     def _proxies(self, net, batch: Batch, started: float):
         """One unit per run: every unit's and span's proxy from one intact pass over the test set."""
-        from workloads.surgery import proxy_scores
         (unit,) = batch.units
         try:
             scores = proxy_scores(net, self._test_chunks(), positions=self.positions, device=self.device,
