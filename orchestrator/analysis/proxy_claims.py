@@ -60,13 +60,14 @@ def p1(results: Results) -> Claim:
         return Claim("P1", paper, "proxies measured, but no single-unit or span deletion of the same runs to judge "
                                   "them by", "cannot be computed: no real deletions", rule)
     parts = []
+    several = len({c.run_id for c in found}) > 1   # one run's verdict is the claim's: said once
     for r in proxy_runs(results):
         mine = [c for c in found if c.run_id == r]
         if not mine:
             continue
         cost = _main_cost(results, mine)
         read = [f"{PROXIES[c.proxy][0]} on {c.scope} rho {c.spearman.text(2)}" for c in mine if c.cost == cost]
-        parts.append(f"{results.name(r)} ({cost}): " + "; ".join(read) + f"; {_verdict(mine)}")
+        parts.append(f"{results.name(r)} ({cost}): " + "; ".join(read) + (f"; {_verdict(mine)}" if several else ""))
     return Claim("P1", paper, ". ".join(parts), _verdict(found), rule, OVER)
 
 
