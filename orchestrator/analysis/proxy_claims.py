@@ -136,7 +136,8 @@ def shares_section(results: Results) -> list[str]:
             table[f"{s.estimator} ({m.rise})"] = [by_unit[u].text(3) if u in by_unit else "-" for u in order]
         lines += [f"### {results.name(r)}", ""]
         lines += [f"- {s.estimator} over {plural(s.samples, 'draw' if s.estimator == 'Banzhaf' else 'permutation')}: "
-                  f"the top {TOP_UNITS:.0%} of units hold {s.concentration().scaled(100).text(0, '%')} of the total"
+                  f"the top {TOP_UNITS:.0%} of units hold {s.concentration().scaled(100).text(0, '%')} of the damage "
+                  f"(the sum of the positive values)"
                   for s in estimates] + [""]
         lines += markdown_table(table) + [""]
     return lines

@@ -51,14 +51,15 @@ class Shares:
         return [Interval(float(v), float(a), float(b), self.samples) for v, a, b in zip(self.values, lo, hi)]
 
     def concentration(self) -> Interval:
-        """The share of the summed values held by the top TOP_UNITS of units (the largest), each resample ranking
-        its own values."""
+        """The share of the damage held by the top TOP_UNITS of units (the largest), each resample ranking its own
+        values. The damage is the sum of the positive values: a unit whose deletion helps (a negative value, as
+        deleting attention can in a small language model) holds none of it, and cannot push a share past 100%."""
         top = max(1, math.ceil(TOP_UNITS * len(self.units)))
 
         def share(values: np.ndarray) -> np.ndarray:
             ordered = -np.sort(-values, axis=-1)
             with np.errstate(divide="ignore", invalid="ignore"):
-                return ordered[..., :top].sum(axis=-1) / ordered.sum(axis=-1)
+                return ordered[..., :top].clip(min=0).sum(axis=-1) / ordered.clip(min=0).sum(axis=-1)
 
         lo, hi = percentile_bounds(share(self.replicates))
         return Interval(float(share(self.values)), float(lo), float(hi), self.samples)
