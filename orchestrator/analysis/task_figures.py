@@ -122,11 +122,14 @@ def task_random_figure(results: Results, folder: Path) -> str | None:
 def task_loss_figure(results: Results, folder: Path) -> str | None:
     """A row per task: accuracy against next-token loss, and against KL from the intact model where the lesion
     table has it; a point per plan, the model's colour, the plan's kind its marker."""
-    joined = accuracy(results).merge(plan_measures(results), on=PLAN)
-    joined = joined[np.isfinite(joined["loss"])]
+    scored = accuracy(results)
+    if not len(scored):   # no tasks study: nothing to join (an empty join's columns are not numbers)
+        return None
+    joined = scored.merge(plan_measures(results), on=PLAN)
+    joined = joined[np.isfinite(joined["loss"].astype(float))]
     if not len(joined):
         return None
-    with_kl = bool(np.isfinite(joined["kl"]).any())
+    with_kl = bool(np.isfinite(joined["kl"].astype(float)).any())
     looks = run_looks(results)
     runs, tasks = sorted(set(joined["run_id"])), sorted(set(joined["task"]))
     plans = [p for p in PLAN_MARKERS if p in set(joined["plan"])]
