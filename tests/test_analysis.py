@@ -191,7 +191,7 @@ before = dict(matplotlib.rcParams.copy())
 from orchestrator.analysis.figures import all_figures
 from orchestrator.analysis.results import Results
 made = all_figures(Results.load({str(known)!r}), Path({str(known)!r}) / "figures")
-assert len(made) == 6, made
+assert len(made) == 7, made  # F3, F5a, F5b, F6, F7, training, and shares from the random deletions
 assert matplotlib.rcParams._get_backend_or_none() is None, matplotlib.rcParams._get_backend_or_none()
 after = dict(matplotlib.rcParams.copy())
 assert before == after, sorted(k for k in before if before[k] != after[k])
