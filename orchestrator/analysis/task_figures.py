@@ -43,6 +43,14 @@ def _accuracy_axis(ax, metric: str) -> None:
     ax.set_ylabel(f"accuracy (%, {metric})")
 
 
+def _unit_axes(ax, title: str, xlabel: str, metric: str) -> None:
+    """A panel whose x axis counts units (one deleted unit, or k of them) and whose y axis is accuracy."""
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _accuracy_axis(ax, metric)
+
+
 def task_single_figure(results: Results, folder: Path) -> str | None:
     """A panel per task: accuracy after deleting each single unit, a line per model, attention and MLP units
     marked apart; dotted: the intact model."""
@@ -74,10 +82,7 @@ def task_single_figure(results: Results, folder: Path) -> str | None:
                 ax.plot(g["unit"] + 1, 100 * g["accuracy"], KIND_MARKERS.get(kind, "o"), color=color, ms=4)
             if (r, task) in intact:
                 ax.axhline(100 * intact[(r, task)], color=color, ls=":", lw=0.9)
-        ax.set_title(_title(task, cols))
-        ax.set_xlabel("deleted unit (1-based)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        _accuracy_axis(ax, on["metric"].iloc[0])
+        _unit_axes(ax, _title(task, cols), "deleted unit (1-based)", on["metric"].iloc[0])
     fig.suptitle(f"Task accuracy after deleting one unit ({results.dataset}; lm-evaluation-harness)")
     legend_below(fig, handles)
     return save(fig, folder, "tasks_single_deletion")
@@ -110,10 +115,7 @@ def task_random_figure(results: Results, folder: Path) -> str | None:
             interval_band(ax, k, [c[1].lo for c in curve], [c[1].hi for c in curve], color, 0.18)
             if (r, task) in intact:
                 ax.axhline(100 * intact[(r, task)], color=color, ls=":", lw=0.9)
-        ax.set_title(_title(task, cols))
-        ax.set_xlabel("number of deleted units k")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        _accuracy_axis(ax, on["metric"].iloc[0])
+        _unit_axes(ax, _title(task, cols), "number of deleted units k", on["metric"].iloc[0])
     fig.suptitle(f"Task accuracy after deleting k random units ({results.dataset}; lm-evaluation-harness)")
     legend_below(fig, handles)
     return save(fig, folder, "tasks_random_deletion")
